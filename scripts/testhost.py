@@ -152,6 +152,7 @@ def live_hosts() -> list[str]:
 
 
 def free_index() -> int:
+    """Index 0 is kept for models-local (inventories/local); tests take 1 and up."""
     used = {read_state(n).get("index") for n in live_hosts()}
     for i in range(1, 4096):
         if i not in used:
@@ -390,7 +391,7 @@ def cmd_up(args) -> int:
     out = []
     try:
         build_rootfs(deb_arch)
-        first = free_index()
+        first = args.index if args.index is not None else free_index()
         peers = {n: addresses(first + i)[1] for i, n in enumerate(args.names)}
         for i, name in enumerate(args.names):
             t0 = time.monotonic()
@@ -444,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("names", nargs="+")
     u.add_argument("--arch", help="Debian architecture (default: this machine's)")
     u.add_argument("--json", help="also write the instance list here")
+    u.add_argument("--index", type=int, help="fixed address index of the first host "
+                   "(0 is 10.231.0.2, the local inventory's models-local)")
     dn = sub.add_parser("down")
     dn.add_argument("names", nargs="*")
     dn.add_argument("--all", action="store_true")

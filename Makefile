@@ -1,0 +1,17 @@
+# The README's two commands are `make local` and `make test`.
+.PHONY: local test unit lint bench clean-hosts
+
+local:        ## main job: boot models-local, run site.yml, print the smoke report
+	scripts/run-local
+
+test:         ## every test (what CI runs)
+	scripts/test
+
+unit:         ## fast tests only (no test hosts, no vLLM)
+	scripts/bootstrap && .venv/bin/pytest -q tests/unit tests/lint
+
+lint:
+	scripts/bootstrap && .venv/bin/pytest -q tests/lint
+
+clean-hosts:  ## tear down every test host the harness booted
+	python3 scripts/testhost.py down --all
