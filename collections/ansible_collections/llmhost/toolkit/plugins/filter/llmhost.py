@@ -2,7 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
 from llmhost import tuning
+from llmhost.experts import ConfigError
+from llmhost import capabilities
+from llmhost.cli import saved_capabilities
+from llmhost.plan import GIB, Host, build_plan, default_reserved, find_results_bytes, summary
+
+
+def probe_script(_: Any = None) -> str:
+    """Path of the capabilities probe, shipped to hosts by ansible.builtin.script."""
+    return capabilities.__file__
+
+
+def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
+         weights_bytes: dict | None = None, strict: bool = False) -> dict:
+    """The host plan as a dict; a config that cannot work fails the task with every problem."""
+    cpu = cpu.get("cpu", cpu)
+    cpus = cpu.get("cpu_ids") or list(range(int(cpu["cpus"])))
+    host = Host(tuple(int(c) for c in cpus), int(cpu["memory_bytes"]), cpu.get("arch", "x86_64"),
+                cpu.get("isa", {}), cpu.get("model", ""))
+    if reserved_cores is None or reserved_cores == "":
+        reserved_cores = default_reserved(len(cpus))
+    try:
+        p = build_plan(experts, lazy, caps, host, reserved_cores=int(reserved_cores),
+                       weights_bytes=weights_bytes or {}, strict=bool(strict))
+    except ConfigError as e:
+        raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
+    out = p.to_dict()
+    out["memory_budget_bytes"] = int(p.budget_gib * GIB)
+    return out
 
 
 class FilterModule:
@@ -13,4 +45,9 @@ class FilterModule:
             "sysfs_items": tuning.sysfs_items,
             "iosched_items": tuning.iosched_items,
             "tuning_explain": tuning.explain,
+            "plan": plan,
+            "plan_summary": summary,
+            "weights_bytes": find_results_bytes,
+            "saved_capabilities": saved_capabilities,
+            "probe_script": probe_script,
         }

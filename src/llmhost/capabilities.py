@@ -1,0 +1,206 @@
+"""What the installed vLLM and the host CPU can do.
+
+This file is also a standalone script (stdlib only, plus vllm when probing): the
+install role runs it on the target with the vLLM venv's python and caches its
+JSON output as a fact. The project keeps the output for vLLM 0.32.0 in
+data/capabilities-vllm-0.32.0.json so `llmhost plan` works offline.
+
+    python capabilities.py            -> JSON on stdout (needs vllm importable)
+    python capabilities.py --cpu-only -> JSON of the CPU part only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+from typing import Any
+
+# Arm CPU part numbers (MIDR bits 15:4) of implementer 0x41 that matter here.
+ARM_PARTS = {
+    "0xd0c": "Neoverse-N1", "0xd40": "Neoverse-V1", "0xd49": "Neoverse-N2",
+    "0xd4f": "Neoverse-V2", "0xd8e": "Neoverse-N3", "0xd84": "Neoverse-V3",
+}
+
+
+def parse_cpuinfo(text: str, machine: str) -> dict[str, Any]:
+    """ISA facts from /proc/cpuinfo text. Pure: unit-tested with real fixtures."""
+    flags: set[str] = set()
+    model = ""
+    part = implementer = ""
+    ncpu = 0
+    for line in text.splitlines():
+        if ":" not in line:
+            continue
+        key, _, val = (s.strip() for s in line.partition(":"))
+        key = key.lower()
+        if key == "processor":
+            ncpu += 1
+        elif key in ("flags", "features") and not flags:
+            flags = set(val.split())
+        elif key == "model name" and not model:
+            model = val
+        elif key == "cpu part" and not part:
+            part = val.lower()
+        elif key == "cpu implementer" and not implementer:
+            implementer = val.lower()
+    arm = machine in ("aarch64", "arm64")
+    if arm and not model:
+        model = ARM_PARTS.get(part, f"Arm part {part}") if implementer == "0x41" else f"implementer {implementer} part {part}"
+    if arm:
+        isa = {
+            "neon": "asimd" in flags,
+            "bf16": "bf16" in flags,
+            "fp16": "asimdhp" in flags or "fphp" in flags,
+            "i8mm": "i8mm" in flags,
+            "sve": "sve" in flags,
+            "sve2": "sve2" in flags,
+            "avx512": False,
+        }
+    else:
+        isa = {
+            "neon": False,
+            "bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
+            "fp16": "avx512_fp16" in flags,
+            "avx512": "avx512f" in flags,
+            "amx": "amx_tile" in flags,
+            "i8mm": False,
+            "sve": False,
+            "sve2": False,
+        }
+    return {"arch": "aarch64" if arm else machine, "model": model, "cpuinfo_cpus": ncpu, "isa": isa}
+
+
+def parse_lscpu_json(text: str) -> dict[str, str]:
+    """`lscpu -J` -> {field: data}, field names without the trailing colon."""
+    data = json.loads(text)
+    out: dict[str, str] = {}
+
+    def walk(items: list[dict[str, Any]]) -> None:
+        for it in items:
+            out[it["field"].rstrip(":")] = it.get("data") or ""
+            walk(it.get("children", []))
+
+    walk(data.get("lscpu", []))
+    return out
+
+
+def _flag_kind(action: argparse.Action) -> str:
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return "bool_optional"
+    if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001 - argparse has no public type
+        return "store_true"
+    if isinstance(action, argparse._StoreFalseAction):  # noqa: SLF001
+        return "store_false"
+    return "value"
+
+
+def probe_vllm() -> dict[str, Any]:
+    """Read vLLM's own argument parser and envs.py. Needs vllm importable."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    import vllm  # noqa: PLC0415
+    import vllm.envs as envs  # noqa: PLC0415
+    try:  # 0.32 moved the server's parser; older releases keep it under openai/
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser  # noqa: PLC0415
+    except ImportError:
+        from vllm.entrypoints.openai.cli_args import make_arg_parser  # type: ignore[no-redef]  # noqa: PLC0415
+
+    try:
+        from vllm.utils.argparse_utils import FlexibleArgumentParser  # noqa: PLC0415
+    except ImportError:  # older layouts
+        from vllm.utils import FlexibleArgumentParser  # type: ignore[no-redef]  # noqa: PLC0415
+    parser = make_arg_parser(FlexibleArgumentParser())
+    flags: dict[str, Any] = {}
+    for a in parser._actions:  # noqa: SLF001
+        if not a.option_strings or a.dest == "help":
+            continue
+        longs = [o for o in a.option_strings if o.startswith("--") and not o.startswith("--no-")]
+        own = "--" + a.dest.replace("_", "-")
+        option = own if own in a.option_strings else (max(longs, key=len) if longs else a.option_strings[0])
+        choices = None
+        if a.choices is not None:
+            choices = sorted(str(c) for c in a.choices)
+        flags[a.dest] = {"option": option, "kind": _flag_kind(a), "choices": choices,
+                         "nargs": a.nargs if isinstance(a.nargs, (int, str, type(None))) else str(a.nargs)}
+    names = sorted(envs.environment_variables)
+    return {
+        "vllm_version": vllm.__version__,
+        "flags": dict(sorted(flags.items())),
+        "env_vars": names,
+        "cpu_env_vars": [n for n in names if n.startswith("VLLM_CPU_")],
+        "cpu_rules": probe_cpu_rules(),
+    }
+
+
+def fp8_kv_rules(source: str) -> dict[str, Any]:
+    """Rules about an fp8 KV cache stated in vLLM's CPU source text (its error messages)."""
+    refuses: list[str] = []
+    needs_x86 = False
+    for literal in re.findall(r'"([^"\n]{10,})"', source):
+        low = literal.lower()
+        if "fp8" not in low:
+            continue
+        if "prefix" in low and "cach" in low:
+            refuses.append("prefix_caching")
+        if "chunked" in low and "prefill" in low:
+            refuses.append("chunked_prefill")
+        if "avx-512" in low or "avx512" in low or "amx" in low:
+            needs_x86 = True
+    return {"fp8_kv_refuses": sorted(set(refuses)), "fp8_kv_needs_x86_avx512_or_amx": needs_x86}
+
+
+def probe_cpu_rules() -> dict[str, Any]:
+    """Rules vLLM's CPU platform enforces, found in its source rather than assumed."""
+    rules: dict[str, Any] = {"fp8_kv_refuses": [], "fp8_kv_needs_x86_avx512_or_amx": False,
+                             "float16_refused_models": []}
+    texts = []
+    for mod in ("vllm.platforms.cpu", "vllm.v1.attention.backends.cpu_attn"):
+        try:
+            import importlib.util  # noqa: PLC0415
+
+            spec = importlib.util.find_spec(mod)
+            if spec and spec.origin:
+                with open(spec.origin) as f:
+                    texts.append(f.read())
+        except Exception:  # noqa: BLE001 - a probe reports, never fails the install
+            pass
+    rules.update(fp8_kv_rules("\n".join(texts)))
+    try:
+        import vllm.config.model as model_cfg  # noqa: PLC0415
+
+        rules["float16_refused_models"] = sorted(getattr(model_cfg, "_FLOAT16_NOT_SUPPORTED_MODELS", {}))
+    except Exception:  # noqa: BLE001
+        pass
+    return rules
+
+
+def probe_cpu() -> dict[str, Any]:
+    with open("/proc/cpuinfo") as f:
+        info = parse_cpuinfo(f.read(), platform.machine())
+    info["cpu_ids"] = sorted(os.sched_getaffinity(0))
+    info["cpus"] = len(info["cpu_ids"])
+    info["cpus_online"] = os.cpu_count() or info["cpus"]
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                info["memory_bytes"] = int(line.split()[1]) * 1024
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cpu-only", action="store_true")
+    args = ap.parse_args(argv)
+    out: dict[str, Any] = {"cpu": probe_cpu()}
+    if not args.cpu_only:
+        out.update(probe_vllm())
+    json.dump(out, sys.stdout, indent=1, sort_keys=True)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

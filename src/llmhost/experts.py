@@ -1,0 +1,302 @@
+"""The experts list: schema, validation and profiles.
+
+An inventory carries `llmhost_experts` (a list of experts) and
+`llmhost_lazy_loading`. `parse_experts` checks every field and returns typed
+objects, or raises ConfigError whose lines each name the expert and the field.
+Nothing on a host is touched before this passes (playbooks/preflight.yml).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+PROFILES = ("low_latency", "throughput", "legacy")
+DEFAULT_PORT_BASE = 8101
+
+
+class ConfigError(ValueError):
+    """A config that cannot work. `problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    ttft_p50_s: float | None = None
+    ttft_p95_s: float | None = None
+    tbt_p95_s: float | None = None
+    decode_tps_min: float | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Defaults an expert's own keys override, and how it runs on the host."""
+
+    name: str
+    engine: Mapping[str, Any]
+    bind_threads: bool          # own disjoint cores + VLLM_CPU_OMP_THREADS_BIND
+    preload_tcmalloc: bool
+
+
+# Why these values (measured on this project's CPU hosts, docs/experts.md):
+# - 4096 batched tokens: a long prompt is prefilled in bounded steps, so a running
+#   stream's next token waits at most one step (the legacy 32768 stalls it);
+# - prefix caching: a shared system prompt is prefilled once (about 3.5x on TTFT);
+# - a small max_num_seqs: on a few cores, more parallel sequences only slow each one.
+PROFILE_TABLE: dict[str, Profile] = {
+    "low_latency": Profile(
+        "low_latency",
+        {"max_num_seqs": 8, "max_num_batched_tokens": 4096, "enable_prefix_caching": True},
+        bind_threads=True, preload_tcmalloc=True),
+    "throughput": Profile(
+        "throughput",
+        {"max_num_seqs": 32, "max_num_batched_tokens": 8192, "enable_prefix_caching": True},
+        bind_threads=True, preload_tcmalloc=True),
+    # The old server's behaviour: only the expert's own keys, every expert on every core.
+    "legacy": Profile("legacy", {}, bind_threads=False, preload_tcmalloc=False),
+}
+
+
+@dataclass(frozen=True)
+class LazyLoading:
+    enabled: bool = False
+    warmup_pool_size: int = 0
+    max_loaded_experts: int = 0
+    memory_threshold: float = 0.85
+    auto_unload_after_s: int | None = None
+
+
+@dataclass(frozen=True)
+class Expert:
+    expert_id: str
+    model: str
+    domain: str
+    priority: int
+    profile: str = "low_latency"
+    port: int | None = None
+    model_source: str | None = None
+    aliases: tuple[str, ...] = ()
+    engine: Mapping[str, Any] = field(default_factory=dict)
+    kv_cache_gib: float = 4.0
+    cores: int | None = None
+    weights_gib: float | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    thresholds: Thresholds = Thresholds()
+
+    @property
+    def model_name(self) -> str:
+        """The model folder's name: an alias clients may use."""
+        return self.model.rstrip("/").rsplit("/", 1)[-1]
+
+    def effective_engine(self) -> dict[str, Any]:
+        """Profile defaults, overridden by the expert's own engine keys."""
+        return {**PROFILE_TABLE[self.profile].engine, **self.engine}
+
+
+# field -> (accepted python types, description for messages)
+_NUM = (int, float)
+EXPERT_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "expert_id": ((str,), "string"),
+    "model": ((str,), "absolute path on the host"),
+    "domain": ((str,), "string"),
+    "priority": ((int,), "integer"),
+    "profile": ((str,), "one of " + ", ".join(PROFILES)),
+    "port": ((int,), "integer port"),
+    "model_source": ((str,), "path on the controller"),
+    "aliases": ((list,), "list of names"),
+    "engine": ((dict,), "mapping of vLLM engine settings"),
+    "kv_cache_gib": (_NUM, "number of GiB"),
+    "cores": ((int,), "integer"),
+    "weights_gib": (_NUM, "number of GiB"),
+    "env": ((dict,), "mapping of environment variables"),
+    "thresholds": ((dict,), "mapping"),
+}
+REQUIRED = ("expert_id", "model", "domain", "priority")
+THRESHOLD_FIELDS = ("ttft_p50_s", "ttft_p95_s", "tbt_p95_s", "decode_tps_min")
+LAZY_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "enabled": ((bool,), "true or false"),
+    "warmup_pool_size": ((int,), "integer"),
+    "max_loaded_experts": ((int,), "integer"),
+    "memory_threshold": (_NUM, "number between 0 and 1"),
+    "auto_unload_after_s": ((int,), "integer seconds or null"),
+}
+
+
+def _typed(value: Any, types: tuple[type, ...]) -> bool:
+    # bool is an int in Python; a YAML `yes` must not pass as a priority.
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def _label(raw: Any, index: int) -> str:
+    if isinstance(raw, Mapping) and isinstance(raw.get("expert_id"), str):
+        return f"expert '{raw['expert_id']}'"
+    return f"expert #{index + 1}"
+
+
+def parse_lazy(raw: Any, n_experts: int) -> LazyLoading:
+    if raw is None:
+        return LazyLoading(warmup_pool_size=n_experts, max_loaded_experts=n_experts)
+    problems: list[str] = []
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"lazy_loading: must be a mapping, got {type(raw).__name__}"])
+    for k, v in raw.items():
+        if k not in LAZY_FIELDS:
+            problems.append(f"lazy_loading field '{k}': unknown key (known: {', '.join(LAZY_FIELDS)})")
+        elif v is None and k == "auto_unload_after_s":
+            continue
+        elif not _typed(v, LAZY_FIELDS[k][0]):
+            problems.append(f"lazy_loading field '{k}': expected {LAZY_FIELDS[k][1]}, got {v!r}")
+    if problems:
+        raise ConfigError(problems)
+    lazy = LazyLoading(
+        enabled=raw.get("enabled", False),
+        warmup_pool_size=raw.get("warmup_pool_size", n_experts),
+        max_loaded_experts=raw.get("max_loaded_experts", n_experts),
+        memory_threshold=float(raw.get("memory_threshold", 0.85)),
+        auto_unload_after_s=raw.get("auto_unload_after_s"),
+    )
+    if not 0 < lazy.memory_threshold <= 1:
+        problems.append(f"lazy_loading field 'memory_threshold': must be in (0, 1], got {lazy.memory_threshold}")
+    if lazy.warmup_pool_size < 0 or lazy.warmup_pool_size > n_experts:
+        problems.append(f"lazy_loading field 'warmup_pool_size': must be 0..{n_experts}, got {lazy.warmup_pool_size}")
+    if lazy.max_loaded_experts < 1 or lazy.max_loaded_experts > n_experts:
+        problems.append(f"lazy_loading field 'max_loaded_experts': must be 1..{n_experts}, got {lazy.max_loaded_experts}")
+    if lazy.enabled and lazy.warmup_pool_size > lazy.max_loaded_experts:
+        problems.append("lazy_loading field 'warmup_pool_size': larger than max_loaded_experts")
+    if lazy.enabled and (lazy.auto_unload_after_s is None or lazy.auto_unload_after_s < 1):
+        problems.append("lazy_loading field 'auto_unload_after_s': a positive number of seconds is needed when enabled")
+    if problems:
+        raise ConfigError(problems)
+    return lazy
+
+
+def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
+    who = _label(raw, index)
+    if not isinstance(raw, Mapping):
+        return None, [f"{who}: must be a mapping, got {type(raw).__name__}"]
+    problems: list[str] = []
+    for k in raw:
+        if k not in EXPERT_FIELDS:
+            hint = " (engine settings go under 'engine:')" if isinstance(k, str) and "_" in k else ""
+            problems.append(f"{who} field '{k}': unknown key{hint}")
+    for k in REQUIRED:
+        if k not in raw or raw[k] in (None, ""):
+            problems.append(f"{who} field '{k}': required")
+    for k, v in raw.items():
+        if k in EXPERT_FIELDS and v is not None and not _typed(v, EXPERT_FIELDS[k][0]):
+            problems.append(f"{who} field '{k}': expected {EXPERT_FIELDS[k][1]}, got {v!r}")
+    if problems:
+        return None, problems
+
+    eid = raw["expert_id"]
+    if not ID_RE.match(eid):
+        problems.append(f"{who} field 'expert_id': use lower-case letters, digits, '.', '_' or '-' (got {eid!r})")
+    if not raw["model"].startswith("/"):
+        problems.append(f"{who} field 'model': must be an absolute path on the host, got {raw['model']!r}")
+    profile = raw.get("profile", "low_latency")
+    if profile not in PROFILES:
+        problems.append(f"{who} field 'profile': must be one of {', '.join(PROFILES)}, got {profile!r}")
+    port = raw.get("port")
+    if port is not None and not 1024 <= port <= 65535:
+        problems.append(f"{who} field 'port': must be 1024..65535, got {port}")
+    if port == 8082:
+        problems.append(f"{who} field 'port': 8082 is the front door's port")
+    kv = raw.get("kv_cache_gib", 4)
+    if kv <= 0:
+        problems.append(f"{who} field 'kv_cache_gib': must be > 0, got {kv}")
+    cores = raw.get("cores")
+    if cores is not None and cores < 1:
+        problems.append(f"{who} field 'cores': must be >= 1, got {cores}")
+    aliases = raw.get("aliases") or []
+    for a in aliases:
+        if not isinstance(a, str) or not a or any(c.isspace() for c in a):
+            problems.append(f"{who} field 'aliases': each alias must be a non-empty name without spaces, got {a!r}")
+    env = raw.get("env") or {}
+    for k, v in env.items():
+        if not isinstance(k, str) or not ENV_RE.match(k):
+            problems.append(f"{who} field 'env.{k}': not an environment variable name")
+        elif not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            problems.append(f"{who} field 'env.{k}': value must be a string or number, got {v!r}")
+    engine = raw.get("engine") or {}
+    for k in engine:
+        if not isinstance(k, str) or not re.match(r"^[a-z][a-z0-9_]*$", k):
+            problems.append(f"{who} field 'engine.{k}': use vLLM's setting names in snake_case")
+    thr = raw.get("thresholds") or {}
+    for k, v in thr.items():
+        if k not in THRESHOLD_FIELDS:
+            problems.append(f"{who} field 'thresholds.{k}': unknown key (known: {', '.join(THRESHOLD_FIELDS)})")
+        elif not _typed(v, _NUM) or v <= 0:
+            problems.append(f"{who} field 'thresholds.{k}': expected a positive number, got {v!r}")
+    if problems:
+        return None, problems
+    return Expert(
+        expert_id=eid, model=raw["model"], domain=raw["domain"], priority=raw["priority"],
+        profile=profile, port=port, model_source=raw.get("model_source"),
+        aliases=tuple(aliases), engine=dict(engine), kv_cache_gib=float(kv), cores=cores,
+        weights_gib=None if raw.get("weights_gib") is None else float(raw["weights_gib"]),
+        env={k: str(v) for k, v in env.items()},
+        thresholds=Thresholds(**{k: float(v) for k, v in thr.items()}),
+    ), []
+
+
+def assign_ports(experts: Sequence[Expert], base: int = DEFAULT_PORT_BASE) -> dict[str, int]:
+    """Explicit ports stay; the others get base, base+1, ... in list order, skipping used ones."""
+    used = {e.port for e in experts if e.port is not None}
+    out: dict[str, int] = {}
+    nxt = base
+    for e in experts:
+        if e.port is not None:
+            out[e.expert_id] = e.port
+            continue
+        while nxt in used or nxt == 8082:
+            nxt += 1
+        out[e.expert_id] = nxt
+        used.add(nxt)
+    return out
+
+
+def parse_experts(raw_experts: Any, raw_lazy: Any = None) -> tuple[list[Expert], LazyLoading]:
+    """Validate the whole list; every problem is reported at once."""
+    if not isinstance(raw_experts, list) or not raw_experts:
+        raise ConfigError(["llmhost_experts: must be a non-empty list of experts"])
+    problems: list[str] = []
+    experts: list[Expert] = []
+    for i, raw in enumerate(raw_experts):
+        e, p = parse_expert(raw, i)
+        problems += p
+        if e:
+            experts.append(e)
+    seen_ids: dict[str, int] = {}
+    seen_ports: dict[int, str] = {}
+    names: dict[str, str] = {}
+    for e in experts:
+        if e.expert_id in seen_ids:
+            problems.append(f"expert '{e.expert_id}' field 'expert_id': duplicate id")
+        seen_ids[e.expert_id] = 1
+        if e.port is not None:
+            if e.port in seen_ports:
+                problems.append(f"expert '{e.expert_id}' field 'port': {e.port} is also used by expert '{seen_ports[e.port]}'")
+            seen_ports[e.port] = e.expert_id
+        for a in e.aliases:
+            if a in names and names[a] != e.expert_id:
+                problems.append(f"expert '{e.expert_id}' field 'aliases': '{a}' also names expert '{names[a]}'")
+            names[a] = e.expert_id
+    for e in experts:
+        if e.expert_id in names and names[e.expert_id] != e.expert_id:
+            problems.append(f"expert '{names[e.expert_id]}' field 'aliases': '{e.expert_id}' is another expert's id")
+    try:
+        lazy = parse_lazy(raw_lazy, len(raw_experts))
+    except ConfigError as ce:
+        problems += ce.problems
+        lazy = LazyLoading()
+    if problems:
+        raise ConfigError(problems)
+    return experts, lazy

@@ -1,0 +1,168 @@
+"""Import the old server's config*.json into the experts schema, key by key.
+
+The seed's files carry `#` and `//` comments and trailing commas; `loads_lenient`
+reads them. `import_legacy` returns the inventory data and one report line per
+input key, with the verdicts of translate.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .experts import ID_RE, Expert
+from .translate import SCHEMA_KEYS, Line, classify, translate
+
+# Old-server features that were never engine settings; the toolkit has its own
+# answer for some (noted), none is passed to vLLM.
+TOP_LEVEL_NOT_VLLM = {
+    "embedding_model": "the old router's embedding classifier",
+    "rag": "the old router's RAG bridge",
+    "speculative_routing": "the old router's speculative routing",
+    "enable_consensus": "the old router's consensus mode",
+    "consensus_model": "the old router's consensus mode",
+    "chunk_size": "the old router's streaming chunk size",
+    "routing_threshold": "the old router's classifier threshold",
+    "use_fast_classifier": "the old router's classifier",
+    "optimization_flags": "labels, not settings",
+    "notes": "comments",
+}
+EXPERT_META = {"description", "use_cases"}
+
+
+def strip_comments(text: str) -> str:
+    """Remove # and // comments outside JSON strings, then trailing commas."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    in_str = False
+    while i < n:
+        c = text[i]
+        if in_str:
+            out.append(c)
+            if c == "\\" and i + 1 < n:
+                out.append(text[i + 1])
+                i += 2
+                continue
+            if c == '"':
+                in_str = False
+            i += 1
+            continue
+        if c == '"':
+            in_str = True
+            out.append(c)
+            i += 1
+            continue
+        if c == "#" or text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        out.append(c)
+        i += 1
+    cleaned = "".join(out)
+    return re.sub(r",(\s*[\]}])", r"\1", cleaned)
+
+
+def loads_lenient(text: str) -> Any:
+    return json.loads(strip_comments(text))
+
+
+@dataclass
+class Imported:
+    experts: list[dict[str, Any]] = field(default_factory=list)
+    lazy_loading: dict[str, Any] = field(default_factory=dict)
+    report: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def inventory(self) -> dict[str, Any]:
+        return {"llmhost_lazy_loading": self.lazy_loading, "llmhost_experts": self.experts}
+
+
+def _expert_id(raw: str) -> str:
+    eid = raw.strip().lower().replace(" ", "-")
+    return eid if ID_RE.match(eid) else re.sub(r"[^a-z0-9._-]", "-", eid)
+
+
+def _estimate_weights(data: Mapping[str, Any], eid: str) -> float | None:
+    """notes.memory_estimation keys are loose prefixes of the expert ids ("phi4_no_quant")."""
+    est = (data.get("notes") or {}).get("memory_estimation") or {}
+    stem = eid.split("_")[0].split("-")[0]
+    for k, v in est.items():
+        if k.lower().startswith(stem[:4]):
+            m = re.search(r"([\d.]+)\s*GB", str(v))
+            if m:
+                return float(m.group(1))
+    return None
+
+
+def import_legacy(data: Mapping[str, Any], caps: Mapping[str, Any], arch: str = "aarch64") -> Imported:
+    res = Imported()
+    caps = {**caps, "cpu": {**caps.get("cpu", {}), "arch": arch}}
+    if arch == "aarch64" and "isa" not in caps["cpu"]:
+        caps["cpu"]["isa"] = {"bf16": True, "fp16": True, "neon": True}
+    perf = dict(data.get("performance_tuning") or {})
+    for key, val in data.items():
+        if key in ("experts", "performance_tuning", "lazy_loading"):
+            continue
+        if key in TOP_LEVEL_NOT_VLLM:
+            res.report.append(f"{key}: dropped: not a vLLM setting ({TOP_LEVEL_NOT_VLLM[key]})")
+        elif key == "server_config":
+            res.report.append(f"{key}: translated (the front door listens on {val.get('port', 8082)}; "
+                              "experts bind 127.0.0.1 only)")
+        else:
+            res.report.append(f"{key}: dropped: not a vLLM setting (unknown section)")
+    for k, v in perf.items():
+        line = classify(k, v, caps)
+        if line:
+            res.report.append(f"performance_tuning.{line}")
+        else:
+            res.report.append(f"performance_tuning.{k}: translated (the default for every expert "
+                              f"that does not set {k} itself)")
+    lazy = data.get("lazy_loading") or {}
+    known_lazy = ("enabled", "warmup_pool_size", "max_loaded_experts", "memory_threshold", "auto_unload_after_s")
+    res.lazy_loading = {k: lazy[k] for k in known_lazy if k in lazy}
+    for k in lazy:
+        verdict = "translated (becomes llmhost_lazy_loading." + k + ")" if k in known_lazy else \
+            "dropped: not a vLLM setting"
+        res.report.append(f"lazy_loading.{k}: {verdict}")
+    if res.lazy_loading.get("enabled") and not res.lazy_loading.get("auto_unload_after_s"):
+        res.lazy_loading["auto_unload_after_s"] = 600
+    for raw in data.get("experts") or []:
+        eid = _expert_id(str(raw.get("expert_id", "expert")))
+        engine_in = {k: v for k, v in raw.items() if k not in SCHEMA_KEYS and k not in EXPERT_META}
+        for k, v in perf.items():
+            engine_in.setdefault(k, v)
+        expert = Expert(expert_id=eid, model=str(raw.get("model_path", "/missing")),
+                        domain=str(raw.get("domain", "general")), priority=int(raw.get("priority", 1)),
+                        profile="legacy")
+        t = translate(expert, caps, port=0, legacy_keys=engine_in)
+        for k in raw:
+            if k in SCHEMA_KEYS:
+                res.report.append(f"{eid}.{k}: translated (becomes '{SCHEMA_KEYS[k]}')")
+            elif k in EXPERT_META:
+                res.report.append(f"{eid}.{k}: dropped: not a vLLM setting (documentation)")
+        applied: dict[str, Any] = {}
+        for line in t.report:
+            origin = "" if line.key in raw else "performance_tuning."
+            res.report.append(f"{eid}.{origin}{line}")
+            if line.verdict == "applied" and line.key in engine_in and engine_in[line.key] is not None:
+                applied[line.key] = engine_in[line.key]
+            if line.verdict == "rejected":
+                res.rejected.append(f"expert '{eid}' field '{line.key}': {line}")
+        res.warnings += t.warnings
+        entry: dict[str, Any] = {
+            "expert_id": eid, "model": expert.model, "domain": expert.domain,
+            "priority": expert.priority, "profile": "legacy", "engine": applied,
+        }
+        w = _estimate_weights(data, eid)
+        if w is not None:
+            entry["weights_gib"] = w
+            res.warnings.append(f"expert '{eid}' field 'weights_gib': {w} taken from the legacy notes; "
+                                "the plan reads the real size from the model files when it can")
+        res.experts.append(entry)
+    return res
+
+
+__all__ = ["Line", "Imported", "import_legacy", "loads_lenient", "strip_comments"]

@@ -1,0 +1,290 @@
+"""The host plan: disjoint cores and a memory budget for co-located experts.
+
+Pure functions over validated experts and host facts. `build_plan` ties schema,
+capabilities and translation together; the Ansible filter `llmhost.toolkit.plan`
+and `llmhost plan` both call it, so the CLI shows exactly what a run would do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .experts import PROFILE_TABLE, ConfigError, Expert, LazyLoading, assign_ports, parse_experts
+from .translate import Translation, translate
+
+GIB = 1024**3
+# Resident memory of one vLLM 0.32 CPU server beyond weights and KV cache
+# (Python, torch, oneDNN scratch, compile workers): about 3 GB measured.
+DEFAULT_OVERHEAD_GIB = 3.0
+
+
+@dataclass(frozen=True)
+class Host:
+    cpus: tuple[int, ...]          # usable CPU ids, in order
+    memory_bytes: int
+    arch: str = "x86_64"
+    isa: Mapping[str, bool] = field(default_factory=dict)
+    model: str = ""
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_bytes / GIB
+
+
+@dataclass
+class ExpertPlan:
+    expert_id: str
+    port: int
+    cores: list[int]
+    cpu_list: str
+    weights_gib: float
+    kv_cache_gib: float
+    overhead_gib: float
+    preload: bool
+    names: list[str]
+    translation: Translation
+
+    @property
+    def memory_gib(self) -> float:
+        return self.weights_gib + self.kv_cache_gib + self.overhead_gib
+
+
+@dataclass
+class Plan:
+    experts: list[ExpertPlan]
+    reserved: list[int]
+    budget_gib: float
+    loaded_at_once_gib: float
+    memory_gib: float
+    lazy: LazyLoading
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = []
+        for e in self.experts:
+            out.append({
+                "expert_id": e.expert_id, "port": e.port, "cores": e.cores, "cpu_list": e.cpu_list,
+                "weights_gib": round(e.weights_gib, 2), "kv_cache_gib": e.kv_cache_gib,
+                "overhead_gib": e.overhead_gib, "memory_gib": round(e.memory_gib, 2),
+                "memory_max_bytes": int(e.memory_gib * GIB),
+                "preload": e.preload, "names": e.names, "argv": e.translation.argv,
+                "env": e.translation.env, "report": [str(x) for x in e.translation.report],
+            })
+        return {"experts": out, "reserved_cores": self.reserved, "budget_gib": round(self.budget_gib, 2),
+                "loaded_at_once_gib": round(self.loaded_at_once_gib, 2),
+                "memory_gib": round(self.memory_gib, 2), "lazy_loading": asdict(self.lazy),
+                "warnings": self.warnings}
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def model_bytes(folder: str) -> int | None:
+    """Size of the weight files in a model folder, or None when it is not readable here."""
+    import os  # noqa: PLC0415
+
+    if not os.path.isdir(folder):
+        return None
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith(WEIGHT_SUFFIXES))
+    return total or None
+
+
+def local_weights(raw_experts: Any) -> dict[str, int]:
+    """Weights read from the model folder, or from model_source on the controller."""
+    out: dict[str, int] = {}
+    for raw in raw_experts if isinstance(raw_experts, list) else []:
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("expert_id"), str):
+            continue
+        for key in ("model", "model_source"):
+            if isinstance(raw.get(key), str):
+                b = model_bytes(raw[key])
+                if b:
+                    out[raw["expert_id"]] = b
+                    break
+    return out
+
+
+def cpu_list(cores: Sequence[int]) -> str:
+    """[0,1,2,5,6] -> "0-2,5-6" (the syntax of CPUAffinity and VLLM_CPU_OMP_THREADS_BIND)."""
+    parts: list[str] = []
+    cs = sorted(cores)
+    i = 0
+    while i < len(cs):
+        j = i
+        while j + 1 < len(cs) and cs[j + 1] == cs[j] + 1:
+            j += 1
+        parts.append(str(cs[i]) if i == j else f"{cs[i]}-{cs[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += range(int(a), int(b) + 1)
+        else:
+            out.append(int(part))
+    return out
+
+
+def split_cores(experts: Sequence[Expert], cpus: Sequence[int], reserved: int) -> tuple[dict[str, list[int]], list[int]]:
+    """Disjoint, contiguous core ranges, one per expert.
+
+    The OS and front door keep the first `reserved` CPUs. Explicit `cores` are
+    honoured; the rest is shared by priority (largest remainder), at least one each.
+    """
+    if reserved < 0 or reserved >= len(cpus):
+        raise ConfigError([f"host field 'reserved_cores': {reserved} leaves no CPU of {len(cpus)} for experts"])
+    pool = list(cpus)[reserved:]
+    fixed = {e.expert_id: e.cores for e in experts if e.cores}
+    flexible = [e for e in experts if not e.cores]
+    need = sum(fixed.values()) + len(flexible)
+    if need > len(pool):
+        raise ConfigError([
+            f"expert '{e.expert_id}' field 'cores': the plan needs {need} CPUs "
+            f"({sum(fixed.values())} explicit + 1 per other expert) but {len(pool)} are free "
+            f"after reserving {reserved}" for e in experts if e.cores] or [
+            f"expert '{experts[-1].expert_id}' field 'cores': {len(experts)} experts need one CPU each, "
+            f"{len(pool)} are free after reserving {reserved}"])
+    counts = dict(fixed)
+    spare = len(pool) - sum(fixed.values())
+    if flexible:
+        weights = [max(e.priority, 1) for e in flexible]
+        total = sum(weights)
+        extra = spare - len(flexible)  # one each first, the rest by weight
+        shares = [extra * w / total for w in weights]
+        base = [int(s) for s in shares]
+        left = extra - sum(base)
+        order = sorted(range(len(flexible)), key=lambda i: (-(shares[i] - base[i]), -weights[i], i))
+        for i in order[:left]:
+            base[i] += 1
+        for e, b in zip(flexible, base):
+            counts[e.expert_id] = 1 + b
+    out: dict[str, list[int]] = {}
+    pos = 0
+    for e in experts:  # declaration order: stable ranges when one expert changes
+        n = counts[e.expert_id]
+        out[e.expert_id] = pool[pos:pos + n]
+        pos += n
+    return out, list(cpus)[:reserved]
+
+
+def served_names(experts: Sequence[Expert]) -> dict[str, list[str]]:
+    """expert_id, its aliases, and the model folder's name where no other expert shares it."""
+    folder_count: dict[str, int] = {}
+    for e in experts:
+        folder_count[e.model_name] = folder_count.get(e.model_name, 0) + 1
+    ids = {e.expert_id for e in experts}
+    out = {}
+    for e in experts:
+        names = [e.expert_id, *e.aliases]
+        if folder_count[e.model_name] == 1 and e.model_name not in ids and e.model_name not in names:
+            names.append(e.model_name)
+        out[e.expert_id] = names
+    return out
+
+
+def default_reserved(ncpus: int) -> int:
+    """CPUs kept for the OS and the front door: none on small hosts, 2 from 8 CPUs up."""
+    return 0 if ncpus < 8 else 2
+
+
+def find_results_bytes(experts: Any, results: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Weights per expert from Ansible find results on the host, falling back to the controller."""
+    out = local_weights(experts)
+    for r in results or []:
+        item = r.get("item") or {}
+        files = r.get("files") or []
+        total = sum(int(f.get("size", 0)) for f in files)
+        if isinstance(item, Mapping) and total:
+            out[str(item.get("expert_id"))] = total
+    return out
+
+
+def summary(plan: Mapping[str, Any]) -> list[str]:
+    """Short human lines of a plan dict, for the play output."""
+    lines = [f"budget {plan['budget_gib']} GiB, loaded at once {plan['loaded_at_once_gib']} GiB, "
+             f"reserved CPUs {plan['reserved_cores'] or 'none'}"]
+    for e in plan["experts"]:
+        lines.append(f"{e['expert_id']}: port {e['port']}, CPUs {e['cpu_list']}, {e['memory_gib']} GiB, "
+                     f"{'preload' if e['preload'] else 'lazy'}; names {', '.join(e['names'])}")
+        lines += [f"  {r}" for r in e["report"] if ": applied" not in r]
+    lines += [f"warning: {w}" for w in plan.get("warnings", [])]
+    return lines
+
+
+def build_plan(
+    raw_experts: Any,
+    raw_lazy: Any,
+    caps: Mapping[str, Any],
+    host: Host,
+    *,
+    reserved_cores: int = 0,
+    weights_bytes: Mapping[str, int] | None = None,
+    overhead_gib: float = DEFAULT_OVERHEAD_GIB,
+    strict: bool = False,
+) -> Plan:
+    """Everything a deploy needs, or ConfigError listing every problem."""
+    experts, lazy = parse_experts(raw_experts, raw_lazy)
+    problems: list[str] = []
+    caps = {**caps, "cpu": {**caps.get("cpu", {}), "arch": host.arch, "isa": dict(host.isa), "model": host.model}}
+    ports = assign_ports(experts)
+    cores, reserved = split_cores(experts, host.cpus, reserved_cores)
+    names = served_names(experts)
+    by_priority = sorted(experts, key=lambda e: (-e.priority, experts.index(e)))
+    preload_ids = {e.expert_id for e in (by_priority[:lazy.warmup_pool_size] if lazy.enabled else experts)}
+    plans: list[ExpertPlan] = []
+    warnings: list[str] = []
+    for e in experts:
+        wb = (weights_bytes or {}).get(e.expert_id)
+        if wb is not None:
+            w_gib = wb / GIB
+        elif e.weights_gib is not None:
+            w_gib = e.weights_gib
+        else:
+            problems.append(f"expert '{e.expert_id}' field 'weights_gib': model size unknown "
+                            f"({e.model} not readable here); set weights_gib")
+            continue
+        if not float(e.kv_cache_gib).is_integer():
+            problems.append(f"expert '{e.expert_id}' field 'kv_cache_gib': VLLM_CPU_KVCACHE_SPACE takes whole GiB, "
+                            f"got {e.kv_cache_gib}")
+        bind = cpu_list(cores[e.expert_id]) if PROFILE_TABLE[e.profile].bind_threads else None
+        t = translate(e, caps, port=ports[e.expert_id], cores=bind)
+        t.argv[t.argv.index("--served-model-name") + 1:t.argv.index("--served-model-name") + 2] = names[e.expert_id]
+        problems += t.errors(strict)
+        warnings += t.warnings
+        plans.append(ExpertPlan(
+            expert_id=e.expert_id, port=ports[e.expert_id], cores=cores[e.expert_id],
+            cpu_list=cpu_list(cores[e.expert_id]) if bind else cpu_list(host.cpus),
+            weights_gib=w_gib, kv_cache_gib=e.kv_cache_gib, overhead_gib=overhead_gib,
+            preload=e.expert_id in preload_ids, names=names[e.expert_id], translation=t))
+    budget = lazy.memory_threshold * host.memory_gib
+    mems = sorted((p.memory_gib for p in plans), reverse=True)
+    at_once = sum(mems[:lazy.max_loaded_experts]) if lazy.enabled else sum(mems)
+    plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings)
+    if plans and at_once > budget:
+        problems.append(
+            f"memory: the experts that can be loaded at once need {at_once:.1f} GiB, more than "
+            f"memory_threshold {lazy.memory_threshold:g} x {host.memory_gib:.1f} GiB = {budget:.1f} GiB\n"
+            + memory_table(plan))
+    if problems:
+        raise ConfigError(problems)
+    return plan
+
+
+def memory_table(plan: Plan) -> str:
+    rows = [("expert", "cores", "weights", "kv", "overhead", "total", "loaded")]
+    for p in plan.experts:
+        rows.append((p.expert_id, p.cpu_list, f"{p.weights_gib:.1f}", f"{p.kv_cache_gib:g}",
+                     f"{p.overhead_gib:g}", f"{p.memory_gib:.1f}", "preload" if p.preload else "lazy"))
+    rows.append(("at once", "", "", "", "", f"{plan.loaded_at_once_gib:.1f}", f"budget {plan.budget_gib:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -1,0 +1,236 @@
+"""Translate an expert's settings into vLLM argv and environment, with a verdict per key.
+
+Input keys are either current vLLM setting names (an inventory's `engine:`) or the
+keys of a legacy config*.json. Each gets one report line:
+
+    applied | translated (why) | dropped: removed in vLLM <ver> | dropped: not a vLLM
+    setting | dropped: GPU only | rejected (why, and the fix)
+
+The verdicts come from the installed vLLM's capabilities (its own argparse and
+envs.py, see capabilities.py), plus the few rules below that no parser states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .experts import PROFILE_TABLE, Expert
+
+# Flags that existed in older vLLM and are gone. They are dropped (or errors in
+# strict mode) only when the installed vLLM indeed lacks them.
+REMOVED_FLAGS = {
+    "use_v2_block_manager": "the V1 engine has one block manager",
+    "num_scheduler_steps": "multi-step scheduling was removed with the V0 engine",
+    "max_context_len_to_capture": "CUDA-graph capture setting, replaced by max_seq_len_to_capture then removed",
+    "swap_space": "CPU swap space for the V0 GPU engine",
+    "device": "the platform is detected; --device is gone",
+}
+# Keys of the old server that never were vLLM settings.
+NOT_VLLM = {
+    "enable_neon", "use_captured_graph", "neon_optimizations", "enable_flash_attention",
+    "flash_attention_config", "use_cases", "description", "max_num_cached_tokens",
+}
+# vLLM flags that only mean something on a GPU.
+GPU_ONLY = {
+    "gpu_memory_utilization": "the CPU KV cache is sized by VLLM_CPU_KVCACHE_SPACE (kv_cache_gib)",
+    "cpu_offload_gb": "offloads GPU weights to host RAM; on a CPU the weights already are in RAM",
+}
+# Legacy keys that map onto the schema rather than onto a flag.
+SCHEMA_KEYS = {
+    "expert_id": "expert_id", "model_path": "model", "domain": "domain", "priority": "priority",
+}
+# Keys the toolkit owns: set from the schema, never from engine settings.
+OWNED_FLAGS = {"model", "host", "port", "served_model_name"}
+AWQ_GPTQ = {"awq", "awq_marlin", "gptq", "gptq_marlin", "gptq_marlin_24"}
+FP8_KV = {"fp8", "fp8_e4m3", "fp8_e5m2"}
+GEMMA3_MARKERS = ("gemma-3", "gemma3", "gemma_3")
+
+
+@dataclass
+class Line:
+    key: str
+    verdict: str          # applied | translated | dropped | rejected
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.verdict == "applied":
+            return f"{self.key}: applied" + (f" ({self.detail})" if self.detail else "")
+        if self.verdict == "translated":
+            return f"{self.key}: translated ({self.detail})"
+        if self.verdict == "dropped":
+            return f"{self.key}: dropped: {self.detail}"
+        return f"{self.key}: rejected ({self.detail})"
+
+
+@dataclass
+class Translation:
+    expert_id: str
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    report: list[Line] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> list[Line]:
+        return [line for line in self.report if line.verdict == "rejected"]
+
+    @property
+    def dropped(self) -> list[Line]:
+        return [line for line in self.report if line.verdict == "dropped"]
+
+    def errors(self, strict: bool = False) -> list[str]:
+        bad = self.rejected + (self.dropped if strict else [])
+        return [f"expert '{self.expert_id}' field '{line.key}': {line}" for line in bad]
+
+
+def classify(key: str, value: Any, caps: Mapping[str, Any]) -> Line | None:
+    """The verdict for one key that is not a plain applicable flag, or None."""
+    flags = caps["flags"]
+    ver = caps.get("vllm_version", "?")
+    if key in NOT_VLLM:
+        return Line(key, "dropped", "not a vLLM setting")
+    if key in GPU_ONLY:
+        return Line(key, "dropped", f"GPU only ({GPU_ONLY[key]})")
+    if key in REMOVED_FLAGS and key not in flags:
+        return Line(key, "dropped", f"removed in vLLM {ver} ({REMOVED_FLAGS[key]})")
+    if key not in flags:
+        return Line(key, "dropped", f"not a vLLM setting (vLLM {ver} has no --{key.replace('_', '-')})")
+    return None
+
+
+def _is_gemma3(expert: Expert) -> bool:
+    name = (expert.model + " " + expert.expert_id).lower()
+    return any(m in name for m in GEMMA3_MARKERS)
+
+
+def flag_argv(key: str, value: Any, spec: Mapping[str, Any]) -> list[str]:
+    opt = spec["option"]
+    kind = spec["kind"]
+    if kind == "bool_optional":
+        return [opt] if value else ["--no-" + opt[2:]]
+    if kind == "store_true":
+        return [opt] if value else []
+    if kind == "store_false":
+        return [] if value else [opt]
+    if isinstance(value, bool):
+        return [opt, "true" if value else "false"]
+    if isinstance(value, (list, tuple)):
+        return [opt, *[str(v) for v in value]]
+    if isinstance(value, (dict,)):
+        import json  # noqa: PLC0415
+
+        return [opt, json.dumps(value, separators=(",", ":"))]
+    return [opt, str(value)]
+
+
+def translate(
+    expert: Expert,
+    caps: Mapping[str, Any],
+    *,
+    port: int,
+    cores: str | None = None,
+    legacy_keys: Mapping[str, Any] | None = None,
+) -> Translation:
+    """argv + env for one expert on one host. `cores` is the planned CPU list ("0-7")."""
+    t = Translation(expert.expert_id)
+    cpu = caps.get("cpu", {})
+    isa = cpu.get("isa", {})
+    arch = cpu.get("arch", "x86_64")
+    flags = caps["flags"]
+    rules = caps.get("cpu_rules", {})
+    profile = PROFILE_TABLE[expert.profile]
+
+    settings = dict(expert.effective_engine())
+    sources = {k: ("profile " + expert.profile if k not in expert.engine else "") for k in settings}
+    for k, v in (legacy_keys or {}).items():
+        settings.setdefault(k, v)
+
+    # Schema-level keys from a legacy file are reported, not passed as flags.
+    for k in list(settings):
+        if k in SCHEMA_KEYS:
+            t.report.append(Line(k, "translated", f"becomes the expert's '{SCHEMA_KEYS[k]}'"))
+            settings.pop(k)
+        elif k in OWNED_FLAGS:
+            t.report.append(Line(k, "rejected", "set by the toolkit from expert_id, model and the plan; "
+                                  "remove it from engine"))
+            settings.pop(k)
+
+    dtype = settings.get("dtype")
+    quant = settings.get("quantization")
+    kv_dtype = str(settings.get("kv_cache_dtype", "auto") or "auto")
+    refused16 = rules.get("float16_refused_models") or ["gemma3"]
+    if dtype in ("float16", "half") and _is_gemma3(expert) and any("gemma3" in m for m in refused16):
+        t.report.append(Line("dtype", "rejected", "vLLM refuses float16 for Gemma 3 (numerical instability); "
+                             "use dtype: bfloat16"))
+        settings.pop("dtype")
+    elif dtype in ("float16", "half") and not isa.get("fp16", False):
+        t.warnings.append(f"expert '{expert.expert_id}' field 'dtype': float16 on a CPU without native fp16 "
+                          f"arithmetic ({cpu.get('model', arch)}); prefill was about 7x slower than bfloat16 "
+                          "in our measurement: prefer bfloat16")
+    if dtype == "bfloat16" and not isa.get("bf16", False):
+        t.warnings.append(f"expert '{expert.expert_id}' field 'dtype': bfloat16 without native bf16 on "
+                          f"{cpu.get('model', arch)} runs emulated; consider float32")
+    if isinstance(quant, str) and quant.lower() in AWQ_GPTQ and arch == "aarch64":
+        t.report.append(Line("quantization", "rejected",
+                             f"{quant} has no Arm CPU kernels in vLLM (documented for x86 only); on aarch64 use "
+                             "an INT4 W4A8 model for the KleidiAI path (VLLM_CPU_INT4_W4A8) or bf16 weights"))
+        settings.pop("quantization")
+    if kv_dtype in FP8_KV and rules.get("fp8_kv_needs_x86_avx512_or_amx") and not (
+            isa.get("avx512") or isa.get("amx")):
+        t.report.append(Line("kv_cache_dtype", "rejected",
+                             f"vLLM {caps.get('vllm_version')} supports an fp8 KV cache on CPU only on x86 with "
+                             f"AVX-512 or AMX, not on {cpu.get('model') or arch}; use kv_cache_dtype: auto"))
+        settings.pop("kv_cache_dtype")
+    elif kv_dtype in FP8_KV:
+        refuses = rules.get("fp8_kv_refuses", [])
+        clash = []
+        if "prefix_caching" in refuses and settings.get("enable_prefix_caching", True):
+            clash.append("prefix caching (on by default)")
+        if "chunked_prefill" in refuses and settings.get("enable_chunked_prefill", True):
+            clash.append("chunked prefill")
+        if clash:
+            t.report.append(Line("kv_cache_dtype", "rejected",
+                                 f"vLLM {caps.get('vllm_version')} on CPU refuses an fp8 KV cache with "
+                                 f"{' and '.join(clash)}; use kv_cache_dtype: auto, or set "
+                                 "enable_prefix_caching: false and enable_chunked_prefill: false"))
+            settings.pop("kv_cache_dtype")
+
+    argv = ["--model", expert.model, "--served-model-name", expert.expert_id,
+            "--host", "127.0.0.1", "--port", str(port)]
+    for k, v in settings.items():
+        line = classify(k, v, caps)
+        if line:
+            t.report.append(line)
+            continue
+        if v is None:
+            t.report.append(Line(k, "applied", "null: vLLM's default"))
+            continue
+        spec = flags[k]
+        if spec.get("choices") and not isinstance(v, bool) and str(v) not in spec["choices"]:
+            t.report.append(Line(k, "rejected", f"{v!r} is not one of {', '.join(spec['choices'])}"))
+            continue
+        argv += flag_argv(k, v, spec)
+        t.report.append(Line(k, "applied", sources.get(k, "")))
+
+    env: dict[str, str] = {"VLLM_CPU_KVCACHE_SPACE": _gib(expert.kv_cache_gib)}
+    if profile.bind_threads and cores:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cores
+    else:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind" if not profile.bind_threads else "auto"
+    if arch == "aarch64":
+        # PyTorch on Arm: huge pages for its allocations (AWS Graviton guide), with THP madvise.
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    env.update(expert.env)
+    unknown_cpu = [k for k in expert.env if k.startswith("VLLM_CPU_") and k not in caps.get("cpu_env_vars", [])]
+    for k in unknown_cpu:
+        t.report.append(Line(f"env.{k}", "rejected", f"vLLM {caps.get('vllm_version')} has no {k}; "
+                             f"known: {', '.join(caps.get('cpu_env_vars', []))}"))
+        env.pop(k)
+    t.argv = argv
+    t.env = env
+    return t
+
+
+def _gib(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"

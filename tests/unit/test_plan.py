@@ -1,0 +1,150 @@
+"""Core and memory plan, and the CLI on the real inventories and legacy files."""
+
+import json
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from llmhost.capabilities import parse_cpuinfo, parse_lscpu_json
+from llmhost.cli import main, saved_capabilities
+from llmhost.experts import ConfigError, parse_experts
+from llmhost.plan import GIB, Host, build_plan, cpu_list, parse_cpu_list, split_cores
+
+ROOT = Path(__file__).resolve().parents[2]
+FIX = ROOT / "tests/fixtures"
+CAPS = saved_capabilities()
+NV2 = parse_cpuinfo(resources.files("llmhost").joinpath("data/cpuinfo-neoverse-v2.txt").read_text(), "aarch64")
+
+
+def experts(*prios, **extra):
+    return [{"expert_id": f"e{i}", "model": f"/m/{i}", "domain": "general", "priority": p,
+             "weights_gib": 1.0, "kv_cache_gib": 1, **extra} for i, p in enumerate(prios)]
+
+
+def test_cpu_list_roundtrip():
+    assert cpu_list([0, 1, 2, 5, 6, 9]) == "0-2,5-6,9"
+    assert parse_cpu_list("0-2,5-6,9") == [0, 1, 2, 5, 6, 9]
+
+
+def test_split_is_disjoint_covers_pool_and_follows_priority():
+    ex, _ = parse_experts(experts(5, 4, 3, 2, 2))
+    cores, reserved = split_cores(ex, list(range(32)), 2)
+    assert reserved == [0, 1]
+    allc = [c for cs in cores.values() for c in cs]
+    assert sorted(allc) == list(range(2, 32)) and len(allc) == len(set(allc))
+    sizes = [len(cores[f"e{i}"]) for i in range(5)]
+    assert sizes == sorted(sizes, reverse=True) and min(sizes) >= 1
+
+
+def test_explicit_cores_and_too_many_experts():
+    ex, _ = parse_experts(experts(1, 1))
+    with pytest.raises(ConfigError, match="need one CPU each"):
+        split_cores(ex, [0], 0)
+    ex, _ = parse_experts(experts(1, 1, cores=2))
+    with pytest.raises(ConfigError, match="field 'cores'"):
+        split_cores(ex, [0, 1, 2], 0)
+
+
+def test_memory_that_does_not_fit_fails_with_a_table():
+    host = Host(tuple(range(4)), 8 * GIB, "x86_64", {"bf16": True})
+    with pytest.raises(ConfigError) as e:
+        build_plan(experts(1, 1), None, CAPS, host)
+    assert "expert" in str(e.value) and "budget" in str(e.value) and "e0" in str(e.value)
+
+
+def test_lazy_loading_counts_the_largest_loaded_at_once():
+    ex = experts(3, 2, 1)
+    ex[2]["weights_gib"] = 10.0
+    host = Host(tuple(range(4)), 20 * GIB, "x86_64", {"bf16": True})
+    lazy = {"enabled": True, "warmup_pool_size": 1, "max_loaded_experts": 1, "memory_threshold": 0.9,
+            "auto_unload_after_s": 60}
+    p = build_plan(ex, lazy, CAPS, host)
+    assert p.loaded_at_once_gib == pytest.approx(14.0)
+    assert [e.preload for e in p.experts] == [True, False, False]
+
+
+def test_neoverse_v2_fixtures():
+    assert NV2["arch"] == "aarch64" and NV2["model"] == "Neoverse-V2" and NV2["cpuinfo_cpus"] == 32
+    assert NV2["isa"]["bf16"] and NV2["isa"]["fp16"] and NV2["isa"]["sve2"] and NV2["isa"]["i8mm"]
+    ls = parse_lscpu_json((FIX / "lscpu-neoverse-v2.json").read_text())
+    assert ls["Model name"] == "Neoverse-V2" and ls["Thread(s) per core"] == "1" and ls["CPU(s)"] == "32"
+    x86 = parse_cpuinfo((FIX / "cpuinfo-x86-zen4-2cpu.txt").read_text(), "x86_64")
+    assert x86["isa"]["avx512"] and not x86["isa"]["fp16"] and x86["cpuinfo_cpus"] == 2
+
+
+def test_local_plan_on_arm_picks_bf16_binds_disjoint_and_sets_arm_env():
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "inventories/local/group_vars/llm_hosts/experts.yml").read_text())
+    for e in raw["llmhost_experts"]:
+        e["weights_gib"] = 0.3
+    host = Host((0, 1), 24 * GIB, "aarch64", NV2["isa"], NV2["model"])
+    p = build_plan(raw["llmhost_experts"], raw["llmhost_lazy_loading"], CAPS, host)
+    binds = [e.translation.env["VLLM_CPU_OMP_THREADS_BIND"] for e in p.experts]
+    assert binds == ["0", "1"]
+    for e in p.experts:
+        assert e.translation.argv[e.translation.argv.index("--dtype") + 1] == "bfloat16"
+        assert e.translation.env["THP_MEM_ALLOC_ENABLE"] == "1"
+    assert p.warnings == []
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "llmhost.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+
+
+def test_import_legacy_then_plan_32_vcpu_128_gb(tmp_path):
+    r = run_cli("import-legacy", str(FIX / "config.five_models_optimized_with_aya.json"))
+    assert r.returncode == 0, r.stderr
+    assert "phi4_fast.use_v2_block_manager: dropped: removed in vLLM 0.32.0" in r.stderr
+    inv = tmp_path / "inv"
+    (inv / "group_vars/llm_hosts").mkdir(parents=True)
+    (inv / "hosts.yml").write_text("all:\n  children:\n    llm_hosts:\n      hosts:\n        big:\n")
+    (inv / "group_vars/llm_hosts/experts.yml").write_text(
+        r.stdout + "llmhost_host_expect: {cpus: 32, memory_gib: 128, arch: aarch64, cpu: neoverse-v2}\n")
+    # all five preloaded, as the acceptance asks
+    text = (inv / "group_vars/llm_hosts/experts.yml").read_text().replace("enabled: true", "enabled: false")
+    (inv / "group_vars/llm_hosts/experts.yml").write_text(text)
+    r = run_cli("plan", "-i", str(inv), "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    cores = [set(e["cores"]) for e in plan["experts"]]
+    assert len(cores) == 5 and all(cores)
+    assert sum(len(c) for c in cores) == len(set().union(*cores)) == 30  # disjoint, 2 reserved
+    assert all(e["preload"] for e in plan["experts"])
+    assert all(e["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" for e in plan["experts"])  # legacy profile
+    r = run_cli("plan", "-i", str(inv))
+    assert "at once" in r.stdout and "budget" in r.stdout
+
+
+def test_import_legacy_exits_nonzero_on_rejection():
+    r = run_cli("import-legacy", str(FIX / "config.low_latency.json"))
+    assert r.returncode == 1 and "1 rejected" in r.stderr and "llmhost_experts:" in r.stdout
+
+
+def test_plan_of_the_shipped_inventories():
+    r = run_cli("plan", "-i", "inventories/production", "--json")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["loaded_at_once_gib"] <= plan["budget_gib"]
+    gemma = [e for e in plan["experts"] if e["expert_id"] == "gemma-3"][0]
+    assert "bfloat16" in gemma["argv"] and not gemma["preload"]
+    r = run_cli("plan", "-i", "inventories/local")
+    assert r.returncode == 0, r.stderr
+
+
+def test_plan_fails_on_bad_inventory(tmp_path, capsys):
+    inv = tmp_path / "inv"
+    (inv / "group_vars/llm_hosts").mkdir(parents=True)
+    (inv / "hosts.yml").write_text("all:\n  children:\n    llm_hosts:\n      hosts:\n        h:\n")
+    (inv / "group_vars/llm_hosts/e.yml").write_text(
+        "llmhost_experts:\n  - {expert_id: a, model: /m/a, domain: g, priority: 1, weights_gib: 1,"
+        " engine: {dtype: float16}, profile: legacy}\n"
+        "  - {expert_id: gemma3-it, model: /m/gemma-3-4b, domain: g, priority: 1, weights_gib: 1,"
+        " engine: {dtype: float16}}\n")
+    assert main(["plan", "-i", str(inv)]) == 1
+    err = capsys.readouterr().err
+    assert "expert 'gemma3-it' field 'dtype'" in err
