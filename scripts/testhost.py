@@ -280,6 +280,10 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int) -> dict:
     if WHEEL_DIR.is_dir():
         cmd.append(f"--bind-ro={WHEEL_DIR}")
     cmd += [f"--bind-ro={p}" for p in extra_binds()]
+    # A shared pip cache: the vLLM CPU wheel and its dependencies download once per machine.
+    pip_cache = CACHE / "pip-cache"
+    pip_cache.mkdir(parents=True, exist_ok=True)
+    cmd.append(f"--bind={pip_cache}:/root/.cache/pip")
     logf = open(d / "console.log", "w")
     p = subprocess.Popen(cmd, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
                          start_new_session=True)

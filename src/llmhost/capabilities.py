@@ -26,6 +26,10 @@ ARM_PARTS = {
 }
 
 
+BEGIN = "--- llmhost capabilities begin ---"
+END = "--- llmhost capabilities end ---"
+
+
 def parse_cpuinfo(text: str, machine: str) -> dict[str, Any]:
     """ISA facts from /proc/cpuinfo text. Pure: unit-tested with real fixtures."""
     flags: set[str] = set()
@@ -197,9 +201,21 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"cpu": probe_cpu()}
     if not args.cpu_only:
         out.update(probe_vllm())
-    json.dump(out, sys.stdout, indent=1, sort_keys=True)
-    print()
+    # Markers: over ssh with a pty, vLLM's import-time messages on stderr can land in
+    # the same stream; from_output() takes the JSON between them.
+    print(BEGIN)
+    print(json.dumps(out, indent=1, sort_keys=True))
+    print(END)
     return 0
+
+
+def from_output(text: str) -> dict[str, Any]:
+    """The JSON a probe run printed between its markers."""
+    try:
+        body = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    except IndexError:
+        raise ValueError(f"no capabilities in the probe's output: {text[-500:]!r}") from None
+    return json.loads(body)
 
 
 if __name__ == "__main__":

@@ -50,4 +50,5 @@ class FilterModule:
             "weights_bytes": find_results_bytes,
             "saved_capabilities": saved_capabilities,
             "probe_script": probe_script,
+            "probe_output": capabilities.from_output,
         }
