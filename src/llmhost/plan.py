@@ -32,10 +32,16 @@ class Host:
         return self.memory_bytes / GIB
 
 
+# A lazily loaded expert's vLLM listens here (port + offset); systemd's socket
+# holds the expert's own port and starts the model on the first connection.
+LAZY_BACKEND_OFFSET = 10000
+
+
 @dataclass
 class ExpertPlan:
     expert_id: str
     port: int
+    backend_port: int
     cores: list[int]
     cpu_list: str
     weights_gib: float
@@ -44,6 +50,7 @@ class ExpertPlan:
     preload: bool
     names: list[str]
     translation: Translation
+    expert: Expert
 
     @property
     def memory_gib(self) -> float:
@@ -63,8 +70,13 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         out = []
         for e in self.experts:
+            x = e.expert
             out.append({
-                "expert_id": e.expert_id, "port": e.port, "cores": e.cores, "cpu_list": e.cpu_list,
+                "expert_id": e.expert_id, "port": e.port, "backend_port": e.backend_port,
+                "domain": x.domain, "priority": x.priority, "profile": x.profile, "model": x.model,
+                "thresholds": {k: v for k, v in asdict(x.thresholds).items() if v is not None},
+                "preload_tcmalloc": PROFILE_TABLE[x.profile].preload_tcmalloc,
+                "cores": e.cores, "cpu_list": e.cpu_list,
                 "weights_gib": round(e.weights_gib, 2), "kv_cache_gib": e.kv_cache_gib,
                 "overhead_gib": e.overhead_gib, "memory_gib": round(e.memory_gib, 2),
                 "memory_max_bytes": int(e.memory_gib * GIB),
@@ -257,15 +269,17 @@ def build_plan(
             problems.append(f"expert '{e.expert_id}' field 'kv_cache_gib': VLLM_CPU_KVCACHE_SPACE takes whole GiB, "
                             f"got {e.kv_cache_gib}")
         bind = cpu_list(cores[e.expert_id]) if PROFILE_TABLE[e.profile].bind_threads else None
-        t = translate(e, caps, port=ports[e.expert_id], cores=bind)
+        preload = e.expert_id in preload_ids
+        backend = ports[e.expert_id] if preload else ports[e.expert_id] + LAZY_BACKEND_OFFSET
+        t = translate(e, caps, port=backend, cores=bind)
         t.argv[t.argv.index("--served-model-name") + 1:t.argv.index("--served-model-name") + 2] = names[e.expert_id]
         problems += t.errors(strict)
         warnings += t.warnings
         plans.append(ExpertPlan(
-            expert_id=e.expert_id, port=ports[e.expert_id], cores=cores[e.expert_id],
+            expert_id=e.expert_id, port=ports[e.expert_id], backend_port=backend, cores=cores[e.expert_id],
             cpu_list=cpu_list(cores[e.expert_id]) if bind else cpu_list(host.cpus),
             weights_gib=w_gib, kv_cache_gib=e.kv_cache_gib, overhead_gib=overhead_gib,
-            preload=e.expert_id in preload_ids, names=names[e.expert_id], translation=t))
+            preload=preload, names=names[e.expert_id], translation=t, expert=e))
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
     at_once = sum(mems[:lazy.max_loaded_experts]) if lazy.enabled else sum(mems)

@@ -1,0 +1,143 @@
+"""Two real vLLM experts under systemd on an nspawn host (order matters: file order)."""
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+PROJECT = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+QUESTION = "What is the capital of France? Answer in one word."
+PORTS = {"general": 8101, "coder": 8102}
+
+
+def ask(host, expert, port=None, timeout=120):
+    body = json.dumps({"model": expert, "temperature": 0, "max_tokens": 16,
+                       "messages": [{"role": "user", "content": QUESTION}]})
+    r = host.run(f"curl -s -m {timeout} -H 'Content-Type: application/json' "
+                 f"-d '{body}' http://127.0.0.1:{port or PORTS[expert]}/v1/chat/completions")
+    if r.rc != 0:
+        return None
+    try:
+        return json.loads(r.stdout)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def playbook(*args, playbooks=("preflight", "install", "experts")):
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=f"{PROJECT}/roles",
+               ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/collections")
+    return subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         *[f"{PROJECT}/playbooks/{p}.yml" for p in playbooks], *args],
+        cwd=PROJECT, env=env, capture_output=True, text=True, check=False)
+
+
+def experts_vars(host, **changes):
+    """The scenario's experts list with changes, as extra-vars JSON."""
+    inv = json.loads(host.check_output("cat /etc/llmhost/experts.json"))
+    base = []
+    for e in inv["experts"]:
+        base.append({"expert_id": e["expert_id"], "model": e["model"], "domain": e["domain"],
+                     "priority": e["priority"], "kv_cache_gib": 1, "cores": 1,
+                     "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True}})
+    for eid, ch in changes.items():
+        [e for e in base if e["expert_id"] == eid][0].update(ch)
+    return base
+
+
+def test_both_experts_answer_paris_on_their_own_port(host):
+    for expert in PORTS:
+        assert host.service(f"llmhost-expert-{expert}").is_running
+        answer = ask(host, expert)
+        assert answer and "Paris" in answer, (expert, answer)
+
+
+def test_units_bind_disjoint_cores_and_kv_cache(host):
+    for expert, cpu in (("general", "0"), ("coder", "1")):
+        env = host.file(f"/etc/llmhost/experts/{expert}.env").content_string
+        assert f'VLLM_CPU_OMP_THREADS_BIND="{cpu}"' in env and 'VLLM_CPU_KVCACHE_SPACE="1"' in env
+        unit = host.file(f"/etc/systemd/system/llmhost-expert-{expert}.service").content_string
+        assert f"CPUAffinity={cpu}" in unit and "--host 127.0.0.1" in unit
+    cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
+    assert [e["port"] for e in cfg["experts"]] == [8101, 8102]
+
+
+def test_nothing_listens_beyond_loopback(host):
+    out = host.check_output("ss -Hltn")
+    for line in out.splitlines():
+        local = line.split()[3]
+        addr = local.rsplit(":", 1)[0]
+        assert addr.startswith("127.") or addr in ("[::1]", "::1") or local.endswith(":22"), line
+
+
+def test_exposure_score_at_most_2_5(host):
+    out = host.check_output("systemd-analyze security llmhost-expert-general.service --no-pager | tail -1")
+    score = float(out.split("exposure level for")[1].split(":")[1].split()[0])
+    print(f"systemd-analyze security exposure: {score}")
+    assert score <= 2.5, out
+
+
+def test_kill_9_is_followed_by_serving_again(host):
+    pid = host.check_output("systemctl show -p MainPID --value llmhost-expert-coder")
+    host.run(f"kill -9 {pid}")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        new = host.check_output("systemctl show -p MainPID --value llmhost-expert-coder")
+        if new not in ("0", pid) and host.service("llmhost-expert-coder").is_running:
+            state = host.check_output("systemctl show -p ActiveState --value llmhost-expert-coder")
+            if state == "active":
+                break
+        time.sleep(2)
+    answer = ask(host, "coder")
+    assert answer and "Paris" in answer
+
+
+def test_broken_model_rolls_back_while_the_other_expert_serves(host):
+    host.run("mkdir -p /srv/models/broken && cp /srv/models/SmolLM2-135M-Instruct/*.json /srv/models/broken/ "
+             "&& head -c 1048576 /dev/urandom > /srv/models/broken/model.safetensors")
+    before = host.file("/etc/systemd/system/llmhost-expert-coder.service").sha256sum
+    results = []
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            results.append(ask(host, "general", timeout=60))
+            time.sleep(0.5)
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host, coder={"model": "/srv/models/broken"})}),
+                     playbooks=("preflight", "experts"))
+    finally:
+        stop.set()
+        t.join()
+    assert r.returncode != 0
+    assert "expert 'coder' did not pass its health gate" in r.stdout, r.stdout[-3000:]
+    assert host.file("/etc/systemd/system/llmhost-expert-coder.service").sha256sum == before
+    assert host.service("llmhost-expert-coder").is_running
+    assert "Paris" in (ask(host, "coder") or "")
+    assert len(results) >= 5 and all(a and "Paris" in a for a in results), results
+
+
+def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
+    lazy = {"enabled": True, "warmup_pool_size": 1, "max_loaded_experts": 2, "memory_threshold": 0.9,
+            "auto_unload_after_s": 20}
+    r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host), "llmhost_lazy_loading": lazy}),
+                 playbooks=("preflight", "experts"))
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert not host.service("llmhost-expert-coder").is_running
+    assert host.socket("tcp://127.0.0.1:8102").is_listening
+    t0 = time.monotonic()
+    answer = ask(host, "coder", timeout=300)
+    print(f"lazy first request: {time.monotonic() - t0:.1f} s")
+    assert answer and "Paris" in answer
+    assert host.service("llmhost-expert-coder").is_running
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and host.service("llmhost-expert-coder").is_running:
+        time.sleep(2)
+    assert not host.service("llmhost-expert-coder").is_running, "idle lazy expert did not stop"
+    assert host.socket("tcp://127.0.0.1:8102").is_listening
