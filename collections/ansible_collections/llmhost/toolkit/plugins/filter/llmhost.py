@@ -8,7 +8,7 @@ from ansible.errors import AnsibleFilterError
 
 from llmhost import tuning
 from llmhost.experts import ConfigError
-from llmhost import capabilities, systemd
+from llmhost import capabilities, frontdoor, systemd
 from llmhost.cli import saved_capabilities
 from llmhost.plan import GIB, Host, build_plan, default_reserved, find_results_bytes, summary
 
@@ -46,6 +46,11 @@ class FilterModule:
             "iosched_items": tuning.iosched_items,
             "tuning_explain": tuning.explain,
             "plan": plan,
+            "frontdoor_routes": frontdoor.routes,
+            "frontdoor_map": frontdoor.model_map,
+            "frontdoor_models": frontdoor.models_list,
+            "frontdoor_default": frontdoor.default_expert,
+            "frontdoor_key_hashes": frontdoor.key_hashes,
             "systemd_exec": systemd.exec_line,
             "systemd_env": systemd.env_file,
             "plan_summary": summary,

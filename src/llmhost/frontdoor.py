@@ -1,0 +1,82 @@
+"""What the HAProxy front door needs from the plan: names, backends, limits, the model list.
+
+Pure functions; the frontdoor role renders haproxy.cfg with them (filters
+llmhost.toolkit.frontdoor_*), and tests check both these and the real
+`haproxy -c` on the rendered file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, Iterable, Mapping
+
+
+def backend(expert_id: str) -> str:
+    return "be_" + re.sub(r"[^A-Za-z0-9_.-]", "_", expert_id)
+
+
+def max_num_seqs(expert: Mapping[str, Any], default: int = 8) -> int:
+    argv = list(expert.get("argv", []))
+    if "--max-num-seqs" in argv:
+        return int(argv[argv.index("--max-num-seqs") + 1])
+    return default
+
+
+def default_expert(plan: Mapping[str, Any], configured: str | None = None) -> str:
+    """The configured expert, else the highest-priority expert of domain general, else the highest."""
+    experts = list(plan["experts"])
+    ids = [e["expert_id"] for e in experts]
+    if configured:
+        if configured not in ids:
+            raise ValueError(f"frontdoor_default_expert: {configured!r} is not an expert ({', '.join(ids)})")
+        return configured
+    general = [e for e in experts if e.get("domain") == "general"] or experts
+    return sorted(general, key=lambda e: (-int(e.get("priority", 0)), ids.index(e["expert_id"])))[0]["expert_id"]
+
+
+def routes(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One entry per expert: backend, server port, names, concurrency cap, queue, lazy or not."""
+    out = []
+    for e in plan["experts"]:
+        cap = max_num_seqs(e)
+        out.append({
+            "expert_id": e["expert_id"], "backend": backend(e["expert_id"]), "port": e["port"],
+            "names": list(e.get("names") or [e["expert_id"]]), "maxconn": cap, "maxqueue": cap * 4,
+            "lazy": not e.get("preload", True),
+        })
+    return out
+
+
+def model_map(plan: Mapping[str, Any]) -> str:
+    """HAProxy map file: one `name backend` line per expert id and alias."""
+    lines = []
+    seen: dict[str, str] = {}
+    for r in routes(plan):
+        for n in r["names"]:
+            if n in seen and seen[n] != r["backend"]:
+                raise ValueError(f"model name {n!r} names two experts")
+            seen[n] = r["backend"]
+            lines.append(f"{n} {r['backend']}")
+    return "\n".join(lines) + "\n"
+
+
+def models_list(plan: Mapping[str, Any], created: int = 0) -> dict[str, Any]:
+    """GET /v1/models in the OpenAI list format."""
+    return {"object": "list", "data": [
+        {"id": e["expert_id"], "object": "model", "created": created, "owned_by": "llmhost",
+         "root": e.get("model", ""), "parent": None,
+         "llmhost": {"domain": e.get("domain"), "aliases": [n for n in e.get("names", []) if n != e["expert_id"]],
+                     "lazy": not e.get("preload", True)}}
+        for e in plan["experts"]]}
+
+
+def key_hashes(keys: Iterable[str]) -> list[str]:
+    """sha256 hex of each API key: only hashes are written to the host."""
+    out = []
+    for k in keys:
+        k = str(k).strip()
+        if not k:
+            raise ValueError("frontdoor_api_keys: an empty key")
+        out.append(hashlib.sha256(k.encode()).hexdigest())
+    return out
