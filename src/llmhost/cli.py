@@ -2,6 +2,7 @@
 
     llmhost import-legacy FILE [--arch aarch64]   legacy config*.json -> inventory YAML (stdout), report (stderr)
     llmhost plan -i INVENTORY [--host H] [--json]  cores, memory, argv and env per expert
+    llmhost smoke [--url U] [--config F] [--json R]  TTFT, TBT, tokens/s and coherence per expert
     llmhost capabilities                            the saved capabilities of the pinned vLLM
 
 Both run offline. Exit codes: 0 fine, 1 a rejection or a plan that does not fit, 2 usage.
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -139,6 +141,57 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from . import smoke  # noqa: PLC0415
+
+    cfg = json.loads(Path(args.config).read_text()) if args.config else None
+    if cfg is None:
+        import urllib.request  # noqa: PLC0415
+
+        with urllib.request.urlopen(args.url.rstrip("/") + "/v1/models", timeout=30) as r:
+            cfg = {"experts": [{"expert_id": m["id"]} for m in json.load(r)["data"]]}
+    experts = [e for e in cfg["experts"] if not args.expert or e["expert_id"] in args.expert]
+    missing = set(args.expert or []) - {e["expert_id"] for e in experts}
+    if missing:
+        print(f"no such expert: {', '.join(sorted(missing))}", file=sys.stderr)
+        return 2
+    for e in experts:
+        for k, v in (args.threshold or []):
+            e.setdefault("thresholds", {})[k] = v
+    api_key = args.api_key or os.environ.get("LLMHOST_API_KEY")
+    show = smoke.progress_printer()
+    results = []
+    for e in experts:
+        results.append(smoke.run_expert(args.url, e, repeat=args.repeat, warmup=args.warmup,
+                                        concurrency=args.concurrency, max_tokens=args.max_tokens,
+                                        shared_prefix=args.shared_prefix, api_key=api_key, progress=show))
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
+    print(smoke.table(results))
+    rep = smoke.report(results, {"url": args.url, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                 "repeat": args.repeat, "concurrency": args.concurrency,
+                                 "max_tokens": args.max_tokens, "shared_prefix": args.shared_prefix})
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rep, indent=1))
+        print(f"report: {args.json}")
+    if args.chart:
+        smoke.chart(results, args.chart)
+        print(f"chart: {args.chart}")
+    misses = [m for r in results for m in r.misses]
+    for m in misses:
+        print(f"FAIL {m}")
+    return 1 if misses else 0
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    k, _, v = text.partition("=")
+    if k not in ("ttft_p50_s", "ttft_p95_s", "tbt_p95_s", "decode_tps_min") or not v:
+        raise argparse.ArgumentTypeError(f"--threshold NAME=VALUE with NAME one of ttft_p50_s, ttft_p95_s, "
+                                         f"tbt_p95_s, decode_tps_min; got {text!r}")
+    return k, float(v)
+
+
 def cmd_capabilities(args: argparse.Namespace) -> int:
     print(json.dumps(load_caps(args.caps), indent=1))
     return 0
@@ -161,6 +214,22 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--strict", action="store_true", help="every dropped key is an error")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
+    sm = sub.add_parser("smoke", help="stream through the front door: TTFT, TBT, tokens/s, coherence")
+    sm.add_argument("--url", default="http://127.0.0.1:8082", help="the front door")
+    sm.add_argument("--config", help="effective config (/etc/llmhost/experts.json) with thresholds; "
+                    "default: the front door's /v1/models, no thresholds")
+    sm.add_argument("--expert", action="append", help="only this expert (repeatable)")
+    sm.add_argument("--repeat", type=int, default=5, help="measured requests per stream")
+    sm.add_argument("--warmup", type=int, default=1)
+    sm.add_argument("--concurrency", type=int, default=1, help="parallel streams per expert")
+    sm.add_argument("--max-tokens", type=int, default=64, help="fixed output length of measured requests")
+    sm.add_argument("--shared-prefix", action="store_true", help="a shared long system prompt (prefix caching)")
+    sm.add_argument("--threshold", action="append", type=_threshold, metavar="NAME=VALUE",
+                    help="override a threshold for every expert")
+    sm.add_argument("--api-key", help="bearer key (or LLMHOST_API_KEY)")
+    sm.add_argument("--json", help="write the JSON report here")
+    sm.add_argument("--chart", help="write a PNG chart of TTFT and TBT here")
+    sm.set_defaults(func=cmd_smoke)
     cp = sub.add_parser("capabilities", help="print the saved vLLM capabilities")
     cp.add_argument("--caps")
     cp.set_defaults(func=cmd_capabilities)

@@ -1,0 +1,72 @@
+"""The smoke test's arithmetic on a scripted stream (the one place a fake server is right)."""
+
+import io
+
+import pytest
+
+from llmhost import smoke
+
+
+def test_measure_ttft_itl_decode_rate():
+    start = 10.0
+    events = [(10.05, "", None),            # role chunk: no content yet
+              (10.20, "The", None), (10.25, " capital", None), (10.31, " is", None), (10.40, " Paris", None),
+              (10.41, "", {"prompt_tokens": 42, "completion_tokens": 4})]
+    s = smoke.measure(events, start)
+    assert s.ttft_s == pytest.approx(0.20)
+    assert s.itls_s == pytest.approx([0.05, 0.06, 0.09])
+    assert s.decode_tps == pytest.approx(3 / 0.20)           # (4 - 1) / (10.40 - 10.20)
+    assert s.e2e_s == pytest.approx(0.41) and s.output_tokens == 4 and s.prompt_tokens == 42
+    assert s.text == "The capital is Paris"
+
+
+def test_percentiles_match_numpy_linear():
+    assert smoke.percentile([1, 2, 3, 4], 50) == 2.5
+    assert smoke.percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 95) == pytest.approx(9.55)
+    assert smoke.percentile([], 50) is None
+
+
+def test_summarize_and_thresholds_name_the_expert_and_figure():
+    a = smoke.Sample(0.1, [0.02, 0.03], 0.2, 3, 10, "x")
+    b = smoke.Sample(0.3, [0.04], 0.4, 2, 10, "y")
+    err = smoke.Sample(None, [], 1.0, 0, 0, "", "HTTP 503")
+    st = smoke.summarize([a, b, err])
+    assert st.requests == 3 and st.errors == 1
+    assert st.ttft_p50_s == pytest.approx(0.2) and st.tbt_p50_s == pytest.approx(0.03)
+    assert st.decode_tps == pytest.approx((2 / 0.05 + 1 / 0.04) / 2)
+    misses = smoke.check_thresholds("general", st, {"ttft_p50_s": 0.05, "decode_tps_min": 100})
+    assert "general: 1 of 3 requests failed" in misses
+    assert "general: ttft_p50 0.200 s > budget 0.05 s" in misses
+    assert any(m.startswith("general: decode 32.5 tokens/s < floor 100") for m in misses)
+    assert smoke.check_thresholds("g", smoke.summarize([a]), {"ttft_p50_s": 1}) == []
+
+
+def test_sse_parsing_with_usage_and_done():
+    lines = [b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n', b"\n",
+             b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n',
+             b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1}}\n', b"data: [DONE]\n",
+             b'data: {"choices":[{"delta":{"content":"never"}}]}\n']
+    ticks = iter([1.0, 2.0, 3.0, 4.0])
+    ev = list(smoke.sse_events(lines, clock=lambda: next(ticks)))
+    assert ev == [(1.0, "", None), (2.0, "Hi", None), (3.0, "", {"prompt_tokens": 5, "completion_tokens": 1})]
+    with pytest.raises(RuntimeError, match="boom"):
+        list(smoke.sse_events([b'data: {"error":{"message":"boom"}}']))
+
+
+@pytest.mark.parametrize("text, broken", [
+    ("The capital of France is Paris.", False),
+    ("", True),
+    ("Paris \ufffd\ufffd", True),
+    ("the the the the the the the the the the", True),
+    ("Paris is nice. Paris is nice. Paris is nice. Paris is nice. Paris is nice.", True),
+    ("def add(a, b):\n    return a + b", False),
+])
+def test_garbage_detector(text, broken):
+    assert (smoke.garbage(text) is not None) == broken
+
+
+def test_probes_check_answers():
+    cap, add, code = smoke.PROBES
+    assert cap.check("Paris.") and not cap.check("Lyon")
+    assert add.check("5") and add.check("The answer is 5.") and not add.check("15")
+    assert code.check("```python\ndef add(a, b):\n    return a + b\n```") and not code.check("def add(a, b) return")
