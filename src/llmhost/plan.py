@@ -190,18 +190,9 @@ def split_cores(experts: Sequence[Expert], cpus: Sequence[int], reserved: int) -
 
 
 def served_names(experts: Sequence[Expert]) -> dict[str, list[str]]:
-    """expert_id, its aliases, and the model folder's name where no other expert shares it."""
-    folder_count: dict[str, int] = {}
-    for e in experts:
-        folder_count[e.model_name] = folder_count.get(e.model_name, 0) + 1
-    ids = {e.expert_id for e in experts}
-    out = {}
-    for e in experts:
-        names = [e.expert_id, *e.aliases]
-        if folder_count[e.model_name] == 1 and e.model_name not in ids and e.model_name not in names:
-            names.append(e.model_name)
-        out[e.expert_id] = names
-    return out
+    """expert_id and its explicit aliases. No implicit names: a change to one
+    expert must never rename (and so restart) another."""
+    return {e.expert_id: [e.expert_id, *e.aliases] for e in experts}
 
 
 def default_reserved(ncpus: int) -> int:

@@ -58,7 +58,7 @@ def test_rendered_config_is_valid_and_routes_every_name(tmp_path):
     assert "server general 127.0.0.1:8101 maxconn 8 maxqueue 32 check" in cfg
     assert "str(general)" in cfg  # the default expert: the top general one
     assert (out / "llmhost-models.map").read_text() == (
-        "general be_general\nSmolLM2-135M-Instruct be_general\na be_general\ncoder be_coder\nb be_coder\n")
+        "general be_general\nSmolLM2-135M-Instruct be_general\ncoder be_coder\n")
     models = json.loads((out / "llmhost-models.json").read_text())
     assert [m["id"] for m in models["data"]] == ["general", "coder"]
     err = (out / "errors/503.http").read_text()
