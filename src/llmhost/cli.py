@@ -118,7 +118,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         plan = build_plan(hv.get("llmhost_experts"), hv.get("llmhost_lazy_loading"), caps, host,
                           reserved_cores=int(reserved), strict=args.strict,
-                          weights_bytes=local_weights(hv.get("llmhost_experts")))
+                          weights_bytes=local_weights(hv.get("llmhost_experts")),
+                          default_expert=hv.get("llmhost_default_expert") or None)
     except ConfigError as e:
         print(f"{name}: the plan does not work:", file=sys.stderr)
         for p in e.problems:

@@ -23,16 +23,9 @@ def max_num_seqs(expert: Mapping[str, Any], default: int = 8) -> int:
     return default
 
 
-def default_expert(plan: Mapping[str, Any], configured: str | None = None) -> str:
-    """The configured expert, else the highest-priority expert of domain general, else the highest."""
-    experts = list(plan["experts"])
-    ids = [e["expert_id"] for e in experts]
-    if configured:
-        if configured not in ids:
-            raise ValueError(f"frontdoor_default_expert: {configured!r} is not an expert ({', '.join(ids)})")
-        return configured
-    general = [e for e in experts if e.get("domain") == "general"] or experts
-    return sorted(general, key=lambda e: (-int(e.get("priority", 0)), ids.index(e["expert_id"])))[0]["expert_id"]
+def default_expert(plan: Mapping[str, Any]) -> str:
+    """Where "auto" and a missing model go: the plan's default expert (it also serves "auto")."""
+    return str(plan["default_expert"])
 
 
 def routes(plan: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -66,6 +66,7 @@ class Plan:
     memory_gib: float
     lazy: LazyLoading
     warnings: list[str] = field(default_factory=list)
+    default_expert: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out = []
@@ -86,6 +87,7 @@ class Plan:
         return {"experts": out, "reserved_cores": self.reserved, "budget_gib": round(self.budget_gib, 2),
                 "loaded_at_once_gib": round(self.loaded_at_once_gib, 2),
                 "memory_gib": round(self.memory_gib, 2), "lazy_loading": asdict(self.lazy),
+                "default_expert": self.default_expert,
                 "warnings": self.warnings}
 
 
@@ -234,14 +236,25 @@ def build_plan(
     weights_bytes: Mapping[str, int] | None = None,
     overhead_gib: float = DEFAULT_OVERHEAD_GIB,
     strict: bool = False,
+    default_expert: str | None = None,
 ) -> Plan:
     """Everything a deploy needs, or ConfigError listing every problem."""
     experts, lazy = parse_experts(raw_experts, raw_lazy)
     problems: list[str] = []
+    ids = [e.expert_id for e in experts]
+    if default_expert and default_expert not in ids:
+        raise ConfigError([f"llmhost_default_expert: {default_expert!r} is not an expert ({', '.join(ids)})"])
+    if not default_expert:
+        general = [e for e in experts if e.domain == "general"] or experts
+        default_expert = sorted(general, key=lambda e: (-e.priority, ids.index(e.expert_id)))[0].expert_id
     caps = {**caps, "cpu": {**caps.get("cpu", {}), "arch": host.arch, "isa": dict(host.isa), "model": host.model}}
     ports = assign_ports(experts)
     cores, reserved = split_cores(experts, host.cpus, reserved_cores)
     names = served_names(experts)
+    # "auto" (the old router's choice) is served by the default expert itself, so
+    # vLLM accepts it when the front door sends such a request there.
+    if not any("auto" in n for n in names.values()):
+        names[default_expert] = [*names[default_expert], "auto"]
     by_priority = sorted(experts, key=lambda e: (-e.priority, experts.index(e)))
     preload_ids = {e.expert_id for e in (by_priority[:lazy.warmup_pool_size] if lazy.enabled else experts)}
     plans: list[ExpertPlan] = []
@@ -274,7 +287,7 @@ def build_plan(
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
     at_once = sum(mems[:lazy.max_loaded_experts]) if lazy.enabled else sum(mems)
-    plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings)
+    plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert)
     if plans and at_once > budget:
         problems.append(
             f"memory: the experts that can be loaded at once need {at_once:.1f} GiB, more than "

@@ -255,7 +255,9 @@ def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup:
                  "Give one tip for writing clear emails.", "What does HTTP stand for?"]
 
     def msgs(i: int) -> list[dict[str, str]]:
-        return system + [{"role": "user", "content": questions[i % len(questions)]}]
+        # A distinct opening per request: only the (optional) shared system prompt
+        # is a cacheable prefix, as with vllm bench serve's random prompts.
+        return system + [{"role": "user", "content": f"Request {i}. {questions[i % len(questions)]}"}]
 
     for i in range(warmup):
         progress(f"{eid}: warm-up {i + 1}/{warmup}")

@@ -4,7 +4,7 @@ import pytest
 
 from llmhost import frontdoor
 
-PLAN = {"experts": [
+PLAN = {"default_expert": "general", "experts": [
     {"expert_id": "coder", "domain": "coding", "priority": 9, "port": 8102, "names": ["coder"],
      "argv": ["--max-num-seqs", "4"], "preload": True, "model": "/m/a"},
     {"expert_id": "general", "domain": "general", "priority": 5, "port": 8101,
@@ -12,11 +12,8 @@ PLAN = {"experts": [
 ]}
 
 
-def test_default_is_top_general_unless_configured():
+def test_default_comes_from_the_plan():
     assert frontdoor.default_expert(PLAN) == "general"
-    assert frontdoor.default_expert(PLAN, "coder") == "coder"
-    with pytest.raises(ValueError, match="not an expert"):
-        frontdoor.default_expert(PLAN, "nope")
 
 
 def test_routes_map_and_list():

@@ -18,14 +18,15 @@ pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None and not Path("/u
                                 reason="haproxy is installed by scripts/bootstrap")
 
 
-def plan_dict(lazy=None):
+def plan_dict(lazy=None, default=None):
     experts = [
         {"expert_id": "general", "model": "/srv/models/a", "domain": "general", "priority": 5,
          "weights_gib": 0.3, "kv_cache_gib": 1, "aliases": ["SmolLM2-135M-Instruct"]},
         {"expert_id": "coder", "model": "/srv/models/b", "domain": "coding", "priority": 3,
          "weights_gib": 0.3, "kv_cache_gib": 1},
     ]
-    p = build_plan(experts, lazy, saved_capabilities(), Host((0, 1), 24 * GIB, "x86_64", {"bf16": True}))
+    p = build_plan(experts, lazy, saved_capabilities(), Host((0, 1), 24 * GIB, "x86_64", {"bf16": True}),
+                   default_expert=default)
     d = p.to_dict()
     d["memory_budget_bytes"] = int(p.budget_gib * GIB)
     return d
@@ -33,7 +34,7 @@ def plan_dict(lazy=None):
 
 def render(tmp_path, **extra):
     out = tmp_path / "haproxy"
-    ev = {"frontdoor_plan": plan_dict(extra.pop("lazy", None)), "frontdoor_dir": str(out),
+    ev = {"frontdoor_plan": plan_dict(extra.pop("lazy", None), extra.pop("default", None)), "frontdoor_dir": str(out),
           "frontdoor_errors_dir": str(out / "errors"), "ansible_python_interpreter": sys.executable, **extra}
     evf = tmp_path / "ev.json"
     evf.write_text(json.dumps(ev))
@@ -58,7 +59,7 @@ def test_rendered_config_is_valid_and_routes_every_name(tmp_path):
     assert "server general 127.0.0.1:8101 maxconn 8 maxqueue 32 check" in cfg
     assert "str(general)" in cfg  # the default expert: the top general one
     assert (out / "llmhost-models.map").read_text() == (
-        "general be_general\nSmolLM2-135M-Instruct be_general\ncoder be_coder\n")
+        "general be_general\nSmolLM2-135M-Instruct be_general\nauto be_general\ncoder be_coder\n")
     models = json.loads((out / "llmhost-models.json").read_text())
     assert [m["id"] for m in models["data"]] == ["general", "coder"]
     err = (out / "errors/503.http").read_text()
@@ -68,7 +69,7 @@ def test_rendered_config_is_valid_and_routes_every_name(tmp_path):
 
 def test_keys_and_lazy_variant_is_valid(tmp_path):
     lazy = {"enabled": True, "warmup_pool_size": 1, "max_loaded_experts": 2, "auto_unload_after_s": 60}
-    out = render(tmp_path, frontdoor_api_keys=["sk-test-1"], lazy=lazy, frontdoor_default_expert="coder")
+    out = render(tmp_path, frontdoor_api_keys=["sk-test-1"], lazy=lazy, default="coder")
     r = haproxy_check(out / "haproxy.cfg")
     assert r.returncode == 0, r.stdout + r.stderr
     cfg = (out / "haproxy.cfg").read_text()

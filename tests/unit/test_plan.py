@@ -148,3 +148,15 @@ def test_plan_fails_on_bad_inventory(tmp_path, capsys):
     assert main(["plan", "-i", str(inv)]) == 1
     err = capsys.readouterr().err
     assert "expert 'gemma3-it' field 'dtype'" in err
+
+
+def test_default_expert_serves_auto():
+    host = Host((0, 1), 24 * GIB, "x86_64", {"bf16": True})
+    p = build_plan(experts(1, 5), None, CAPS, host)
+    assert p.default_expert == "e1" and "auto" in p.experts[1].names and "auto" not in p.experts[0].names
+    argv = p.experts[1].translation.argv
+    assert argv[argv.index("--served-model-name"):][:3] == ["--served-model-name", "e1", "auto"]
+    p = build_plan(experts(1, 5), None, CAPS, host, default_expert="e0")
+    assert p.default_expert == "e0"
+    with pytest.raises(ConfigError, match="llmhost_default_expert"):
+        build_plan(experts(1, 5), None, CAPS, host, default_expert="nope")

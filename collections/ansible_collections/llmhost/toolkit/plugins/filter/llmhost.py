@@ -19,7 +19,7 @@ def probe_script(_: Any = None) -> str:
 
 
 def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
-         weights_bytes: dict | None = None, strict: bool = False) -> dict:
+         weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None) -> dict:
     """The host plan as a dict; a config that cannot work fails the task with every problem."""
     cpu = cpu.get("cpu", cpu)
     cpus = cpu.get("cpu_ids") or list(range(int(cpu["cpus"])))
@@ -29,7 +29,8 @@ def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = N
         reserved_cores = default_reserved(len(cpus))
     try:
         p = build_plan(experts, lazy, caps, host, reserved_cores=int(reserved_cores),
-                       weights_bytes=weights_bytes or {}, strict=bool(strict))
+                       weights_bytes=weights_bytes or {}, strict=bool(strict),
+                       default_expert=default_expert or None)
     except ConfigError as e:
         raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     out = p.to_dict()

@@ -1,4 +1,6 @@
-"""Two real vLLM experts under systemd on an nspawn host (order matters: file order)."""
+"""Disruptive checks, run last: crash recovery, a broken deploy rolled back, lazy loading.
+
+Also the first checks of the two experts themselves (answers, cores, listeners, hardening)."""
 
 import json
 import os
@@ -26,7 +28,7 @@ def ask(host, expert, port=None, timeout=120):
         return None
 
 
-def playbook(*args, playbooks=("preflight", "install", "experts")):
+def playbook(*args, playbooks=("preflight", "install", "experts", "frontdoor")):
     env = dict(os.environ, ANSIBLE_ROLES_PATH=f"{PROJECT}/roles",
                ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/collections")
     return subprocess.run(
@@ -42,6 +44,8 @@ def experts_vars(host, **changes):
     for e in inv["experts"]:
         base.append({"expert_id": e["expert_id"], "model": e["model"], "domain": e["domain"],
                      "priority": e["priority"], "kv_cache_gib": 1, "cores": 1,
+                     "aliases": [n for n in e["names"] if n != e["expert_id"]],
+                     "thresholds": e["thresholds"],
                      "engine": {"dtype": "bfloat16", "max_model_len": 2048, "enforce_eager": True}})
     for eid, ch in changes.items():
         [e for e in base if e["expert_id"] == eid][0].update(ch)
@@ -65,12 +69,14 @@ def test_units_bind_disjoint_cores_and_kv_cache(host):
     assert [e["port"] for e in cfg["experts"]] == [8101, 8102]
 
 
-def test_nothing_listens_beyond_loopback(host):
-    out = host.check_output("ss -Hltn")
+def test_nothing_but_the_front_door_listens_beyond_loopback(host):
+    out = host.check_output("ss -Hltnp")
     for line in out.splitlines():
         local = line.split()[3]
         addr = local.rsplit(":", 1)[0]
-        assert addr.startswith("127.") or addr in ("[::1]", "::1") or local.endswith(":22"), line
+        if local.endswith(":22") or local.endswith(":8082"):  # ssh of the test host; the front door
+            continue
+        assert addr.startswith("127.") or addr in ("[::1]", "::1"), line
 
 
 def test_exposure_score_at_most_2_5(host):
@@ -111,12 +117,12 @@ def test_broken_model_rolls_back_while_the_other_expert_serves(host):
     t.start()
     try:
         r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host, coder={"model": "/srv/models/broken"})}),
-                     playbooks=("preflight", "experts"))
+                     playbooks=("preflight", "experts", "frontdoor"))
     finally:
         stop.set()
         t.join()
     assert r.returncode != 0
-    assert "expert 'coder' did not pass its health gate" in r.stdout, r.stdout[-3000:]
+    assert "expert 'coder' did not pass its health gate" in " ".join(r.stdout.split()), r.stdout[-3000:]
     assert host.file("/etc/systemd/system/llmhost-expert-coder.service").sha256sum == before
     assert host.service("llmhost-expert-coder").is_running
     assert "Paris" in (ask(host, "coder") or "")

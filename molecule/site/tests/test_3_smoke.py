@@ -1,0 +1,79 @@
+"""llmhost smoke against the live front door: pass, fail on an impossible budget,
+agree with `vllm bench serve`, and catch garbled output."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import KEY
+
+PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+LLMHOST = str(Path(sys.executable).parent / "llmhost")
+
+
+def smoke(base_url, tmp_path, *args):
+    cfg = tmp_path / "experts.json"
+    return subprocess.run([LLMHOST, "smoke", "--url", base_url, "--config", str(cfg), *args],
+                          capture_output=True, text=True, env=dict(os.environ, LLMHOST_API_KEY=KEY), check=False)
+
+
+def write_config(host, tmp_path):
+    (tmp_path / "experts.json").write_text(host.file("/etc/llmhost/experts.json").content_string)
+
+
+def test_site_wrote_a_passing_report():
+    reports = sorted((PROJECT / "reports").glob("mol-site-*.json"))
+    assert reports, "verify.yml wrote no report"
+    rep = json.loads(reports[-1].read_text())
+    assert rep["passed"] and [e["expert_id"] for e in rep["experts"]] == ["general", "coder"]
+    for e in rep["experts"]:
+        assert e["ttft_p50_s"] > 0 and e["tbt_p95_s"] > 0 and e["decode_tps"] > 0
+        assert e["probes"]["capital"]["ok"], e["probes"]
+
+
+def test_smoke_passes_with_local_thresholds(host, base_url, tmp_path):
+    write_config(host, tmp_path)
+    r = smoke(base_url, tmp_path, "--repeat", "3", "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "c.png"))
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASS" in r.stdout and (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_an_impossible_budget_fails_naming_expert_and_figure(host, base_url, tmp_path):
+    write_config(host, tmp_path)
+    r = smoke(base_url, tmp_path, "--expert", "coder", "--repeat", "2", "--threshold", "ttft_p50_s=0.0001")
+    assert r.returncode == 1
+    assert re.search(r"FAIL coder: ttft_p50 \d+\.\d{3} s > budget 0.0001 s", r.stdout), r.stdout
+
+
+def test_medians_agree_with_vllm_bench_serve(host, tmp_path):
+    """Same expert, same run, direct to its port: TTFT and TBT medians within 10 %."""
+    cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
+    port = [e for e in cfg["experts"] if e["expert_id"] == "general"][0]["backend_port"]
+    bench = host.run(
+        "cd /tmp && HF_HUB_OFFLINE=1 /opt/vllm/venv/bin/python -c 'import sys; "
+        "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
+        "from vllm.benchmarks.serve import add_cli_args, main; "
+        "p = P(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))' "
+        f"--backend openai-chat --endpoint /v1/chat/completions --base-url http://127.0.0.1:{port} "
+        "--model general --tokenizer /srv/models/SmolLM2-135M-Instruct --dataset-name random "
+        "--random-input-len 24 --random-output-len 64 --num-prompts 10 --max-concurrency 1 "
+        "--ignore-eos --save-result --result-filename bench.json --percentile-metrics ttft,itl")
+    assert bench.rc == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
+    b = json.loads(host.file("/tmp/bench.json").content_string)
+    # ours, through an ssh tunnel-free path: run llmhost's client on the host's loopback via the controller
+    write_config(host, tmp_path)
+    addr = host.ansible.get_variables()["ansible_host"]
+    r = subprocess.run([LLMHOST, "smoke", "--url", f"http://{addr}:8082", "--config", str(tmp_path / "experts.json"),
+                        "--expert", "general", "--repeat", "10", "--max-tokens", "64", "--json", str(tmp_path / "s.json")],
+                       capture_output=True, text=True, env=dict(os.environ, LLMHOST_API_KEY=KEY), check=False)
+    ours = json.loads((tmp_path / "s.json").read_text())["experts"][0]
+    ttft_b, itl_b = b["median_ttft_ms"] / 1000, b["median_itl_ms"] / 1000
+    print(f"vllm bench serve: TTFT median {ttft_b * 1000:.1f} ms, ITL median {itl_b * 1000:.1f} ms; "
+          f"llmhost smoke: TTFT median {ours['ttft_p50_s'] * 1000:.1f} ms, TBT median {ours['tbt_p50_s'] * 1000:.1f} ms")
+    assert abs(ours["tbt_p50_s"] - itl_b) / itl_b <= 0.10
+    assert abs(ours["ttft_p50_s"] - ttft_b) / ttft_b <= 0.10 or abs(ours["ttft_p50_s"] - ttft_b) < 0.005
