@@ -1,5 +1,5 @@
 # The README's two commands are `make local` and `make test`.
-.PHONY: local test unit lint bench clean-hosts
+.PHONY: local test unit lint bench vm-test clean-hosts
 
 local:        ## main job: boot models-local, run site.yml, print the smoke report
 	scripts/run-local
@@ -12,6 +12,12 @@ unit:         ## fast tests only (no test hosts, no vLLM)
 
 lint:
 	scripts/bootstrap && .venv/bin/pytest -q tests/lint
+
+bench:        ## legacy vs low_latency on a test host; writes docs/benchmarks.md
+	scripts/bootstrap && scripts/build-model >/dev/null && .venv/bin/python scripts/bench_profiles.py
+
+vm-test:      ## os_tuning on a QEMU VM, values proven after a reboot
+	scripts/bootstrap && .venv/bin/python scripts/vm_reboot_test.py
 
 clean-hosts:  ## tear down every test host the harness booted
 	python3 scripts/testhost.py down --all

@@ -86,7 +86,29 @@ def build_rootfs(deb_arch: str | None = None) -> Path:
         return _debootstrap(deb_arch, dest)
 
 
+def ensure_binfmt(deb_arch: str) -> None:
+    """Foreign architectures run under qemu-user-static through binfmt_misc (F flag:
+    the interpreter is opened at registration, so it works inside containers)."""
+    if deb_arch == arch():
+        return
+    qarch = {"arm64": "aarch64"}.get(deb_arch, deb_arch)
+    bm = Path("/proc/sys/fs/binfmt_misc")
+    if not (bm / "register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(bm)])
+    entry = bm / f"qemu-{qarch}"
+    if entry.exists():
+        if "flags: " in entry.read_text() and "F" not in entry.read_text().split("flags: ", 1)[1].split()[0]:
+            raise SystemExit(f"{entry} is registered without the F flag; unregister it (echo -1 > {entry})")
+        return
+    conf = Path(f"/usr/lib/binfmt.d/qemu-{qarch}.conf")
+    if not conf.exists():
+        raise SystemExit(f"{conf} missing: install qemu-user-static (scripts/bootstrap does)")
+    (bm / "register").write_text(conf.read_text().strip())
+    log(f"registered qemu-{qarch} in binfmt_misc")
+
+
 def _debootstrap(deb_arch: str, dest: Path) -> Path:
+    ensure_binfmt(deb_arch)
     tmp = dest.with_name(dest.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -114,6 +136,14 @@ def _debootstrap(deb_arch: str, dest: Path) -> Path:
         f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\n"
         f"deb http://deb.debian.org/debian-security {SUITE}-security main\n")
     (tmp / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
+    if deb_arch != arch():
+        # qemu-user refuses a clone flag that systemd's credential loading uses
+        # (243/CREDENTIALS); an empty LoadCredential= lets these units start.
+        for unit in ("systemd-sysctl.service", "systemd-sysusers.service", "systemd-tmpfiles-setup.service",
+                     "systemd-tmpfiles-setup-dev.service", "systemd-tmpfiles-setup-dev-early.service"):
+            d = tmp / "etc/systemd/system" / f"{unit}.d"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "llmhost-qemu-user.conf").write_text("[Service]\nLoadCredential=\n")
     (tmp / ".ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
     if dest.exists():
         shutil.rmtree(dest)
@@ -279,6 +309,11 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int) -> dict:
     cmd.append("--bind-ro=/sys/devices")
     if WHEEL_DIR.is_dir():
         cmd.append(f"--bind-ro={WHEEL_DIR}")
+    if deb_arch == "arm64" and arch() != "arm64":
+        # Under qemu-user /proc/cpuinfo and /sys/devices/system/cpu are this machine's x86
+        # ones; show what models-europe has: a 32-vCPU Neoverse V2 (MIDR 0x410fd4f1).
+        cpu_tree, cpuinfo = neoverse_v2_files()
+        cmd += [f"--bind-ro={cpu_tree}:/sys/devices/system/cpu", f"--bind-ro={cpuinfo}:/proc/cpuinfo"]
     cmd += [f"--bind-ro={p}" for p in extra_binds()]
     # A shared pip cache: the vLLM CPU wheel and its dependencies download once per machine.
     pip_cache = CACHE / "pip-cache"
@@ -313,12 +348,50 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int) -> dict:
                 stderr=subprocess.DEVNULL)
         return r.returncode == 0
 
-    wait_for(ssh_ok, 90, f"{name}: ssh on {guest_ip}", interval=0.5)
-    state = run(ssh_base(st) + ["systemctl is-system-running --wait"], check=False,
+    wait_for(ssh_ok, 90 if deb_arch == arch() else 300, f"{name}: ssh on {guest_ip}", interval=0.5)
+    state = run(ssh_base(st) + ["timeout 120 systemctl is-system-running --wait"], check=False,
                 capture_output=True).stdout.strip()
     st["system_state"] = state
     write_state(st)
     return st
+
+
+NEOVERSE_V2_FEATURES = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop "
+    "sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg dcpodp sve2 sveaes "
+    "svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svebf16 i8mm bf16 dgh rng bti")
+
+
+def neoverse_v2_files(ncpu: int = 32) -> tuple[Path, Path]:
+    """A sysfs CPU tree and a /proc/cpuinfo of a C4A-standard-32 (no SMT), made once."""
+    base = CACHE / "neoverse-v2"
+    tree, info = base / "cpu", base / "cpuinfo"
+    if (base / ".ready").exists():
+        return tree, info
+    shutil.rmtree(base, ignore_errors=True)
+    tree.mkdir(parents=True)
+    span = f"0-{ncpu - 1}"
+    for name, val in (("online", span), ("possible", span), ("present", span), ("offline", ""),
+                      ("kernel_max", "511"), ("isolated", "")):
+        (tree / name).write_text(val + "\n")
+    blocks = []
+    for i in range(ncpu):
+        c = tree / f"cpu{i}"
+        (c / "regs/identification").mkdir(parents=True)
+        (c / "topology").mkdir()
+        (c / "online").write_text("1\n")
+        (c / "regs/identification/midr_el1").write_text("0x00000000410fd4f1\n")
+        (c / "regs/identification/revidr_el1").write_text("0x0000000000000000\n")
+        for k, v in (("core_id", str(i)), ("physical_package_id", "0"), ("cluster_id", "0"), ("die_id", "0"),
+                     ("thread_siblings_list", str(i)), ("core_siblings_list", span), ("cluster_cpus_list", span),
+                     ("package_cpus_list", span), ("core_cpus_list", str(i))):
+            (c / "topology" / k).write_text(v + "\n")
+        blocks.append(f"processor\t: {i}\nBogoMIPS\t: 2000.00\nFeatures\t: {NEOVERSE_V2_FEATURES}\n"
+                      "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd4f\n"
+                      "CPU revision\t: 1\n")
+    info.write_text("\n".join(blocks) + "\n")
+    (base / ".ready").write_text("\n")
+    return tree, info
 
 
 def extra_binds() -> list[str]:

@@ -300,6 +300,39 @@ def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup:
     return res
 
 
+@dataclass
+class LoadResult:
+    per_expert: dict[str, Stats]
+    wall_s: float
+    aggregate_tps: float           # all output tokens / wall time
+
+
+def run_load(base_url: str, experts: Sequence[str], *, streams: int, requests_per_stream: int,
+             max_tokens: int, shared_prefix: bool, api_key: str | None = None) -> LoadResult:
+    """`streams` parallel streams for every expert at once, fixed output length."""
+    system = [{"role": "system", "content": SHARED_SYSTEM_PROMPT}] if shared_prefix else []
+    samples: dict[str, list[Sample]] = {e: [] for e in experts}
+    lock = threading.Lock()
+
+    def worker(expert: str, k: int) -> None:
+        for j in range(requests_per_stream):
+            msg = system + [{"role": "user", "content": f"Request {k}-{j}. Describe a tidy desk in detail."}]
+            s = stream_chat(base_url, expert, msg, max_tokens, api_key, fixed_length=True)
+            with lock:
+                samples[expert].append(s)
+
+    threads = [threading.Thread(target=worker, args=(e, k)) for e in experts for k in range(streams)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    stats = {e: summarize(v) for e, v in samples.items()}
+    total = sum(st.output_tokens for st in stats.values())
+    return LoadResult(stats, wall, total / wall if wall > 0 else 0.0)
+
+
 def table(results: Sequence[ExpertResult]) -> str:
     def f(v: float | None, scale: float = 1000, fmt: str = "{:.0f}") -> str:
         return "-" if v is None else fmt.format(v * scale)

@@ -8,9 +8,18 @@ from ansible.errors import AnsibleFilterError
 
 from llmhost import tuning
 from llmhost.experts import ConfigError
-from llmhost import capabilities, frontdoor, systemd
+from llmhost import capabilities, frontdoor, install, systemd
 from llmhost.cli import saved_capabilities
 from llmhost.plan import GIB, Host, build_plan, default_reserved, find_results_bytes, summary
+
+
+def torch_source(arch: str, torch_spec: str, find_results: list, uri_results: list) -> dict:
+    """Adapter: Ansible find/uri loop results -> llmhost.install.torch_source."""
+    links = {r["item"]: [f["path"].rsplit("/", 1)[-1] for f in r.get("files", [])]
+             for r in find_results or [] if not r.get("skipped")}
+    idx = {r["item"]: (r.get("content") if r.get("status") == 200 else None)
+           for r in uri_results or [] if not r.get("skipped")}
+    return install.torch_source(arch, torch_spec, links, idx)
 
 
 def probe_script(_: Any = None) -> str:
@@ -47,6 +56,7 @@ class FilterModule:
             "iosched_items": tuning.iosched_items,
             "tuning_explain": tuning.explain,
             "plan": plan,
+            "torch_source": torch_source,
             "frontdoor_routes": frontdoor.routes,
             "frontdoor_map": frontdoor.model_map,
             "frontdoor_models": frontdoor.models_list,

