@@ -186,6 +186,15 @@ def probe_cpu() -> dict[str, Any]:
         info = parse_cpuinfo(f.read(), platform.machine())
     info["cpu_ids"] = sorted(os.sched_getaffinity(0))
     info["cpus"] = len(info["cpu_ids"])
+    try:  # what sysfs says is online (equals the affinity on a real host)
+        with open("/sys/devices/system/cpu/online") as f:
+            online: list[int] = []
+            for part in f.read().strip().split(","):
+                a, _, b = part.partition("-")
+                online += range(int(a), int(b or a) + 1)
+        info["online_cpu_ids"] = online
+    except (OSError, ValueError):
+        info["online_cpu_ids"] = info["cpu_ids"]
     info["cpus_online"] = os.cpu_count() or info["cpus"]
     with open("/proc/meminfo") as f:
         for line in f:

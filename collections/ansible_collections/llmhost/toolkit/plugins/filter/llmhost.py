@@ -28,10 +28,12 @@ def probe_script(_: Any = None) -> str:
 
 
 def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
-         weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None) -> dict:
+         weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None,
+         cpu_source: str = "affinity") -> dict:
     """The host plan as a dict; a config that cannot work fails the task with every problem."""
     cpu = cpu.get("cpu", cpu)
-    cpus = cpu.get("cpu_ids") or list(range(int(cpu["cpus"])))
+    key = "online_cpu_ids" if cpu_source == "online" else "cpu_ids"
+    cpus = cpu.get(key) or cpu.get("cpu_ids") or list(range(int(cpu["cpus"])))
     host = Host(tuple(int(c) for c in cpus), int(cpu["memory_bytes"]), cpu.get("arch", "x86_64"),
                 cpu.get("isa", {}), cpu.get("model", ""))
     if reserved_cores is None or reserved_cores == "":

@@ -1,0 +1,123 @@
+"""The aarch64 path on an arm64 systemd host under qemu-user with a Neoverse-V2 CPU view.
+
+Not proven here (and not claimed): a vLLM server answering on aarch64. That needs
+torch+cpu from the PyTorch CPU index, which this machine cannot reach."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+NAME = "arm-a"
+pytestmark = pytest.mark.testhost
+
+
+@pytest.fixture(scope="module")
+def arm_host(tmp_path_factory):
+    t0 = time.monotonic()
+    up = subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "up", NAME, "--arch", "arm64"],
+                        capture_output=True, text=True, check=False)
+    assert up.returncode == 0, up.stderr[-3000:]
+    st = json.loads(up.stdout)[0]
+    print(f"arm64 host up in {time.monotonic() - t0:.0f} s (rootfs cached)")
+    inv = tmp_path_factory.mktemp("arm") / "inventory.yml"
+    inv.write_text(json.dumps({"all": {"children": {"llm_hosts": {"hosts": {NAME: {
+        "ansible_host": st["address"], "ansible_user": "root", "ansible_ssh_private_key_file": st["identity_file"],
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}}}}}}))
+    yield st, inv
+    subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", NAME], check=False)
+
+
+def ssh(st, cmd):
+    return subprocess.run(["ssh", "-i", st["identity_file"], "-o", "StrictHostKeyChecking=no",
+                           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                           f"root@{st['address']}", cmd], capture_output=True, text=True, check=False)
+
+
+def playbook(inv, *args, timeout=1800):
+    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv), *args], cwd=ROOT, capture_output=True,
+                          text=True, check=False, timeout=timeout,
+                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
+
+
+def test_boots_running_as_aarch64_neoverse_v2(arm_host):
+    st, _ = arm_host
+    assert st["system_state"] == "running", st
+    assert ssh(st, "systemctl --failed --no-legend").stdout.strip() == ""
+    assert ssh(st, "uname -m").stdout.strip() == "aarch64"
+    lscpu = ssh(st, "lscpu").stdout
+    assert "Neoverse-V2" in lscpu, lscpu
+    assert "CPU(s):                          32" in lscpu or "CPU(s): 32" in " ".join(lscpu.split())
+
+
+def test_install_stops_clearly_without_a_cpu_torch_source(arm_host):
+    st, inv = arm_host
+    # what this machine can reach: PyPI only (no PyTorch CPU index, no aarch64 wheelhouse)
+    r = playbook(inv, "playbooks/install.yml", "-e", json.dumps({
+        "vllm_install_source": "pypi", "vllm_install_find_links": ["/opt/wheels"],
+        "vllm_install_extra_index_urls": ["https://pypi.org/simple"], "llmhost_experts": []}))
+    out = " ".join(r.stdout.split())
+    assert r.returncode != 0
+    assert "no source of torch 2.13.0+cpu for aarch64" in out and "CUDA build" in out, r.stdout[-3000:]
+    # and nothing was downloaded: no venv, no torch anywhere
+    assert ssh(st, "test -e /opt/vllm/venv").returncode != 0
+    assert ssh(st, "find / -xdev -name 'torch-*aarch64*.whl' 2>/dev/null | head -1").stdout.strip() == ""
+
+
+def test_production_pip_command_for_aarch64(arm_host):
+    _, inv = arm_host
+    r = playbook(inv, "playbooks/install.yml", "-e", json.dumps({
+        "vllm_install_source": "official", "vllm_install_find_links": [],
+        "vllm_install_extra_index_urls": ["https://download.pytorch.org/whl/cpu"], "llmhost_experts": []}))
+    out = " ".join(r.stdout.split())
+    assert ("/opt/vllm/venv/bin/python -m pip install --extra-index-url=https://download.pytorch.org/whl/cpu "
+            "torch==2.13.0+cpu https://github.com/vllm-project/vllm/releases/download/v0.32.0/"
+            "vllm-0.32.0+cpu-cp38-abi3-manylinux_2_28_aarch64.whl") in out, r.stdout[-3000:]
+    assert r.returncode != 0 and "index https://download.pytorch.org/whl/cpu (unreachable)" in out
+
+
+def test_plan_on_the_arm_host(arm_host, tmp_path):
+    _, inv = arm_host
+    out = tmp_path / "plan.json"
+    r = playbook(inv, "tests/render/dump-plan.yml", "-e", f"dump_plan_to={out}", "-e",
+                 "@inventories/local/group_vars/llm_hosts/experts.yml", "-e", "llmhost_reserved_cores=0")
+    assert r.returncode == 0, r.stdout[-3000:]
+    plan = json.loads(out.read_text())
+    binds = [e["env"]["VLLM_CPU_OMP_THREADS_BIND"] for e in plan["experts"]]
+    assert binds == ["0", "1"]
+    for e in plan["experts"]:
+        assert e["argv"][e["argv"].index("--dtype") + 1] == "bfloat16"
+        assert e["env"]["THP_MEM_ALLOC_ENABLE"] == "1"
+    assert plan["warnings"] == []  # native bf16 on Neoverse V2: no emulation warning
+    bad = dict(yaml.safe_load((ROOT / "inventories/local/group_vars/llm_hosts/experts.yml").read_text()))
+    bad["llmhost_experts"][1]["engine"] = {"quantization": "awq"}
+    ev = tmp_path / "bad.json"
+    ev.write_text(json.dumps(bad))
+    r = playbook(inv, "tests/render/dump-plan.yml", "-e", f"dump_plan_to={out}", "-e", f"@{ev}")
+    assert r.returncode != 0 and "KleidiAI" in r.stdout and "expert 'coder' field 'quantization'" in r.stdout
+
+
+def test_site_check_mode_renders_everything_for_aarch64(arm_host, tmp_path):
+    """The production experts, memory scaled to this host, on the emulated 32-CPU view."""
+    _, inv = arm_host
+    prod = yaml.safe_load((ROOT / "inventories/production/group_vars/llm_hosts/experts.yml").read_text())
+    for e in prod["llmhost_experts"]:
+        e["weights_gib"] = round(e["weights_gib"] * 24 / 128, 2)
+        e["kv_cache_gib"] = 1
+        e["model_source"] = "/var/cache/llmhost/models/SmolLM2-135M-Instruct"
+    ev = tmp_path / "prod.json"
+    ev.write_text(json.dumps({**prod, "llmhost_plan_cpu_source": "online", "smoke_test_fail_on_miss": False}))
+    # install is skipped: its refusal without a CPU torch source is the test above
+    r = playbook(inv, "site.yml", "--check", "--diff", "--skip-tags", "verify,install", "-e", f"@{ev}")
+    out = r.stdout
+    assert r.returncode == 0, out[-5000:]
+    assert "--dtype bfloat16" in out and "THP_MEM_ALLOC_ENABLE" in out
+    assert "VLLM_CPU_OMP_THREADS_BIND" in out and "bind *:8082" in out
+    assert "llmhost-expert-gemma-3" in out and "llmhost:ttft_seconds:p95_5m" in out
