@@ -144,6 +144,31 @@ def _debootstrap(deb_arch: str, dest: Path) -> Path:
             d = tmp / "etc/systemd/system" / f"{unit}.d"
             d.mkdir(parents=True, exist_ok=True)
             (d / "llmhost-qemu-user.conf").write_text("[Service]\nLoadCredential=\n")
+        # systemd-networkd cannot start under qemu-user ("Could not setup manager: Protocol
+        # not supported": a netlink family qemu does not translate); iproute2 works.
+        run(["systemctl", f"--root={tmp}", "mask", "systemd-networkd.service", "systemd-networkd.socket"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        units = {
+            "llmhost-net.service": (
+                "[Unit]\nDescription=host0 address of the test host (iproute2)\n"
+                "Before=network.target ssh.service\nWants=network.target\n"
+                "ConditionPathExists=/etc/llmhost-test/address\n\n[Service]\nType=oneshot\n"
+                "RemainAfterExit=yes\nExecStart=/bin/sh -c 'ip link set host0 up && "
+                "ip addr replace \"$(cat /etc/llmhost-test/address)\" dev host0'\n\n"
+                "[Install]\nWantedBy=multi-user.target\n"),
+            # /proc is mounted by nspawn after its binds, so the emulated CPU's cpuinfo is
+            # bound at a plain path and laid over /proc/cpuinfo early in the boot.
+            "llmhost-cpuinfo.service": (
+                "[Unit]\nDescription=Show the emulated CPU's /proc/cpuinfo (test host)\n"
+                "DefaultDependencies=no\nBefore=sysinit.target\n"
+                "ConditionPathExists=/etc/llmhost-test/cpuinfo\n\n[Service]\nType=oneshot\n"
+                "RemainAfterExit=yes\nExecStart=/bin/mount --bind /etc/llmhost-test/cpuinfo /proc/cpuinfo\n\n"
+                "[Install]\nWantedBy=sysinit.target\n"),
+        }
+        for unit, text in units.items():
+            (tmp / "etc/systemd/system" / unit).write_text(text)
+            run(["systemctl", f"--root={tmp}", "enable", unit], stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)
     (tmp / ".ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
     if dest.exists():
         shutil.rmtree(dest)
@@ -245,6 +270,7 @@ def write_host_files(upper: Path, name: str, index: int, pubkey: str, peers: dic
         f"[global]\nproxy = {proxy}\ncert = /etc/llmhost-test/host-ca.pem\n"
         f"find-links = {WHEEL_DIR}\ndisable-pip-version-check = true\ndefault-timeout = 180\n")
     (upper / "etc/llmhost-test").mkdir(parents=True, exist_ok=True)
+    (upper / "etc/llmhost-test/address").write_text(f"{guest_ip}/30\n")
     (upper / "etc/environment").write_text(
         f"http_proxy={proxy}\nhttps_proxy={proxy}\nno_proxy=localhost,127.0.0.1,::1\n"
         "PIP_CERT=/etc/llmhost-test/host-ca.pem\n"
@@ -313,7 +339,9 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int) -> dict:
         # Under qemu-user /proc/cpuinfo and /sys/devices/system/cpu are this machine's x86
         # ones; show what models-europe has: a 32-vCPU Neoverse V2 (MIDR 0x410fd4f1).
         cpu_tree, cpuinfo = neoverse_v2_files()
-        cmd += [f"--bind-ro={cpu_tree}:/sys/devices/system/cpu", f"--bind-ro={cpuinfo}:/proc/cpuinfo"]
+        # /proc is mounted by nspawn after its binds, so cpuinfo is bound in at a plain
+        # path and laid over /proc/cpuinfo by a unit early in the container's boot.
+        cmd += [f"--bind-ro={cpu_tree}:/sys/devices/system/cpu", f"--bind-ro={cpuinfo}:/etc/llmhost-test/cpuinfo"]
     cmd += [f"--bind-ro={p}" for p in extra_binds()]
     # A shared pip cache: the vLLM CPU wheel and its dependencies download once per machine.
     pip_cache = CACHE / "pip-cache"
@@ -348,7 +376,7 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int) -> dict:
                 stderr=subprocess.DEVNULL)
         return r.returncode == 0
 
-    wait_for(ssh_ok, 90 if deb_arch == arch() else 300, f"{name}: ssh on {guest_ip}", interval=0.5)
+    wait_for(ssh_ok, int(os.environ.get("LLMHOST_SSH_WAIT", 90 if deb_arch == arch() else 300)), f"{name}: ssh on {guest_ip}", interval=0.5)
     state = run(ssh_base(st) + ["timeout 120 systemctl is-system-running --wait"], check=False,
                 capture_output=True).stdout.strip()
     st["system_state"] = state
@@ -479,8 +507,15 @@ def cmd_up(args) -> int:
                         "port": 22, "identity_file": st["identity_file"],
                         "system_state": st["system_state"], "arch": deb_arch})
     except BaseException as e:  # noqa: BLE001 - any failure or interrupt tears down
+        if os.environ.get("LLMHOST_TESTHOST_KEEP_FAILED"):
+            log(f"up failed ({type(e).__name__}: {e}); kept for debugging: {made}")
+            return 1
         log(f"up failed ({type(e).__name__}: {e}); tearing down {made}")
         for name in made:
+            console = host_dir(name) / "console.log"
+            if console.exists():
+                tail = [l for l in console.read_text(errors="replace").splitlines() if l.strip()][-int(os.environ.get("LLMHOST_CONSOLE_LINES", "15")):]
+                log(f"{name} console (last lines):\n  " + "\n  ".join(tail))
             try:
                 down_one(name)
             except BaseException as e2:  # noqa: BLE001

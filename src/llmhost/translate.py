@@ -198,7 +198,9 @@ def translate(
 
     argv = ["--model", expert.model, "--served-model-name", expert.expert_id,
             "--host", "127.0.0.1", "--port", str(port)]
-    for k, v in settings.items():
+    # Sorted: the same settings always give the same argv, whatever order a YAML or
+    # JSON loader kept, so an unchanged expert never sees a changed unit.
+    for k, v in sorted(settings.items()):
         line = classify(k, v, caps)
         if line:
             t.report.append(line)

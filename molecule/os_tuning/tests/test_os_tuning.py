@@ -16,7 +16,8 @@ PROJECT = os.environ["MOLECULE_PROJECT_DIRECTORY"]
 def playbook(*args):
     env = dict(os.environ,
                ANSIBLE_ROLES_PATH=f"{PROJECT}/roles",
-               ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/collections")
+               ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/collections",
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
     return subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
          f"{PROJECT}/playbooks/tune.yml", *args],

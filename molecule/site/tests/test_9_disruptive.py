@@ -30,7 +30,8 @@ def ask(host, expert, port=None, timeout=120):
 
 def playbook(*args, playbooks=("preflight", "install", "experts", "frontdoor")):
     env = dict(os.environ, ANSIBLE_ROLES_PATH=f"{PROJECT}/roles",
-               ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/collections")
+               ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/collections",
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
     return subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
          *[f"{PROJECT}/playbooks/{p}.yml" for p in playbooks], *args],
