@@ -54,7 +54,9 @@ def test_boots_running_as_aarch64_neoverse_v2(arm_host):
     assert ssh(st, "uname -m").stdout.strip() == "aarch64"
     lscpu = ssh(st, "lscpu").stdout
     assert "Neoverse-V2" in lscpu, lscpu
-    assert "CPU(s):                          32" in lscpu or "CPU(s): 32" in " ".join(lscpu.split())
+    # sysfs shows the 32 vCPUs of a C4A-standard-32 (the process affinity is this machine's)
+    assert ssh(st, "cat /sys/devices/system/cpu/online").stdout.strip() == "0-31"
+    assert ssh(st, "cat /sys/devices/system/cpu/cpu0/regs/identification/midr_el1").stdout.strip().endswith("410fd4f1")
 
 
 def test_install_stops_clearly_without_a_cpu_torch_source(arm_host):
