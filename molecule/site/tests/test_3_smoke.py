@@ -54,14 +54,22 @@ def test_medians_agree_with_vllm_bench_serve(host, tmp_path):
     """Same expert, same run, direct to its port: TTFT and TBT medians within 10 %."""
     cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
     port = [e for e in cfg["experts"] if e["expert_id"] == "general"][0]["backend_port"]
+    # The very prompts llmhost smoke sends (requests 0..9), as a custom dataset.
+    from llmhost import smoke as sm
+
+    qs = ["Name three primary colours.", "Explain what a CPU cache is in one sentence.",
+          "Give one tip for writing clear emails.", "What does HTTP stand for?"]
+    lines = "\n".join(json.dumps({"prompt": f"Request {i}. {qs[i % 4]}"}) for i in range(10))
+    host.run(f"cat > /tmp/prompts.jsonl <<'EOF'\n{lines}\nEOF")
+    assert sm.SHARED_SYSTEM_PROMPT  # same module the CLI uses
     bench = host.run(
         "cd /tmp && HF_HUB_OFFLINE=1 /opt/vllm/venv/bin/python -c 'import sys; "
         "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
         "from vllm.benchmarks.serve import add_cli_args, main; "
         "p = P(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))' "
         f"--backend openai-chat --endpoint /v1/chat/completions --base-url http://127.0.0.1:{port} "
-        "--model general --tokenizer /srv/models/SmolLM2-135M-Instruct --dataset-name random "
-        "--random-input-len 24 --random-output-len 64 --num-prompts 10 --max-concurrency 1 "
+        "--model general --tokenizer /srv/models/SmolLM2-135M-Instruct --dataset-name custom "
+        "--dataset-path /tmp/prompts.jsonl --custom-output-len 64 --num-prompts 10 --max-concurrency 1 "
         "--ignore-eos --save-result --result-filename bench.json --percentile-metrics ttft,itl")
     assert bench.rc == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
     b = json.loads(host.file("/tmp/bench.json").content_string)

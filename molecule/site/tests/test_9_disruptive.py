@@ -123,7 +123,8 @@ def test_broken_model_rolls_back_while_the_other_expert_serves(host):
         stop.set()
         t.join()
     assert r.returncode != 0
-    assert "expert 'coder' did not pass its health gate" in " ".join(r.stdout.split()), r.stdout[-3000:]
+    out = " ".join((r.stdout + r.stderr).split())
+    assert "expert 'coder' did not pass its health gate" in out, out[-3000:]
     assert host.file("/etc/systemd/system/llmhost-expert-coder.service").sha256sum == before
     assert host.service("llmhost-expert-coder").is_running
     assert "Paris" in (ask(host, "coder") or "")

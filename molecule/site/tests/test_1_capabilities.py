@@ -1,0 +1,31 @@
+"""The live capabilities read on the host agree with the file the project keeps for vLLM 0.32.0."""
+
+import json
+
+from llmhost.capabilities import from_output
+from llmhost.cli import saved_capabilities
+
+
+def test_live_capabilities_match_the_saved_file(host):
+    host.run("mkdir -p /tmp/llmhost-probe")
+    import llmhost.capabilities as cap
+
+    script = open(cap.__file__).read()
+    host.run(f"cat > /tmp/llmhost-probe/capabilities.py <<'PYEOF'\n{script}\nPYEOF")
+    out = host.run("cd /tmp && /opt/vllm/venv/bin/python /tmp/llmhost-probe/capabilities.py")
+    assert out.rc == 0, out.stderr[-2000:]
+    live = from_output(out.stdout)
+    saved = saved_capabilities("0.32.0")
+    assert live["vllm_version"] == saved["vllm_version"] == "0.32.0"
+    assert live["flags"] == saved["flags"]
+    assert live["cpu_env_vars"] == saved["cpu_env_vars"]
+    assert live["cpu_rules"] == saved["cpu_rules"]
+    assert live["cpu"]["arch"] == "x86_64" and live["cpu"]["isa"]["bf16"]
+
+
+def test_the_translated_argv_is_what_runs(host):
+    cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
+    for e in cfg["experts"]:
+        cmdline = host.check_output(f"systemctl show -p ExecStart --value llmhost-expert-{e['expert_id']}")
+        assert " ".join(e["argv"]) in cmdline
+        assert host.service(f"llmhost-expert-{e['expert_id']}").is_running
