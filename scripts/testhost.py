@@ -156,13 +156,15 @@ def _debootstrap(deb_arch: str, dest: Path) -> Path:
                 "RemainAfterExit=yes\nExecStart=/bin/sh -c 'ip link set host0 up && "
                 "ip addr replace \"$(cat /etc/llmhost-test/address)\" dev host0'\n\n"
                 "[Install]\nWantedBy=multi-user.target\n"),
-            # /proc is mounted by nspawn after its binds, so the emulated CPU's cpuinfo is
-            # bound at a plain path and laid over /proc/cpuinfo early in the boot.
+            # nspawn mounts /proc and its read-only /sys after its binds, so the emulated
+            # CPU's cpuinfo and sysfs tree are bound at plain paths and laid over
+            # /proc/cpuinfo and /sys/devices/system/cpu early in the boot.
             "llmhost-cpuinfo.service": (
-                "[Unit]\nDescription=Show the emulated CPU's /proc/cpuinfo (test host)\n"
+                "[Unit]\nDescription=Show the emulated CPU (test host)\n"
                 "DefaultDependencies=no\nBefore=sysinit.target\n"
                 "ConditionPathExists=/etc/llmhost-test/cpuinfo\n\n[Service]\nType=oneshot\n"
-                "RemainAfterExit=yes\nExecStart=/bin/mount --bind /etc/llmhost-test/cpuinfo /proc/cpuinfo\n\n"
+                "RemainAfterExit=yes\nExecStart=/bin/mount --bind /etc/llmhost-test/cpuinfo /proc/cpuinfo\n"
+                "ExecStart=/bin/mount --bind /etc/llmhost-test/cpu /sys/devices/system/cpu\n\n"
                 "[Install]\nWantedBy=sysinit.target\n"),
         }
         for unit, text in units.items():
@@ -339,9 +341,7 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int) -> dict:
         # Under qemu-user /proc/cpuinfo and /sys/devices/system/cpu are this machine's x86
         # ones; show what models-europe has: a 32-vCPU Neoverse V2 (MIDR 0x410fd4f1).
         cpu_tree, cpuinfo = neoverse_v2_files()
-        # /proc is mounted by nspawn after its binds, so cpuinfo is bound in at a plain
-        # path and laid over /proc/cpuinfo by a unit early in the container's boot.
-        cmd += [f"--bind-ro={cpu_tree}:/sys/devices/system/cpu", f"--bind-ro={cpuinfo}:/etc/llmhost-test/cpuinfo"]
+        cmd += [f"--bind-ro={cpu_tree}:/etc/llmhost-test/cpu", f"--bind-ro={cpuinfo}:/etc/llmhost-test/cpuinfo"]
     cmd += [f"--bind-ro={p}" for p in extra_binds()]
     # A shared pip cache: the vLLM CPU wheel and its dependencies download once per machine.
     pip_cache = CACHE / "pip-cache"
