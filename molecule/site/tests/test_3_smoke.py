@@ -61,6 +61,9 @@ def test_medians_agree_with_vllm_bench_serve(host, tmp_path):
           "Give one tip for writing clear emails.", "What does HTTP stand for?"]
     lines = "\n".join(json.dumps({"prompt": f"Request {i}. {qs[i % 4]}"}) for i in range(10))
     host.run(f"cat > /tmp/prompts.jsonl <<'EOF'\n{lines}\nEOF")
+    # vllm bench's custom dataset reads JSONL with pandas, an optional vLLM extra
+    # that the served venv does not carry; the benchmark brings its own.
+    host.run("/opt/vllm/venv/bin/python -m pip install -q pandas")
     assert sm.SHARED_SYSTEM_PROMPT  # same module the CLI uses
     bench = host.run(
         "cd /tmp && HF_HUB_OFFLINE=1 /opt/vllm/venv/bin/python -c 'import sys; "
