@@ -261,7 +261,8 @@ def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup:
 
     for i in range(warmup):
         progress(f"{eid}: warm-up {i + 1}/{warmup}")
-        stream_chat(base_url, eid, msgs(i), 8, api_key)
+        # its own text: a warm-up must not leave a measured prompt in the prefix cache
+        stream_chat(base_url, eid, system + [{"role": "user", "content": f"Warm-up {i}. Say OK."}], 8, api_key)
     samples: list[Sample] = []
     lock = threading.Lock()
     todo = list(range(repeat * concurrency))
