@@ -62,6 +62,14 @@ def test_tcmalloc_installed(host):
     assert host.package("libtcmalloc-minimal4").is_installed
 
 
+def test_udev_installed(host):
+    # without udev the rule is never read at boot (the minbase rootfs has none);
+    # the QEMU VM test proves the rule applies at boot
+    assert host.package("udev").is_installed
+    # and udev's own systemd unit stays inactive in a container (read-only /sys), not failed
+    assert host.run("systemctl is-failed --quiet systemd-udevd.service").rc != 0
+
+
 def test_check_mode_reports_change_and_touches_nothing(host):
     before = host.file(SYSCTL).sha256sum
     r = playbook("--check", "--diff", "-e",
