@@ -30,3 +30,16 @@ def env_file(env: Mapping[str, object]) -> str:
         v = str(env[k]).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         lines.append(f'{k}="{v}"')
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def preload_env(found: Iterable[str], *, tcmalloc: bool, iomp: bool, arch: str) -> dict[str, str]:
+    """LD_PRELOAD for an expert unit from the libraries found on the host.
+
+    tcmalloc when the profile wants it; Intel's libiomp5 (shipped in the x86 torch
+    wheel) only on x86_64 and only when asked: on aarch64 torch uses GNU OpenMP.
+    Empty when nothing applies, so the unit carries no LD_PRELOAD at all.
+    """
+    if not tcmalloc:
+        return {}
+    libs = [p for p in found if "tcmalloc" in p or (iomp and arch == "x86_64" and "iomp" in p)]
+    return {"LD_PRELOAD": ":".join(libs)} if libs else {}

@@ -27,6 +27,12 @@ def probe_script(_: Any = None) -> str:
     return capabilities.__file__
 
 
+def preload_env(stat_results: list, tcmalloc: bool, iomp: bool, arch: str) -> dict:
+    """Adapter: an Ansible stat loop -> llmhost.systemd.preload_env."""
+    found = [r["item"] for r in stat_results or [] if r.get("stat", {}).get("exists")]
+    return systemd.preload_env(found, tcmalloc=bool(tcmalloc), iomp=bool(iomp), arch=str(arch))
+
+
 def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
          weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None,
          cpu_source: str = "affinity") -> dict:
@@ -66,6 +72,7 @@ class FilterModule:
             "frontdoor_key_hashes": frontdoor.key_hashes,
             "systemd_exec": systemd.exec_line,
             "systemd_env": systemd.env_file,
+            "preload_env": preload_env,
             "plan_summary": summary,
             "weights_bytes": find_results_bytes,
             "saved_capabilities": saved_capabilities,
