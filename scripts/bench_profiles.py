@@ -8,7 +8,9 @@ On a fresh nspawn test host with two co-located small-model experts it deploys
 config.five_models_optimized_with_aya.json (phi4_fast's on one expert,
 qwen_coder's on the other: no thread binding, float16, 32768/16384 batched
 tokens, chunked prefill, no prefix cache), then (2) the toolkit's low_latency
-profile (core plan, thread binding, tcmalloc, prefix caching, bf16). Each gets
+profile (core plan, thread binding, tcmalloc, prefix caching, bf16), with a third
+run in between (the tuned engine settings without the core plan) to show what
+partitioning the cores adds. Each gets
 the same load: a single stream per expert, then both experts at once with 4
 streams each; a shared ~500-token system prompt; fixed output lengths.
 
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from llmhost import smoke  # noqa: E402
 from llmhost.cli import saved_capabilities  # noqa: E402
+from llmhost.experts import PROFILE_TABLE  # noqa: E402
 from llmhost.legacy import import_legacy, loads_lenient  # noqa: E402
 
 HOST = "bench"
@@ -64,6 +67,17 @@ def tuned_experts() -> list[dict]:
              "profile": "low_latency", "kv_cache_gib": 1, "cores": 1,
              "engine": {"dtype": "bfloat16", "max_model_len": 2048}}
             for eid, dom, pr in (("general", "general", 5), ("coder", "coding", 3))]
+
+
+def unpartitioned_experts() -> list[dict]:
+    """low_latency's engine settings without its core plan: the legacy profile (no
+    thread binding, no CPUAffinity, no tcmalloc) carrying the tuned engine keys.
+    The difference to the tuned run is what partitioning the cores adds."""
+    out = []
+    for e in tuned_experts():
+        engine = dict(PROFILE_TABLE["low_latency"].engine, **e["engine"])
+        out.append(dict(e, profile="legacy", engine=engine, cores=None))
+    return [{k: v for k, v in e.items() if v is not None} for e in out]
 
 
 def deploy(st: dict, experts: list[dict], work: Path) -> None:
@@ -128,18 +142,40 @@ def table(leg: dict, tun: dict) -> str:
     return "\n".join(lines)
 
 
-def chart(leg: dict, tun: dict, path: Path) -> None:
+def partition_table(unp: dict, tun: dict) -> str:
+    head = ("expert", "TTFT p50 ms U/T", "TTFT p95 ms U/T", "TBT p50 ms U/T", "TBT p95 ms U/T",
+            "decode tok/s U/T", "aggregate tok/s U/T", "TTFT p50 T/U", "decode T/U")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a, b in zip(rows(unp), rows(tun)):
+        if a[0] != "concurrent":
+            continue
+        r_ttft = f"{b[2] / a[2]:.2f}" if a[2] and b[2] else "-"
+        r_dec = f"{b[6] / a[6]:.2f}" if a[6] and b[6] else "-"
+        lines.append("| " + " | ".join([
+            a[1], f"{fmt_ms(a[2])} / {fmt_ms(b[2])}", f"{fmt_ms(a[3])} / {fmt_ms(b[3])}",
+            f"{fmt_ms(a[4])} / {fmt_ms(b[4])}", f"{fmt_ms(a[5])} / {fmt_ms(b[5])}",
+            f"{a[6] or 0:.1f} / {b[6] or 0:.1f}", f"{a[7]:.1f} / {b[7]:.1f}", r_ttft, r_dec]) + " |")
+    return "\n".join(lines)
+
+
+def chart(runs: dict[str, dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r[0]}\n{r[1]}" for r in rows(leg)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, idx, title, scale in ((axes[0], 2, "TTFT p50 (ms)", 1000), (axes[1], 6, "decode tokens/s", 1)):
+    first = next(iter(runs.values()))
+    labels = [f"{r[0]}\n{r[1]}" for r in rows(first)]
+    width = 0.8 / len(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, idx, title, scale, log_y in ((axes[0], 2, "TTFT p50 (ms, log)", 1000, True),
+                                         (axes[1], 6, "decode tokens/s", 1, False)):
         xs = range(len(labels))
-        ax.bar([x - 0.2 for x in xs], [(r[idx] or 0) * scale for r in rows(leg)], 0.4, label="legacy")
-        ax.bar([x + 0.2 for x in xs], [(r[idx] or 0) * scale for r in rows(tun)], 0.4, label="low_latency")
+        for k, (name, res) in enumerate(runs.items()):
+            off = (k - (len(runs) - 1) / 2) * width
+            ax.bar([x + off for x in xs], [(r[idx] or 0) * scale for r in rows(res)], width, label=name)
+        if log_y:
+            ax.set_yscale("log")
         ax.set_xticks(list(xs), labels)
         ax.set_title(title)
         ax.legend()
@@ -167,14 +203,19 @@ def main() -> int:
         log("deploying the legacy settings")
         deploy(st, legacy_experts(), work)
         leg = measure(url)
+        log("deploying low_latency's engine settings without the core plan")
+        deploy(st, unpartitioned_experts(), work)
+        unp = measure(url)
         log("deploying the low_latency profile")
         deploy(st, tuned_experts(), work)
         tun = measure(url)
     finally:
         subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False)
     tab = table(leg, tun)
+    ptab = partition_table(unp, tun)
     print(tab)
-    chart(leg, tun, ROOT / "docs/benchmarks.png")
+    print(ptab)
+    chart({"legacy": leg, "unpartitioned": unp, "low_latency": tun}, ROOT / "docs/benchmarks.png")
     caps = saved_capabilities()
     conc = [(a, b) for a, b in zip(rows(leg), rows(tun)) if a[0] == "concurrent"]
     ttft_r = [b[2] / a[2] for a, b in conc if a[2] and b[2]]
@@ -201,6 +242,15 @@ Rerun the command to regenerate this page.
 {tab}
 
 {summary}
+
+## What partitioning the cores adds
+
+A third deployment, U, runs low_latency's engine settings (bf16, 4096 batched tokens,
+prefix caching, max_num_seqs 8) without the core plan: no thread binding, no
+CPUAffinity, no tcmalloc, both experts on every core. Under the concurrent load
+(both experts, {CONC_STREAMS} streams each), U against T:
+
+{ptab}
 
 ![TTFT and decode rate](benchmarks.png)
 
