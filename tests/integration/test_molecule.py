@@ -13,10 +13,13 @@ pytestmark = pytest.mark.testhost
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_scenario(scenario, tmp_path):
+def test_scenario(scenario):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                ANSIBLE_FORCE_COLOR="0", PY_COLORS="0", NO_COLOR="1")
-    log = tmp_path / f"molecule-{scenario}.log"
+    # Kept after the run (reports/ is not versioned): the tests print their figures
+    # (bench agreement, lazy start time, exposure score) into it.
+    (ROOT / "reports").mkdir(exist_ok=True)
+    log = ROOT / "reports" / f"molecule-{scenario}.log"
     with open(log, "w") as f:
         r = subprocess.run(["molecule", "test", "-s", scenario], cwd=ROOT, env=env,
                            stdout=f, stderr=subprocess.STDOUT, check=False)

@@ -52,13 +52,15 @@ def test_an_impossible_budget_fails_naming_expert_and_figure(host, base_url, tmp
 
 def test_medians_agree_with_vllm_bench_serve(host, tmp_path):
     """Same expert, same run, direct to its port: TTFT and TBT medians within 10 %."""
+    N = 16
     cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
     port = [e for e in cfg["experts"] if e["expert_id"] == "general"][0]["backend_port"]
     # llmhost smoke's prompt shapes, as a custom dataset.
     qs = ["Name three primary colours.", "Explain what a CPU cache is in one sentence.",
           "Give one tip for writing clear emails.", "What does HTTP stand for?"]
-    # Same shape as ours, other numbers: neither run may hit the other's prefix cache.
-    lines = "\n".join(json.dumps({"prompt": f"Request {i + 1000}. {qs[i % 4]}"}) for i in range(10))
+    # Same shape as ours ("Request 7. ..." / "Request H. ...", within a token), other
+    # text: neither run may hit the other's prefix cache.
+    lines = "\n".join(json.dumps({"prompt": f"Request {chr(65 + i)}. {qs[i % 4]}"}) for i in range(N))
     host.run(f"cat > /tmp/prompts.jsonl <<'EOF'\n{lines}\nEOF")
     # vllm bench's custom dataset reads JSONL with pandas, an optional vLLM extra
     # that the served venv does not carry; the benchmark brings its own.
@@ -70,7 +72,10 @@ def test_medians_agree_with_vllm_bench_serve(host, tmp_path):
         "p = P(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))' "
         f"--backend openai-chat --endpoint /v1/chat/completions --base-url http://127.0.0.1:{port} "
         "--model general --tokenizer /srv/models/SmolLM2-135M-Instruct --dataset-name custom "
-        "--dataset-path /tmp/prompts.jsonl --custom-output-len 64 --num-prompts 10 --max-concurrency 1 "
+        f"--dataset-path /tmp/prompts.jsonl --custom-output-len 64 --num-prompts {N} --max-concurrency 1 "
+        # The custom dataset applies the chat template itself unless told not to; the
+        # chat endpoint then applies it again: a prompt twice as long as ours.
+        "--skip-chat-template "
         "--ignore-eos --save-result --result-filename bench.json --percentile-metrics ttft,itl")
     assert bench.rc == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
     b = json.loads(host.file("/tmp/bench.json").content_string)
@@ -78,13 +83,11 @@ def test_medians_agree_with_vllm_bench_serve(host, tmp_path):
     write_config(host, tmp_path)
     addr = host.ansible.get_variables()["ansible_host"]
     r = subprocess.run([LLMHOST, "smoke", "--url", f"http://{addr}:8082", "--config", str(tmp_path / "experts.json"),
-                        "--expert", "general", "--repeat", "10", "--max-tokens", "64", "--json", str(tmp_path / "s.json")],
+                        "--expert", "general", "--repeat", str(N), "--max-tokens", "64", "--json", str(tmp_path / "s.json")],
                        capture_output=True, text=True, env=dict(os.environ, LLMHOST_API_KEY=KEY), check=False)
     ours = json.loads((tmp_path / "s.json").read_text())["experts"][0]
     ttft_b, itl_b = b["median_ttft_ms"] / 1000, b["median_itl_ms"] / 1000
     print(f"vllm bench serve: TTFT median {ttft_b * 1000:.1f} ms, ITL median {itl_b * 1000:.1f} ms; "
           f"llmhost smoke: TTFT median {ours['ttft_p50_s'] * 1000:.1f} ms, TBT median {ours['tbt_p50_s'] * 1000:.1f} ms")
-    assert abs(ours["tbt_p50_s"] - itl_b) / itl_b <= 0.10
-    # TTFT of this 135M model is ~50 ms, and the two clients differed by up to 18 ms
-    # (not yet explained, see the session note): held to 25 ms here, 10 % is the goal.
-    assert abs(ours["ttft_p50_s"] - ttft_b) <= 0.025, (ours["ttft_p50_s"], ttft_b)
+    assert abs(ours["tbt_p50_s"] - itl_b) / itl_b <= 0.10, (ours["tbt_p50_s"], itl_b)
+    assert abs(ours["ttft_p50_s"] - ttft_b) / ttft_b <= 0.10, (ours["ttft_p50_s"], ttft_b)

@@ -4,11 +4,15 @@ Also the first checks of the two experts themselves (answers, cores, listeners, 
 
 import json
 import os
+import re
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from conftest import KEY
 
 PROJECT = os.environ["MOLECULE_PROJECT_DIRECTORY"]
 QUESTION = "What is the capital of France? Answer in one word."
@@ -129,6 +133,42 @@ def test_broken_model_rolls_back_while_the_other_expert_serves(host):
     assert host.service("llmhost-expert-coder").is_running
     assert "Paris" in (ask(host, "coder") or "")
     assert len(results) >= 5 and all(a and "Paris" in a for a in results), results
+
+
+# A chat template that scrambles the conversation (every message reversed): the model
+# loads, the health gate passes, and the answers are fluent nonsense. Only the
+# coherence probes can tell.
+SCRAMBLED_TEMPLATE = """{% for m in messages %}<|im_start|>{{ m['role'] }}
+{{ m['content'] | reverse | join }}<|im_end|>
+{% endfor %}<|im_start|>assistant
+"""
+
+
+def test_a_wrong_chat_template_fails_the_coherence_probes(host, base_url, tmp_path):
+    path = "/srv/models/scrambled-chat-template.jinja"
+    host.run(f"cat > {path} <<'EOF'\n{SCRAMBLED_TEMPLATE}EOF\nchmod 0644 {path}")
+    broken = experts_vars(host)
+    coder = [e for e in broken if e["expert_id"] == "coder"][0]
+    coder["engine"] = dict(coder["engine"], chat_template=path)
+    try:
+        r = playbook("-e", json.dumps({"llmhost_experts": broken}), playbooks=("preflight", "experts"))
+        assert r.returncode == 0, r.stdout[-3000:]  # nothing a deploy can see is wrong
+        assert f"--chat-template {path}" in host.file("/etc/systemd/system/llmhost-expert-coder.service").content_string
+        (tmp_path / "experts.json").write_text(host.file("/etc/llmhost/experts.json").content_string)
+        llmhost = str(Path(sys.executable).parent / "llmhost")
+        s = subprocess.run([llmhost, "smoke", "--url", base_url, "--config", str(tmp_path / "experts.json"),
+                            "--repeat", "2"], capture_output=True, text=True,
+                           env=dict(os.environ, LLMHOST_API_KEY=KEY), check=False)
+        print(s.stdout)
+        assert s.returncode == 1, s.stdout + s.stderr
+        failed = re.findall(r"FAIL coder: coherence probe '(\w+)' failed", s.stdout)
+        assert failed, s.stdout  # names the expert and the probe, and shows the answer
+        assert "FAIL general" not in s.stdout  # the healthy expert still passes
+    finally:
+        r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
+        assert r.returncode == 0, r.stdout[-3000:]
+    assert "--chat-template" not in host.file("/etc/systemd/system/llmhost-expert-coder.service").content_string
+    assert "Paris" in (ask(host, "coder") or "")
 
 
 def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
