@@ -143,16 +143,14 @@ def table(leg: dict, tun: dict) -> str:
 
 
 def partition_table(unp: dict, tun: dict) -> str:
-    head = ("expert", "TTFT p50 ms U/T", "TTFT p95 ms U/T", "TBT p50 ms U/T", "TBT p95 ms U/T",
+    head = ("load", "expert", "TTFT p50 ms U/T", "TTFT p95 ms U/T", "TBT p50 ms U/T", "TBT p95 ms U/T",
             "decode tok/s U/T", "aggregate tok/s U/T", "TTFT p50 T/U", "decode T/U")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, b in zip(rows(unp), rows(tun)):
-        if a[0] != "concurrent":
-            continue
         r_ttft = f"{b[2] / a[2]:.2f}" if a[2] and b[2] else "-"
         r_dec = f"{b[6] / a[6]:.2f}" if a[6] and b[6] else "-"
         lines.append("| " + " | ".join([
-            a[1], f"{fmt_ms(a[2])} / {fmt_ms(b[2])}", f"{fmt_ms(a[3])} / {fmt_ms(b[3])}",
+            a[0], a[1], f"{fmt_ms(a[2])} / {fmt_ms(b[2])}", f"{fmt_ms(a[3])} / {fmt_ms(b[3])}",
             f"{fmt_ms(a[4])} / {fmt_ms(b[4])}", f"{fmt_ms(a[5])} / {fmt_ms(b[5])}",
             f"{a[6] or 0:.1f} / {b[6] or 0:.1f}", f"{a[7]:.1f} / {b[7]:.1f}", r_ttft, r_dec]) + " |")
     return "\n".join(lines)
@@ -211,6 +209,13 @@ def main() -> int:
         tun = measure(url)
     finally:
         subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False)
+    raw = {name: [dict(zip(("load", "expert", "ttft_p50_s", "ttft_p95_s", "tbt_p50_s", "tbt_p95_s", "decode_tps",
+                                "aggregate_tps", "errors"), r)) for r in rows(res)]
+           for name, res in (("legacy", leg), ("unpartitioned", unp), ("low_latency", tun))}
+    (ROOT / "reports").mkdir(exist_ok=True)
+    raw_path = ROOT / "reports" / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    raw_path.write_text(json.dumps(raw, indent=1))
+    log(f"raw figures: {raw_path}")
     tab = table(leg, tun)
     ptab = partition_table(unp, tun)
     print(tab)
@@ -247,8 +252,7 @@ Rerun the command to regenerate this page.
 
 A third deployment, U, runs low_latency's engine settings (bf16, 4096 batched tokens,
 prefix caching, max_num_seqs 8) without the core plan: no thread binding, no
-CPUAffinity, no tcmalloc, both experts on every core. Under the concurrent load
-(both experts, {CONC_STREAMS} streams each), U against T:
+CPUAffinity, no tcmalloc, both experts on every core. U against T, both loads:
 
 {ptab}
 
