@@ -75,9 +75,10 @@ def unpartitioned_experts() -> list[dict]:
     The difference to the tuned run is what partitioning the cores adds."""
     out = []
     for e in tuned_experts():
-        engine = dict(PROFILE_TABLE["low_latency"].engine, **e["engine"])
-        out.append(dict(e, profile="legacy", engine=engine, cores=None))
-    return [{k: v for k, v in e.items() if v is not None} for e in out]
+        e = dict(e, profile="legacy", engine=dict(PROFILE_TABLE["low_latency"].engine, **e["engine"]))
+        del e["cores"]  # no core plan: every expert on every core
+        out.append(e)
+    return out
 
 
 def deploy(st: dict, experts: list[dict], work: Path) -> None:
@@ -127,32 +128,18 @@ def fmt_ms(x):
     return "-" if x is None else f"{x * 1000:.0f}"
 
 
-def table(leg: dict, tun: dict) -> str:
-    head = ("load", "expert", "TTFT p50 ms L/T", "TTFT p95 ms L/T", "TBT p50 ms L/T", "TBT p95 ms L/T",
-            "decode tok/s L/T", "aggregate tok/s L/T", "TTFT p50 T/L", "decode T/L")
+def table(base: dict, tun: dict, b: str = "L") -> str:
+    """Side by side, base / tuned, with tuned/base ratios; `b` labels the base run."""
+    head = ("load", "expert", f"TTFT p50 ms {b}/T", f"TTFT p95 ms {b}/T", f"TBT p50 ms {b}/T", f"TBT p95 ms {b}/T",
+            f"decode tok/s {b}/T", f"aggregate tok/s {b}/T", f"TTFT p50 T/{b}", f"decode T/{b}")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for a, b in zip(rows(leg), rows(tun)):
-        r_ttft = (b[2] / a[2]) if a[2] and b[2] else None
-        r_dec = (b[6] / a[6]) if a[6] and b[6] else None
+    for x, y in zip(rows(base), rows(tun)):
+        r_ttft = f"{y[2] / x[2]:.2f}" if x[2] and y[2] else "-"
+        r_dec = f"{y[6] / x[6]:.2f}" if x[6] and y[6] else "-"
         lines.append("| " + " | ".join([
-            a[0], a[1], f"{fmt_ms(a[2])} / {fmt_ms(b[2])}", f"{fmt_ms(a[3])} / {fmt_ms(b[3])}",
-            f"{fmt_ms(a[4])} / {fmt_ms(b[4])}", f"{fmt_ms(a[5])} / {fmt_ms(b[5])}",
-            f"{a[6] or 0:.1f} / {b[6] or 0:.1f}", f"{a[7]:.1f} / {b[7]:.1f}",
-            "-" if r_ttft is None else f"{r_ttft:.2f}", "-" if r_dec is None else f"{r_dec:.2f}"]) + " |")
-    return "\n".join(lines)
-
-
-def partition_table(unp: dict, tun: dict) -> str:
-    head = ("load", "expert", "TTFT p50 ms U/T", "TTFT p95 ms U/T", "TBT p50 ms U/T", "TBT p95 ms U/T",
-            "decode tok/s U/T", "aggregate tok/s U/T", "TTFT p50 T/U", "decode T/U")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for a, b in zip(rows(unp), rows(tun)):
-        r_ttft = f"{b[2] / a[2]:.2f}" if a[2] and b[2] else "-"
-        r_dec = f"{b[6] / a[6]:.2f}" if a[6] and b[6] else "-"
-        lines.append("| " + " | ".join([
-            a[0], a[1], f"{fmt_ms(a[2])} / {fmt_ms(b[2])}", f"{fmt_ms(a[3])} / {fmt_ms(b[3])}",
-            f"{fmt_ms(a[4])} / {fmt_ms(b[4])}", f"{fmt_ms(a[5])} / {fmt_ms(b[5])}",
-            f"{a[6] or 0:.1f} / {b[6] or 0:.1f}", f"{a[7]:.1f} / {b[7]:.1f}", r_ttft, r_dec]) + " |")
+            x[0], x[1], f"{fmt_ms(x[2])} / {fmt_ms(y[2])}", f"{fmt_ms(x[3])} / {fmt_ms(y[3])}",
+            f"{fmt_ms(x[4])} / {fmt_ms(y[4])}", f"{fmt_ms(x[5])} / {fmt_ms(y[5])}",
+            f"{x[6] or 0:.1f} / {y[6] or 0:.1f}", f"{x[7]:.1f} / {y[7]:.1f}", r_ttft, r_dec]) + " |")
     return "\n".join(lines)
 
 
@@ -217,7 +204,7 @@ def main() -> int:
     raw_path.write_text(json.dumps(raw, indent=1))
     log(f"raw figures: {raw_path}")
     tab = table(leg, tun)
-    ptab = partition_table(unp, tun)
+    ptab = table(unp, tun, b="U")
     print(tab)
     print(ptab)
     chart({"legacy": leg, "unpartitioned": unp, "low_latency": tun}, ROOT / "docs/benchmarks.png")

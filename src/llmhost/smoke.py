@@ -246,18 +246,25 @@ class ExpertResult:
     misses: list[str] = field(default_factory=list)
 
 
+QUESTIONS = ("Name three primary colours.", "Explain what a CPU cache is in one sentence.",
+             "Give one tip for writing clear emails.", "What does HTTP stand for?")
+
+
+def measured_prompt(i: int, label: str | None = None) -> str:
+    """The user message of measured request i. A distinct opening per request: only
+    the (optional) shared system prompt is a cacheable prefix. `label` replaces the
+    number, so another client can send the same shape without sharing our text."""
+    return f"Request {i if label is None else label}. {QUESTIONS[i % len(QUESTIONS)]}"
+
+
 def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup: int, concurrency: int,
                max_tokens: int, shared_prefix: bool, api_key: str | None,
                progress: Callable[[str], None] = lambda s: None) -> ExpertResult:
     eid = expert["expert_id"]
     system = [{"role": "system", "content": SHARED_SYSTEM_PROMPT}] if shared_prefix else []
-    questions = ["Name three primary colours.", "Explain what a CPU cache is in one sentence.",
-                 "Give one tip for writing clear emails.", "What does HTTP stand for?"]
 
     def msgs(i: int) -> list[dict[str, str]]:
-        # A distinct opening per request: only the (optional) shared system prompt
-        # is a cacheable prefix, as with vllm bench serve's random prompts.
-        return system + [{"role": "user", "content": f"Request {i}. {questions[i % len(questions)]}"}]
+        return system + [{"role": "user", "content": measured_prompt(i)}]
 
     for i in range(warmup):
         progress(f"{eid}: warm-up {i + 1}/{warmup}")

@@ -70,3 +70,10 @@ def test_probes_check_answers():
     assert cap.check("Paris.") and not cap.check("Lyon")
     assert add.check("5") and add.check("The answer is 5.") and not add.check("15")
     assert code.check("```python\ndef add(a, b):\n    return a + b\n```") and not code.check("def add(a, b) return")
+
+
+def test_measured_prompts_are_distinct_and_can_be_relabelled():
+    prompts = [smoke.measured_prompt(i) for i in range(8)]
+    assert len(set(prompts)) == 8 and prompts[0] == f"Request 0. {smoke.QUESTIONS[0]}"
+    # another client's copy: same question, other opening, so no shared cache prefix
+    assert smoke.measured_prompt(5, label="F") == f"Request F. {smoke.QUESTIONS[1]}" != prompts[5]

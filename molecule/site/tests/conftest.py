@@ -1,8 +1,22 @@
 """Shared helpers for the site scenario's testinfra files."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 KEY = "sk-llmhost-test-key"
+LLMHOST = str(Path(sys.executable).parent / "llmhost")
+
+
+def smoke(host, base_url, tmp_path, *args):
+    """`llmhost smoke` from the controller through the front door, with the host's
+    effective experts config (thresholds included)."""
+    (tmp_path / "experts.json").write_text(host.file("/etc/llmhost/experts.json").content_string)
+    return subprocess.run([LLMHOST, "smoke", "--url", base_url, "--config", str(tmp_path / "experts.json"), *args],
+                          capture_output=True, text=True, env=dict(os.environ, LLMHOST_API_KEY=KEY), check=False)
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,17 @@
 
 import json
 
-from llmhost.capabilities import from_output
+from llmhost import capabilities
 from llmhost.cli import saved_capabilities
 
 
 def test_live_capabilities_match_the_saved_file(host):
     host.run("mkdir -p /tmp/llmhost-probe")
-    import llmhost.capabilities as cap
-
-    script = open(cap.__file__).read()
+    script = open(capabilities.__file__).read()
     host.run(f"cat > /tmp/llmhost-probe/capabilities.py <<'PYEOF'\n{script}\nPYEOF")
     out = host.run("cd /tmp && /opt/vllm/venv/bin/python /tmp/llmhost-probe/capabilities.py")
     assert out.rc == 0, out.stderr[-2000:]
-    live = from_output(out.stdout)
+    live = capabilities.from_output(out.stdout)
     saved = saved_capabilities("0.32.0")
     assert live["vllm_version"] == saved["vllm_version"] == "0.32.0"
     assert live["flags"] == saved["flags"]

@@ -4,25 +4,12 @@ agree with `vllm bench serve`, and catch garbled output."""
 import json
 import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from conftest import KEY
+from conftest import smoke
+from llmhost.smoke import measured_prompt
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
-LLMHOST = str(Path(sys.executable).parent / "llmhost")
-
-
-def smoke(base_url, tmp_path, *args):
-    cfg = tmp_path / "experts.json"
-    return subprocess.run([LLMHOST, "smoke", "--url", base_url, "--config", str(cfg), *args],
-                          capture_output=True, text=True, env=dict(os.environ, LLMHOST_API_KEY=KEY), check=False)
-
-
-def write_config(host, tmp_path):
-    (tmp_path / "experts.json").write_text(host.file("/etc/llmhost/experts.json").content_string)
 
 
 def test_site_wrote_a_passing_report():
@@ -36,31 +23,27 @@ def test_site_wrote_a_passing_report():
 
 
 def test_smoke_passes_with_local_thresholds(host, base_url, tmp_path):
-    write_config(host, tmp_path)
-    r = smoke(base_url, tmp_path, "--repeat", "3", "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "c.png"))
+    r = smoke(host, base_url, tmp_path, "--repeat", "3", "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "c.png"))
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "PASS" in r.stdout and (tmp_path / "c.png").stat().st_size > 1000
 
 
 def test_an_impossible_budget_fails_naming_expert_and_figure(host, base_url, tmp_path):
-    write_config(host, tmp_path)
-    r = smoke(base_url, tmp_path, "--expert", "coder", "--repeat", "2", "--threshold", "ttft_p50_s=0.0001")
+    r = smoke(host, base_url, tmp_path, "--expert", "coder", "--repeat", "2", "--threshold", "ttft_p50_s=0.0001")
     assert r.returncode == 1
     assert re.search(r"FAIL coder: ttft_p50 \d+\.\d{3} s > budget 0.0001 s", r.stdout), r.stdout
 
 
-def test_medians_agree_with_vllm_bench_serve(host, tmp_path):
+def test_medians_agree_with_vllm_bench_serve(host, base_url, tmp_path):
     """Same expert, same run, direct to its port: TTFT and TBT medians within 10 %."""
     N = 16
     cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
     port = [e for e in cfg["experts"] if e["expert_id"] == "general"][0]["backend_port"]
-    # llmhost smoke's prompt shapes, as a custom dataset.
-    qs = ["Name three primary colours.", "Explain what a CPU cache is in one sentence.",
-          "Give one tip for writing clear emails.", "What does HTTP stand for?"]
-    # Same shape as ours ("Request 7. ..." / "Request H. ...", within a token), other
-    # text: neither run may hit the other's prefix cache.
-    lines = "\n".join(json.dumps({"prompt": f"Request {chr(65 + i)}. {qs[i % 4]}"}) for i in range(N))
+    # llmhost smoke's own prompts as a custom dataset, labelled "Request H. ..." where
+    # ours say "Request 7. ...": the same shape within a token, and neither run may hit
+    # the other's prefix cache.
+    lines = "\n".join(json.dumps({"prompt": measured_prompt(i, label=chr(65 + i))}) for i in range(N))
     host.run(f"cat > /tmp/prompts.jsonl <<'EOF'\n{lines}\nEOF")
     # vllm bench's custom dataset reads JSONL with pandas, an optional vLLM extra
     # that the served venv does not carry; the benchmark brings its own.
@@ -79,12 +62,9 @@ def test_medians_agree_with_vllm_bench_serve(host, tmp_path):
         "--ignore-eos --save-result --result-filename bench.json --percentile-metrics ttft,itl")
     assert bench.rc == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
     b = json.loads(host.file("/tmp/bench.json").content_string)
-    # ours, through an ssh tunnel-free path: run llmhost's client on the host's loopback via the controller
-    write_config(host, tmp_path)
-    addr = host.ansible.get_variables()["ansible_host"]
-    r = subprocess.run([LLMHOST, "smoke", "--url", f"http://{addr}:8082", "--config", str(tmp_path / "experts.json"),
-                        "--expert", "general", "--repeat", str(N), "--max-tokens", "64", "--json", str(tmp_path / "s.json")],
-                       capture_output=True, text=True, env=dict(os.environ, LLMHOST_API_KEY=KEY), check=False)
+    # ours: from the controller through the front door (the JSON is written pass or fail)
+    smoke(host, base_url, tmp_path, "--expert", "general", "--repeat", str(N), "--max-tokens", "64",
+          "--json", str(tmp_path / "s.json"))
     ours = json.loads((tmp_path / "s.json").read_text())["experts"][0]
     ttft_b, itl_b = b["median_ttft_ms"] / 1000, b["median_itl_ms"] / 1000
     print(f"vllm bench serve: TTFT median {ttft_b * 1000:.1f} ms, ITL median {itl_b * 1000:.1f} ms; "

@@ -6,13 +6,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-import pytest
-from conftest import KEY
+from conftest import smoke
 
 PROJECT = os.environ["MOLECULE_PROJECT_DIRECTORY"]
 QUESTION = "What is the capital of France? Answer in one word."
@@ -154,11 +151,7 @@ def test_a_wrong_chat_template_fails_the_coherence_probes(host, base_url, tmp_pa
         r = playbook("-e", json.dumps({"llmhost_experts": broken}), playbooks=("preflight", "experts"))
         assert r.returncode == 0, r.stdout[-3000:]  # nothing a deploy can see is wrong
         assert f"--chat-template {path}" in host.file("/etc/systemd/system/llmhost-expert-coder.service").content_string
-        (tmp_path / "experts.json").write_text(host.file("/etc/llmhost/experts.json").content_string)
-        llmhost = str(Path(sys.executable).parent / "llmhost")
-        s = subprocess.run([llmhost, "smoke", "--url", base_url, "--config", str(tmp_path / "experts.json"),
-                            "--repeat", "2"], capture_output=True, text=True,
-                           env=dict(os.environ, LLMHOST_API_KEY=KEY), check=False)
+        s = smoke(host, base_url, tmp_path, "--repeat", "2")
         print(s.stdout)
         assert s.returncode == 1, s.stdout + s.stderr
         failed = re.findall(r"FAIL coder: coherence probe '(\w+)' failed", s.stdout)
