@@ -20,4 +20,4 @@ vm-test:      ## os_tuning on a QEMU VM, values proven after a reboot
 	scripts/bootstrap && .venv/bin/python scripts/vm_reboot_test.py
 
 clean-hosts:  ## tear down every test host the harness booted
-	python3 scripts/testhost.py down --all
+	python3 scripts/testhost.py down --all --kept-too

@@ -65,7 +65,7 @@ def legacy_experts() -> list[dict]:
 def tuned_experts() -> list[dict]:
     return [{"expert_id": eid, "model": MODEL, "model_source": str(MODEL_SRC), "domain": dom, "priority": pr,
              "profile": "low_latency", "kv_cache_gib": 1, "cores": 1,
-             "engine": {"dtype": "bfloat16", "max_model_len": 2048}}
+             "engine": {"max_model_len": 2048}}
             for eid, dom, pr in (("general", "general", 5), ("coder", "coding", 3))]
 
 

@@ -5,14 +5,22 @@ gguf, accelerate). Offline: the GGUF comes out of a wheel pip already fetched, a
 nothing talks to a model hub (HF_HUB_OFFLINE=1 is set by the wrapper).
 
 Usage: python build_model.py GGUF_FILE OUT_DIR
+       python build_model.py --check MODEL_DIR
+       python build_model.py --reference MODEL_DIR [OUT_FILE]
 Prints the greedy answer to the check question and exits 1 if "Paris" is absent.
+`--reference` writes the model's float32 greedy answers to the reference prompts
+(llmhost/reference.py) as MODEL_DIR/llmhost-reference.json, or OUT_FILE.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from llmhost import reference  # noqa: E402  (stdlib-only module, no llmhost install needed)
 
 QUESTION = "What is the capital of France? Answer in one word."
 
@@ -62,9 +70,38 @@ def check(folder: Path) -> str:
     return answer
 
 
+def make_reference(folder: Path, out: Path) -> None:
+    """Greedy float32 answers with transformers, the reference implementation."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    answers = {}
+    for name, prompt in reference.PROMPTS:
+        text = tok.apply_chat_template(reference.messages(prompt), tokenize=False, add_generation_prompt=True)
+        ids = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            gen = model.generate(**ids, max_new_tokens=reference.MAX_TOKENS, do_sample=False)
+        answers[name] = tok.decode(gen[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        print(f"reference {name}: {answers[name]!r}")
+    data = reference.make(answers, model=folder.name, made_with=(
+        f"transformers {transformers.__version__}, torch {torch.__version__}, float32, greedy, "
+        f"{reference.MAX_TOKENS} new tokens, the model's chat template"))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(out)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[1] == "--check":
         check(Path(argv[2]))
+        return 0
+    if len(argv) in (3, 4) and argv[1] == "--reference":
+        folder = Path(argv[2])
+        make_reference(folder, Path(argv[3]) if len(argv) == 4 else folder / reference.FILE_NAME)
         return 0
     if len(argv) != 3:
         print(__doc__, file=sys.stderr)

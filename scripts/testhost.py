@@ -307,7 +307,7 @@ def ssh_base(st: dict) -> list[str]:
             "-o", "ConnectTimeout=3", "-o", "BatchMode=yes", f"root@{st['address']}"]
 
 
-def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int) -> dict:
+def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int, keep: bool = False) -> dict:
     if not NAME_RE.match(name):
         raise SystemExit(f"bad host name {name!r}: lower-case, 1-12 characters (veth name limit)")
     if (host_dir(name) / "state.json").exists():
@@ -320,7 +320,7 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int) -> dict:
     host_ip, guest_ip = addresses(index)
     st = {"name": name, "index": index, "arch": deb_arch, "address": guest_ip,
           "host_address": host_ip, "user": "root", "port": 22, "identity_file": str(key),
-          "veth": f"ve-{name}", "dir": str(d)}
+          "veth": f"ve-{name}", "dir": str(d), "keep": keep}
     write_state(st)
     write_host_files(d / "upper", name, index, Path(str(key) + ".pub").read_text(), peers)
     run(["mount", "-t", "overlay", "overlay", "-o",
@@ -500,7 +500,7 @@ def cmd_up(args) -> int:
         for i, name in enumerate(args.names):
             t0 = time.monotonic()
             made.append(name)
-            st = up_one(name, deb_arch, peers, first + i)
+            st = up_one(name, deb_arch, peers, first + i, keep=args.keep)
             log(f"{name}: {st['address']} is {st['system_state']} after {time.monotonic() - t0:.1f} s")
             out.append({"instance": name, "address": st["address"], "user": "root",
                         "port": 22, "identity_file": st["identity_file"],
@@ -527,8 +527,18 @@ def cmd_up(args) -> int:
     return 0
 
 
+def kept(name: str) -> bool:
+    """Booted with `up --keep` (make local's models-local): `down --all` leaves it alone."""
+    return bool(read_state(name).get("keep"))
+
+
 def cmd_down(args) -> int:
-    names = live_hosts() if args.all else args.names
+    if args.all:
+        names = [n for n in live_hosts() if args.kept_too or not kept(n)]
+        for n in sorted(set(live_hosts()) - set(names)):
+            log(f"{n}: kept (booted with --keep); `down {n}` or `down --all --kept-too` removes it")
+    else:
+        names = args.names
     rc = 0
     for n in names:
         try:
@@ -543,7 +553,7 @@ def cmd_status(_args) -> int:
     for n in live_hosts():
         st = read_state(n)
         alive = pid_alive(st.get("leader_pid"))
-        print(f"{n}\t{st.get('address')}\t{'running' if alive else 'dead'}")
+        print(f"{n}\t{st.get('address')}\t{'running' if alive else 'dead'}" + ("\tkept" if st.get("keep") else ""))
     return 0
 
 
@@ -556,11 +566,14 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("names", nargs="+")
     u.add_argument("--arch", help="Debian architecture (default: this machine's)")
     u.add_argument("--json", help="also write the instance list here")
+    u.add_argument("--keep", action="store_true", help="a long-lived host (make local): "
+                   "`down --all`, as the test suite runs it, leaves it alone")
     u.add_argument("--index", type=int, help="fixed address index of the first host "
                    "(0 is 10.231.0.2, the local inventory's models-local)")
     dn = sub.add_parser("down")
     dn.add_argument("names", nargs="*")
-    dn.add_argument("--all", action="store_true")
+    dn.add_argument("--all", action="store_true", help="every host except those booted with --keep")
+    dn.add_argument("--kept-too", action="store_true", help="with --all: also the kept ones")
     sub.add_parser("status")
     r = sub.add_parser("rootfs")
     r.add_argument("--arch")

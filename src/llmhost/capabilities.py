@@ -69,6 +69,11 @@ def parse_cpuinfo(text: str, machine: str) -> dict[str, Any]:
             "neon": False,
             "bf16": "avx512_bf16" in flags or "amx_bf16" in flags,
             "fp16": "avx512_fp16" in flags,
+            # the flags themselves, so a choice can say which one it rests on
+            "avx512_bf16": "avx512_bf16" in flags,
+            "amx_bf16": "amx_bf16" in flags,
+            "avx512_fp16": "avx512_fp16" in flags,
+            "avx2": "avx2" in flags,
             "avx512": "avx512f" in flags,
             "amx": "amx_tile" in flags,
             "i8mm": False,

@@ -110,9 +110,25 @@ def host_from_vars(hv: dict[str, Any]) -> tuple[Host, str]:
                 info["isa"], info["model"]), "no llmhost_host_expect: this machine's CPUs and memory"
 
 
+def with_cpuinfo(host: Host, path: str) -> tuple[Host, str]:
+    """The same host with the CPU of a saved /proc/cpuinfo (ISA, model, arch)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"--cpuinfo {path}: cannot read it ({e.__class__.__name__})") from None
+    arch = "aarch64" if "CPU implementer" in text else "x86_64"
+    info = parse_cpuinfo(text, arch)
+    if not info["cpuinfo_cpus"]:
+        raise SystemExit(f"--cpuinfo {path}: no 'processor' entries; not a /proc/cpuinfo")
+    return Host(host.cpus, host.memory_bytes, info["arch"], info["isa"], info["model"]), f"CPU from {path}"
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     name, hv = inventory_hostvars(args.inventory, args.host)
     host, source = host_from_vars(hv)
+    if args.cpuinfo:
+        host, cpu_source = with_cpuinfo(host, args.cpuinfo)
+        source += f"; {cpu_source}"
     caps = load_caps(args.caps)
     reserved = hv.get("llmhost_reserved_cores", default_reserved(len(host.cpus)))
     try:
@@ -128,11 +144,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"host": name, **plan.to_dict()}, indent=1))
         return 0
-    print(f"host {name}: {len(host.cpus)} CPUs, {host.memory_gib:.0f} GiB, {host.arch} ({source}); "
+    print(f"host {name}: {len(host.cpus)} CPUs, {host.memory_gib:.0f} GiB, {host.arch} "
+          f"{host.model or ''} ({source}); "
           f"vLLM {caps.get('vllm_version')}; reserved CPUs: {plan.reserved or 'none'}")
     print(memory_table(plan))
     for p in plan.experts:
         print(f"\n[{p.expert_id}] port {p.port}, CPUs {p.cpu_list}, names {', '.join(p.names)}")
+        if p.translation.dtype:
+            print(f"  dtype {p.translation.dtype}")
+        print(f"  reference answers: {p.reference or 'none'} ({p.reference_why})")
         print("  argv: " + " ".join(p.translation.argv))
         print("  env:  " + " ".join(f"{k}={v}" for k, v in sorted(p.translation.env.items())))
         for line in p.translation.report:
@@ -180,6 +200,9 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         smoke.chart(results, args.chart)
         print(f"chart: {args.chart}")
     misses = [m for r in results for m in r.misses]
+    for r in results:
+        if r.reference["status"] == "skipped":
+            print(f"SKIP {r.expert_id}: reference probe skipped: {r.reference['why']}")
     for m in misses:
         print(f"FAIL {m}")
     return 1 if misses else 0
@@ -212,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("-i", "--inventory", required=True)
     pl.add_argument("--host")
     pl.add_argument("--caps")
+    pl.add_argument("--cpuinfo", help="plan for the CPU of this saved /proc/cpuinfo (dtype and ISA rules)")
     pl.add_argument("--strict", action="store_true", help="every dropped key is an error")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)

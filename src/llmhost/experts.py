@@ -88,6 +88,8 @@ class Expert:
     weights_gib: float | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     thresholds: Thresholds = Thresholds()
+    allow_emulated_dtype: bool = False
+    reference: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -116,6 +118,8 @@ EXPERT_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "weights_gib": (_NUM, "number of GiB"),
     "env": ((dict,), "mapping of environment variables"),
     "thresholds": ((dict,), "mapping"),
+    "allow_emulated_dtype": ((bool,), "true or false"),
+    "reference": ((str,), "path on the controller to a reference answers file"),
 }
 REQUIRED = ("expert_id", "model", "domain", "priority")
 THRESHOLD_FIELDS = ("ttft_p50_s", "ttft_p95_s", "tbt_p95_s", "decode_tps_min")
@@ -244,6 +248,8 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
         weights_gib=None if raw.get("weights_gib") is None else float(raw["weights_gib"]),
         env={k: str(v) for k, v in env.items()},
         thresholds=Thresholds(**{k: float(v) for k, v in thr.items()}),
+        allow_emulated_dtype=bool(raw.get("allow_emulated_dtype", False)),
+        reference=raw.get("reference") or None,
     ), []
 
 

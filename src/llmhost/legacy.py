@@ -134,6 +134,11 @@ def import_legacy(data: Mapping[str, Any], caps: Mapping[str, Any], arch: str = 
         engine_in = {k: v for k, v in raw.items() if k not in SCHEMA_KEYS and k not in EXPERT_META}
         for k, v in perf.items():
             engine_in.setdefault(k, v)
+        legacy_dtype = engine_in.pop("dtype", None)
+        if legacy_dtype is not None:
+            origin = "" if "dtype" in raw else "performance_tuning."
+            res.report.append(f"{eid}.{origin}dtype: translated ({legacy_dtype!r} becomes dtype: auto, which "
+                              "the plan resolves from the host's CPU flags: bfloat16 where native, else float32)")
         expert = Expert(expert_id=eid, model=str(raw.get("model_path", "/missing")),
                         domain=str(raw.get("domain", "general")), priority=int(raw.get("priority", 1)),
                         profile="legacy")

@@ -7,6 +7,7 @@ and `llmhost plan` both call it, so the CLI shows exactly what a run would do.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -32,6 +33,24 @@ class Host:
         return self.memory_bytes / GIB
 
 
+# Where each expert's reference answers land on the host (the probe timer reads them).
+HOST_REFERENCE_DIR = "/etc/llmhost/references"
+REFERENCE_FILE = "llmhost-reference.json"
+
+
+def reference_for(e: Expert) -> tuple[str | None, str]:
+    """The controller-side reference answers file of an expert, or (None, why there is none).
+
+    An explicit `reference` wins; else the file scripts/build-model leaves beside
+    a model_source. Reads the controller's filesystem (the plan runs there)."""
+    if e.reference:
+        return e.reference, "expert field 'reference'"
+    if e.model_source and os.path.isfile(os.path.join(e.model_source, REFERENCE_FILE)):
+        return os.path.join(e.model_source, REFERENCE_FILE), "beside model_source"
+    return None, ("no reference answers for this model: make them once with "
+                  "`scripts/build-model --reference MODEL_DIR` and set the expert's 'reference'")
+
+
 # A lazily loaded expert's vLLM listens here (port + offset); systemd's socket
 # holds the expert's own port and starts the model on the first connection.
 LAZY_BACKEND_OFFSET = 10000
@@ -51,6 +70,8 @@ class ExpertPlan:
     names: list[str]
     translation: Translation
     expert: Expert
+    reference: str | None = None
+    reference_why: str = ""
 
     @property
     def memory_gib(self) -> float:
@@ -82,6 +103,10 @@ class Plan:
                 "overhead_gib": e.overhead_gib, "memory_gib": round(e.memory_gib, 2),
                 "memory_max_bytes": int(e.memory_gib * GIB),
                 "preload": e.preload, "names": e.names, "argv": e.translation.argv,
+                "dtype": e.translation.dtype.dtype if e.translation.dtype else None,
+                "dtype_reason": e.translation.dtype.reason if e.translation.dtype else None,
+                "reference": e.reference, "reference_why": e.reference_why,
+                "reference_on_host": f"{HOST_REFERENCE_DIR}/{e.expert_id}.json" if e.reference else None,
                 "env": e.translation.env, "report": [str(x) for x in e.translation.report],
             })
         return {"experts": out, "reserved_cores": self.reserved, "budget_gib": round(self.budget_gib, 2),
@@ -96,8 +121,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 def model_bytes(folder: str) -> int | None:
     """Size of the weight files in a model folder, or None when it is not readable here."""
-    import os  # noqa: PLC0415
-
     if not os.path.isdir(folder):
         return None
     total = 0
@@ -221,7 +244,10 @@ def summary(plan: Mapping[str, Any]) -> list[str]:
     for e in plan["experts"]:
         lines.append(f"{e['expert_id']}: port {e['port']}, CPUs {e['cpu_list']}, {e['memory_gib']} GiB, "
                      f"{'preload' if e['preload'] else 'lazy'}; names {', '.join(e['names'])}")
-        lines += [f"  {r}" for r in e["report"] if ": applied" not in r]
+        if e.get("dtype"):
+            lines.append(f"  dtype {e['dtype']} ({e['dtype_reason']})")
+        lines.append(f"  reference answers: {e['reference'] or 'none'} ({e['reference_why']})")
+        lines += [f"  {r}" for r in e["report"] if ": applied" not in r and not r.startswith("dtype:")]
     lines += [f"warning: {w}" for w in plan.get("warnings", [])]
     return lines
 
@@ -279,11 +305,15 @@ def build_plan(
         t.argv[t.argv.index("--served-model-name") + 1:t.argv.index("--served-model-name") + 2] = names[e.expert_id]
         problems += t.errors(strict)
         warnings += t.warnings
+        ref, ref_why = reference_for(e)
+        if e.reference and not os.path.isfile(e.reference):
+            problems.append(f"expert '{e.expert_id}' field 'reference': {e.reference} is not a file on the controller")
         plans.append(ExpertPlan(
             expert_id=e.expert_id, port=ports[e.expert_id], backend_port=backend, cores=cores[e.expert_id],
             cpu_list=cpu_list(cores[e.expert_id]) if bind else cpu_list(host.cpus),
             weights_gib=w_gib, kv_cache_gib=e.kv_cache_gib, overhead_gib=overhead_gib,
-            preload=preload, names=names[e.expert_id], translation=t, expert=e))
+            preload=preload, names=names[e.expert_id], translation=t, expert=e,
+            reference=ref, reference_why=ref_why))
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
     at_once = sum(mems[:lazy.max_loaded_experts]) if lazy.enabled else sum(mems)

@@ -26,6 +26,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from . import reference as ref_mod
+
 SHARED_SYSTEM_PROMPT = (
     "You are a careful assistant for an operations team that runs several language models on one "
     "CPU server. Answer briefly and exactly. " * 12
@@ -244,6 +246,68 @@ class ExpertResult:
     stats: Stats
     probes: dict[str, dict[str, Any]] = field(default_factory=dict)
     misses: list[str] = field(default_factory=list)
+    # status: passed | failed | skipped (never silently passed), with why and per-prompt results
+    reference: dict[str, Any] = field(default_factory=lambda: {"status": "skipped", "why": "not run"})
+
+
+def reference_file(expert: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The reference file this process can read for an expert, or (None, why not)."""
+    import os  # noqa: PLC0415
+
+    paths = [p for p in (expert.get("reference"), expert.get("reference_on_host")) if p]
+    if not paths:
+        return None, expert.get("reference_why") or "no reference file for this model (see docs/smoke.md)"
+    for p in paths:
+        if os.path.isfile(p):
+            return p, ""
+    return None, f"reference file not found here: {', '.join(paths)}"
+
+
+def coherence_probes(base_url: str, model: str, api_key: str | None,
+                     progress: Callable[[str], None] = lambda s: None) -> dict[str, dict[str, Any]]:
+    """The easy probes: shape and plausibility of three short answers."""
+    out = {}
+    for p in PROBES:
+        progress(f"{model}: probe {p.name}")
+        s = stream_chat(base_url, model, [{"role": "user", "content": p.prompt}], p.max_tokens, api_key)
+        why = s.error or garbage(s.text) or (None if p.check(s.text) else "wrong answer")
+        out[p.name] = {"ok": why is None, "answer": s.text, "why": why}
+    return out
+
+
+def reference_probes(base_url: str, model: str, path: str | None, why_none: str, api_key: str | None,
+                     progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Greedy answers compared with the reference file's first words."""
+    if path is None:
+        return {"status": "skipped", "why": why_none}
+    try:
+        data = ref_mod.load(path)
+    except ref_mod.ReferenceError as e:
+        return {"status": "failed", "why": str(e), "file": path, "results": []}
+    results = []
+    for item in data["prompts"]:
+        progress(f"{model}: reference {item['name']}")
+        s = stream_chat(base_url, model, item["messages"], int(data.get("max_tokens", ref_mod.MAX_TOKENS)), api_key)
+        if s.error:
+            v = ref_mod.Verdict(item["name"], False, item["answer"], "", f"request failed: {s.error}")
+        else:
+            v = ref_mod.compare(item["name"], item["answer"], s.text,
+                                int(data.get("compare_words", ref_mod.COMPARE_WORDS)))
+        results.append(asdict(v))
+    failed = [r for r in results if not r["ok"]]
+    return {"status": "failed" if failed else "passed", "file": path, "model": data.get("model"),
+            "made_with": data.get("made_with"), "results": results,
+            "why": f"{len(failed)} of {len(results)} answers differ from the reference" if failed else None}
+
+
+def reference_misses(expert_id: str, rep: Mapping[str, Any]) -> list[str]:
+    """One line per divergent answer, quoting both texts."""
+    if rep["status"] != "failed":
+        return []
+    if not rep.get("results"):
+        return [f"{expert_id}: reference probe failed: {rep['why']}"]
+    return [f"{expert_id}: reference probe '{r['name']}' {r['why']}: expected {r['expected'][:80]!r}, "
+            f"got {r['answer'][:80]!r}" for r in rep["results"] if not r["ok"]]
 
 
 QUESTIONS = ("Name three primary colours.", "Explain what a CPU cache is in one sentence.",
@@ -296,13 +360,13 @@ def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup:
         if s.error:
             res.misses.append(f"{eid}: request failed: {s.error}")
             break
-    for p in PROBES:
-        progress(f"{eid}: probe {p.name}")
-        s = stream_chat(base_url, eid, [{"role": "user", "content": p.prompt}], p.max_tokens, api_key)
-        why = s.error or garbage(s.text) or (None if p.check(s.text) else "wrong answer")
-        res.probes[p.name] = {"ok": why is None, "answer": s.text, "why": why}
-        if why:
-            res.misses.append(f"{eid}: coherence probe '{p.name}' failed ({why}): {s.text[:120]!r}")
+    res.probes = coherence_probes(base_url, eid, api_key, progress)
+    for name, p in res.probes.items():
+        if not p["ok"]:
+            res.misses.append(f"{eid}: coherence probe '{name}' failed ({p['why']}): {p['answer'][:120]!r}")
+    path, why_none = reference_file(expert)
+    res.reference = reference_probes(base_url, eid, path, why_none, api_key, progress)
+    res.misses += reference_misses(eid, res.reference)
     res.misses += [m for m in check_thresholds(eid, st, expert.get("thresholds") or {})
                    if not m.endswith("requests failed") or not res.misses]
     return res
@@ -346,24 +410,31 @@ def table(results: Sequence[ExpertResult]) -> str:
         return "-" if v is None else fmt.format(v * scale)
 
     rows = [("expert", "TTFT p50 ms", "TTFT p95 ms", "TBT p50 ms", "TBT p95 ms", "decode tok/s",
-             "E2E p50 s", "req", "err", "probes", "verdict")]
+             "E2E p50 s", "req", "err", "probes", "reference", "verdict")]
     for r in results:
         s = r.stats
         probes = "".join("+" if p["ok"] else "x" for p in r.probes.values())
         rows.append((r.expert_id, f(s.ttft_p50_s), f(s.ttft_p95_s), f(s.tbt_p50_s), f(s.tbt_p95_s),
                      f(s.decode_tps, 1, "{:.1f}"), f(s.e2e_p50_s, 1, "{:.2f}"), str(s.requests), str(s.errors),
-                     probes, "PASS" if not r.misses else "FAIL"))
+                     probes, reference_cell(r.reference), "PASS" if not r.misses else "FAIL"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
                      for row in rows)
+
+
+def reference_cell(rep: Mapping[str, Any]) -> str:
+    if rep["status"] == "skipped":
+        return "skipped"
+    ok = sum(1 for r in rep.get("results", []) if r["ok"])
+    return f"{ok}/{len(rep.get('results', []))} " + ("ok" if rep["status"] == "passed" else "DIFF")
 
 
 def report(results: Sequence[ExpertResult], meta: Mapping[str, Any]) -> dict[str, Any]:
     return {**meta, "passed": all(not r.misses for r in results),
             "definitions": "as vllm bench serve: TTFT to first content chunk; TBT/ITL between chunks; "
                            "decode tokens/s = (output tokens - 1) / (last chunk - first chunk)",
-            "experts": [{"expert_id": r.expert_id, **asdict(r.stats), "probes": r.probes, "misses": r.misses}
-                        for r in results]}
+            "experts": [{"expert_id": r.expert_id, **asdict(r.stats), "probes": r.probes,
+                         "reference": r.reference, "misses": r.misses} for r in results]}
 
 
 def chart(results: Sequence[ExpertResult], path: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import dtype as dtype_mod
 from .experts import PROFILE_TABLE, Expert
 
 # Flags that existed in older vLLM and are gone. They are dropped (or errors in
@@ -70,6 +71,7 @@ class Translation:
     env: dict[str, str] = field(default_factory=dict)
     report: list[Line] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    dtype: dtype_mod.DtypeChoice | None = None
 
     @property
     def rejected(self) -> list[Line]:
@@ -156,21 +158,20 @@ def translate(
                                   "remove it from engine"))
             settings.pop(k)
 
-    dtype = settings.get("dtype")
     quant = settings.get("quantization")
     kv_dtype = str(settings.get("kv_cache_dtype", "auto") or "auto")
     refused16 = rules.get("float16_refused_models") or ["gemma3"]
-    if dtype in ("float16", "half") and _is_gemma3(expert) and any("gemma3" in m for m in refused16):
-        t.report.append(Line("dtype", "rejected", "vLLM refuses float16 for Gemma 3 (numerical instability); "
-                             "use dtype: bfloat16"))
-        settings.pop("dtype")
-    elif dtype in ("float16", "half") and not isa.get("fp16", False):
-        t.warnings.append(f"expert '{expert.expert_id}' field 'dtype': float16 on a CPU without native fp16 "
-                          f"arithmetic ({cpu.get('model', arch)}); prefill was about 7x slower than bfloat16 "
-                          "in our measurement: prefer bfloat16")
-    if dtype == "bfloat16" and not isa.get("bf16", False):
-        t.warnings.append(f"expert '{expert.expert_id}' field 'dtype': bfloat16 without native bf16 on "
-                          f"{cpu.get('model', arch)} runs emulated; consider float32")
+    choice, why = dtype_mod.choose(
+        settings.pop("dtype", "auto"), arch, isa, cpu_name=str(cpu.get("model") or ""),
+        fp16_refused="Gemma 3" if _is_gemma3(expert) and any("gemma3" in m for m in refused16) else "",
+        allow_emulated=expert.allow_emulated_dtype)
+    if choice is None:
+        t.report.append(Line("dtype", "rejected", str(why)))
+    else:
+        t.dtype = choice
+        if choice.emulated:
+            t.warnings.append(f"expert '{expert.expert_id}' field 'dtype': {choice}: answers may differ from "
+                              "the reference and prefill is slow; the smoke test's reference probe will tell")
     if isinstance(quant, str) and quant.lower() in AWQ_GPTQ and arch == "aarch64":
         t.report.append(Line("quantization", "rejected",
                              f"{quant} has no Arm CPU kernels in vLLM (documented for x86 only); on aarch64 use "
@@ -198,6 +199,10 @@ def translate(
 
     argv = ["--model", expert.model, "--served-model-name", expert.expert_id,
             "--host", "127.0.0.1", "--port", str(port)]
+    if t.dtype:
+        # Always explicit: vLLM's own "auto" follows config.json (bf16), not the CPU.
+        argv += ["--dtype", t.dtype.dtype]
+        t.report.append(Line("dtype", "applied", f"{t.dtype.dtype}, {t.dtype.reason}"))
     # Sorted: the same settings always give the same argv, whatever order a YAML or
     # JSON loader kept, so an unchanged expert never sees a changed unit.
     for k, v in sorted(settings.items()):

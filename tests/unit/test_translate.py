@@ -87,15 +87,15 @@ def test_gemma3_float16_rejected_with_fix():
     e = Expert("gemma-3", "/home/elect/models/gemma-3-27b-it", "multimodal", 2, engine={"dtype": "float16"})
     t = translate(e, caps(ARM), port=8104)
     assert [str(l) for l in t.rejected] == [
-        "dtype: rejected (vLLM refuses float16 for Gemma 3 (numerical instability); use dtype: bfloat16)"]
+        "dtype: rejected (vLLM refuses float16 for Gemma 3 (numerical instability); use dtype: auto or bfloat16)"]
     assert "--dtype" not in t.argv
 
 
-def test_float16_warns_without_native_fp16():
+def test_float16_without_native_fp16_is_refused_and_native_fp16_is_not():
     t = translate(Expert("e", "/m/x", "g", 1, engine={"dtype": "float16"}), caps(ZEN4), port=8101)
-    assert any("7x slower" in w for w in t.warnings)
+    assert [l.key for l in t.rejected] == ["dtype"] and "avx512_fp16" in str(t.rejected[0])
     t = translate(Expert("e", "/m/x", "g", 1, engine={"dtype": "float16"}), caps(ARM), port=8101)
-    assert t.warnings == []
+    assert t.warnings == [] and t.rejected == [] and t.argv[t.argv.index("--dtype") + 1] == "float16"
 
 
 def test_fp8_kv_rejected_on_arm_in_0_32():
@@ -121,7 +121,7 @@ def test_bool_flags_and_choices():
                        "max_num_seqs": 4})
     t = translate(e, caps(ZEN4), port=8101)
     assert "--no-enable-prefix-caching" in t.argv and "--enforce-eager" in t.argv
-    assert "dtype: rejected ('bfloat' is not one of" in str(t.rejected[0])
+    assert "dtype: rejected ('bfloat' is not a dtype" in str(t.rejected[0])
     assert t.argv[:8] == ["--model", "/m/x", "--served-model-name", "e", "--host", "127.0.0.1", "--port", "8101"]
 
 
