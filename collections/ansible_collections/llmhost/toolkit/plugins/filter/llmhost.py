@@ -27,6 +27,16 @@ def probe_script(_: Any = None) -> str:
     return capabilities.__file__
 
 
+def probe_files(_: Any = None) -> list:
+    """The stdlib-only modules the host's probe timer runs (python3 -m llmhost.probe)."""
+    import os  # noqa: PLC0415
+
+    import llmhost  # noqa: PLC0415
+
+    d = os.path.dirname(llmhost.__file__)
+    return [os.path.join(d, f) for f in ("__init__.py", "probe.py", "smoke.py", "reference.py")]
+
+
 def preload_env(stat_results: list, tcmalloc: bool, iomp: bool, arch: str) -> dict:
     """Adapter: an Ansible stat loop -> llmhost.systemd.preload_env."""
     found = [r["item"] for r in stat_results or [] if r.get("stat", {}).get("exists")]
@@ -77,5 +87,6 @@ class FilterModule:
             "weights_bytes": find_results_bytes,
             "saved_capabilities": saved_capabilities,
             "probe_script": probe_script,
+            "probe_files": probe_files,
             "probe_output": capabilities.from_output,
         }

@@ -1,0 +1,153 @@
+"""Answers watched on the host, not only at deploy: the probe timer's job.
+
+The old server's garbling came and went, so a systemd timer (role monitoring)
+runs this every 15 minutes on each LLM host:
+
+    python3 -m llmhost.probe --config /etc/llmhost/experts.json \
+        --textfile /var/lib/prometheus/node-exporter/llmhost_probe.prom
+
+For every expert that is loaded it sends the coherence probes and the reference
+prompts (temperature 0) straight to the expert's own vLLM port on loopback, and
+writes the verdicts for node exporter's textfile collector:
+
+    llmhost_probe_ok{expert, probe}          1 right, 0 wrong (probe: capital, sum, code, reference_<name>)
+    llmhost_probe_loaded{expert}             1 probed, 0 a lazy expert that is not loaded (not woken)
+    llmhost_probe_reference_available{expert}  0 when the expert has no reference answers
+    llmhost_probe_last_run_timestamp_seconds   when this run finished (a stale value alerts)
+    llmhost_probe_duration_seconds
+
+A lazy expert is never woken: vLLM listens on its backend port only while it is
+loaded, and that is the port probed; the socket that starts it is not touched.
+
+Stdlib only (with smoke.py and reference.py): the monitoring role ships these
+files to the host, where llmhost itself is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from . import smoke
+
+
+@dataclass
+class ExpertProbe:
+    expert_id: str
+    loaded: bool
+    probes: dict[str, bool] = field(default_factory=dict)
+    reference_available: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def listening(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
+    """Is something accepting connections there? (A plain connect: it starts nothing.)"""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def probe_expert(expert: Mapping[str, Any], *, is_listening: Callable[[int], bool] = listening,
+                 coherence: Callable[..., dict[str, dict[str, Any]]] = smoke.coherence_probes,
+                 references: Callable[..., dict[str, Any]] = smoke.reference_probes) -> ExpertProbe:
+    eid = str(expert["expert_id"])
+    port = int(expert.get("backend_port") or expert["port"])
+    if not is_listening(port):
+        why = "lazy and not loaded: not woken" if not expert.get("preload", True) else "not listening"
+        return ExpertProbe(eid, False, notes=[f"{eid}: {why} (port {port})"])
+    url = f"http://127.0.0.1:{port}"
+    res = ExpertProbe(eid, True)
+    for name, p in coherence(url, eid, None).items():
+        res.probes[name] = bool(p["ok"])
+        if not p["ok"]:
+            res.notes.append(f"{eid}: probe {name} failed ({p['why']}): {p['answer'][:80]!r}")
+    path, why = smoke.reference_file(expert)
+    rep = references(url, eid, path, why, None)
+    res.reference_available = rep["status"] != "skipped"
+    if rep["status"] == "skipped":
+        res.notes.append(f"{eid}: reference probe skipped: {rep['why']}")
+    for r in rep.get("results", []):
+        res.probes[f"reference_{r['name']}"] = bool(r["ok"])
+    if rep["status"] == "failed" and not rep.get("results"):
+        res.probes["reference_file"] = False
+    res.notes += smoke.reference_misses(eid, rep)
+    return res
+
+
+def _label(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(results: Sequence[ExpertProbe], finished: float, duration_s: float) -> str:
+    """Prometheus text exposition format, as node exporter's textfile collector reads it."""
+    out = ["# HELP llmhost_probe_ok 1 when the expert's answer to the probe was right, 0 when not.",
+           "# TYPE llmhost_probe_ok gauge"]
+    for r in results:
+        for name, ok in sorted(r.probes.items()):
+            out.append(f'llmhost_probe_ok{{expert="{_label(r.expert_id)}",probe="{_label(name)}"}} {int(ok)}')
+    out += ["# HELP llmhost_probe_loaded 1 when the expert was loaded and probed; a lazy one is never woken.",
+            "# TYPE llmhost_probe_loaded gauge"]
+    out += [f'llmhost_probe_loaded{{expert="{_label(r.expert_id)}"}} {int(r.loaded)}' for r in results]
+    out += ["# HELP llmhost_probe_reference_available 0 when a loaded expert has no reference answers.",
+            "# TYPE llmhost_probe_reference_available gauge"]
+    out += [f'llmhost_probe_reference_available{{expert="{_label(r.expert_id)}"}} {int(r.reference_available)}'
+            for r in results if r.loaded]
+    out += ["# HELP llmhost_probe_last_run_timestamp_seconds When the last probe run finished.",
+            "# TYPE llmhost_probe_last_run_timestamp_seconds gauge",
+            f"llmhost_probe_last_run_timestamp_seconds {finished:.3f}",
+            "# HELP llmhost_probe_duration_seconds How long the last probe run took.",
+            "# TYPE llmhost_probe_duration_seconds gauge",
+            f"llmhost_probe_duration_seconds {duration_s:.3f}"]
+    return "\n".join(out) + "\n"
+
+
+def write_atomic(path: str, text: str) -> None:
+    """node exporter must never read half a file: write beside it, then rename."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python3 -m llmhost.probe", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="/etc/llmhost/experts.json")
+    ap.add_argument("--textfile", required=True, help="the .prom file node exporter reads")
+    args = ap.parse_args(argv)
+    try:
+        cfg = json.loads(Path(args.config).read_text())
+        experts = cfg["experts"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"{args.config}: cannot read the experts config ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    results = [probe_expert(e) for e in experts]
+    for r in results:
+        for n in r.notes:
+            print(n)
+        if r.loaded:
+            bad = [k for k, ok in r.probes.items() if not ok]
+            print(f"{r.expert_id}: {len(r.probes) - len(bad)}/{len(r.probes)} probes right"
+                  + (f"; wrong: {', '.join(bad)}" if bad else ""))
+    try:
+        write_atomic(args.textfile, render(results, time.time(), time.monotonic() - t0))
+    except OSError as e:
+        print(f"{args.textfile}: cannot write ({e.strerror})", file=sys.stderr)
+        return 2
+    # A wrong answer is reported through the metric (and its alert), not a failed unit.
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

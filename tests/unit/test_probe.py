@@ -1,0 +1,82 @@
+"""The host's answer probe: never wakes a lazy expert, writes valid textfile metrics."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from llmhost import probe, reference
+
+
+def coherence_ok(url, model, api_key):
+    return {"capital": {"ok": True, "answer": "Paris", "why": None},
+            "sum": {"ok": True, "answer": "5", "why": None}}
+
+
+def test_a_lazy_expert_that_is_not_loaded_is_not_touched():
+    touched = []
+
+    def fail(*a, **k):
+        touched.append(a)
+        raise AssertionError("must not send a request")
+
+    r = probe.probe_expert({"expert_id": "gemma-3", "port": 8104, "backend_port": 18104, "preload": False},
+                           is_listening=lambda port: touched.append(port) or False,
+                           coherence=fail, references=fail)
+    assert touched == [18104]   # only the backend port is looked at, never the socket's 8104
+    assert not r.loaded and r.probes == {} and "not woken" in r.notes[0]
+
+
+def test_a_loaded_expert_gets_coherence_and_reference_verdicts(tmp_path):
+    ref = tmp_path / "r.json"
+    ref.write_text(json.dumps(reference.make({n: "The answer" for n, _ in reference.PROMPTS},
+                                             model="m", made_with="t")))
+
+    def refs(url, model, path, why, api_key):
+        assert url == "http://127.0.0.1:8101" and path == str(ref)
+        return {"status": "failed", "why": "1 of 2", "results": [
+            {"name": "france", "ok": False, "expected": "The capital of France is Paris.",
+             "answer": "L'Étoile, la Marseillaise", "why": "diverges from the reference at word 1"},
+            {"name": "week", "ok": True, "expected": "7", "answer": "7", "why": None}]}
+
+    r = probe.probe_expert({"expert_id": "general", "port": 8101, "backend_port": 8101, "preload": True,
+                            "reference": str(ref)}, is_listening=lambda p: True,
+                           coherence=coherence_ok, references=refs)
+    assert r.loaded and r.reference_available
+    assert r.probes == {"capital": True, "sum": True, "reference_france": False, "reference_week": True}
+    assert any("L'Étoile" in n and "Paris" in n for n in r.notes)
+
+
+def test_no_reference_is_visible_not_a_pass():
+    r = probe.probe_expert({"expert_id": "x", "port": 8101, "preload": True}, is_listening=lambda p: True,
+                           coherence=coherence_ok)
+    assert not r.reference_available and not any(k.startswith("reference_") for k in r.probes)
+    text = probe.render([r], 1700000000.0, 1.5)
+    assert 'llmhost_probe_reference_available{expert="x"} 0' in text
+
+
+def test_render_is_valid_exposition_format_with_escaped_labels():
+    rs = [probe.ExpertProbe("general", True, {"capital": True, "reference_france": False}, True),
+          probe.ExpertProbe('we"ird', False)]
+    text = probe.render(rs, 1700000000.25, 2.0)
+    assert 'llmhost_probe_ok{expert="general",probe="reference_france"} 0' in text
+    assert 'llmhost_probe_loaded{expert="we\\"ird"} 0' in text
+    assert "llmhost_probe_last_run_timestamp_seconds 1700000000.250" in text
+    if not shutil.which("promtool"):
+        pytest.fail("promtool missing: scripts/bootstrap installs Debian's prometheus")
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_main_writes_the_textfile_atomically_and_reports_bad_config(tmp_path, capsys):
+    cfg = tmp_path / "experts.json"
+    cfg.write_text(json.dumps({"experts": [{"expert_id": "lazy", "port": 1, "backend_port": 1,
+                                            "preload": False}]}))
+    out = tmp_path / "llmhost_probe.prom"
+    assert probe.main(["--config", str(cfg), "--textfile", str(out)]) == 0
+    assert 'llmhost_probe_loaded{expert="lazy"} 0' in out.read_text()
+    assert {p.name for p in tmp_path.iterdir()} == {"experts.json", "llmhost_probe.prom"}  # no .tmp left
+    cfg.write_text("{not json")
+    assert probe.main(["--config", str(cfg), "--textfile", str(out)]) == 2
+    assert "cannot read the experts config" in capsys.readouterr().err
