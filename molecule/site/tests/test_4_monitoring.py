@@ -39,3 +39,29 @@ def test_rules_loaded_and_only_loopback(host):
     assert {"ExpertTTFTHigh", "ExpertTBTHigh", "ExpertDown", "llmhost:ttft_seconds:p95_5m"} <= names
     assert host.socket("tcp://127.0.0.1:9090").is_listening and not host.socket("tcp://0.0.0.0:9090").is_listening
     assert host.socket("tcp://127.0.0.1:9100").is_listening
+
+
+def run_probe(host):
+    """One run of the answer probe timer's service, now; its textfile's samples."""
+    host.run("systemctl start llmhost-probe.service")  # oneshot: returns when the run is over
+    text = host.file("/var/lib/prometheus/node-exporter/llmhost_probe.prom").content_string
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def test_probe_timer_checks_every_expert_against_its_reference(host):
+    assert host.service("llmhost-probe.timer").is_enabled and host.service("llmhost-probe.timer").is_running
+    m = run_probe(host)
+    print("probe samples:", json.dumps(m, indent=1))
+    assert host.service("llmhost-probe.service").systemd_properties["Result"] == "success"
+    for e in ("general", "coder"):
+        assert m[f'llmhost_probe_loaded{{expert="{e}"}}'] == 1
+        assert m[f'llmhost_probe_reference_available{{expert="{e}"}}'] == 1
+        mine = {k: v for k, v in m.items() if k.startswith(f'llmhost_probe_ok{{expert="{e}"')}
+        assert len(mine) == 3 + 4 and all(v == 1 for v in mine.values()), mine  # 3 easy + 4 reference
+    assert time.time() - m["llmhost_probe_last_run_timestamp_seconds"] < 300
+    # node exporter serves them, and the alert rules are loaded
+    exported = host.check_output("curl -s http://127.0.0.1:9100/metrics")
+    assert 'llmhost_probe_ok{expert="general",probe="reference_france"} 1' in exported
+    rules = json.loads(host.check_output("curl -s http://127.0.0.1:9090/api/v1/rules"))["data"]["groups"]
+    assert {"ExpertAnswerWrong", "ExpertProbeStale"} <= {r["name"] for g in rules for r in g["rules"]}

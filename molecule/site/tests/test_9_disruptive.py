@@ -156,11 +156,54 @@ def test_a_wrong_chat_template_fails_the_coherence_probes(host, base_url, tmp_pa
         assert s.returncode == 1, s.stdout + s.stderr
         failed = re.findall(r"FAIL coder: coherence probe '(\w+)' failed", s.stdout)
         assert failed, s.stdout  # names the expert and the probe, and shows the answer
+        # the reference comparison sees it too, quoting the reference and the answer
+        assert re.search(r"FAIL coder: reference probe 'france' diverges from the reference at word \d+: "
+                         r"expected 'The capital of France is Paris\.', got ", s.stdout), s.stdout
         assert "FAIL general" not in s.stdout  # the healthy expert still passes
     finally:
         r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
         assert r.returncode == 0, r.stdout[-3000:]
     assert "--chat-template" not in host.file("/etc/systemd/system/llmhost-expert-coder.service").content_string
+    assert "Paris" in (ask(host, "coder") or "")
+
+
+def native_bf16(host) -> bool:
+    flags = host.run("grep -m1 -E '^(flags|Features)' /proc/cpuinfo").stdout.split()
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+
+
+def test_forced_bf16_is_refused_then_caught_where_emulated_and_agrees_where_native(host, base_url, tmp_path):
+    """dtype: bfloat16 forced on coder. Where the CPU has no native bf16 (an AVX2-only
+    x86) the preflight refuses it, and with allow_emulated_dtype the reference probe
+    fails it, quoting both answers. Where bf16 is native it is accepted and agrees
+    with the float32 reference (no false alarm)."""
+    unit = "/etc/systemd/system/llmhost-expert-coder.service"
+    before = host.file(unit).sha256sum
+    forced = experts_vars(host, coder={"engine": {"max_model_len": 2048, "enforce_eager": True,
+                                                  "dtype": "bfloat16"}})
+    native = native_bf16(host)
+    print(f"host CPU has native bf16: {native}")
+    try:
+        if not native:
+            r = playbook("-e", json.dumps({"llmhost_experts": forced}), playbooks=("preflight", "experts"))
+            out = " ".join((r.stdout + r.stderr).split())
+            assert r.returncode != 0 and "expert 'coder' field 'dtype'" in out and "emulated" in out, out[-3000:]
+            assert host.file(unit).sha256sum == before  # nothing changed on the host
+            [e for e in forced if e["expert_id"] == "coder"][0]["allow_emulated_dtype"] = True
+        r = playbook("-e", json.dumps({"llmhost_experts": forced}), playbooks=("preflight", "experts"))
+        assert r.returncode == 0, r.stdout[-3000:]
+        assert "--dtype bfloat16" in host.file(unit).content_string
+        s = smoke(host, base_url, tmp_path, "--repeat", "2", "--expert", "coder")
+        print(s.stdout)
+        if native:
+            assert s.returncode == 0 and "FAIL" not in s.stdout, s.stdout + s.stderr
+        else:
+            assert s.returncode == 1, s.stdout + s.stderr
+            lines = re.findall(r"FAIL coder: reference probe '\w+' .*: expected '.+', got .+", s.stdout)
+            assert lines, s.stdout
+    finally:
+        r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
+        assert r.returncode == 0, r.stdout[-3000:]
     assert "Paris" in (ask(host, "coder") or "")
 
 
@@ -182,3 +225,9 @@ def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
         time.sleep(2)
     assert not host.service("llmhost-expert-coder").is_running, "idle lazy expert did not stop"
     assert host.socket("tcp://127.0.0.1:8102").is_listening
+    # the answer probe skips the idle lazy expert and does not wake it
+    host.run("systemctl start llmhost-probe.service")
+    prom = host.file("/var/lib/prometheus/node-exporter/llmhost_probe.prom").content_string
+    assert 'llmhost_probe_loaded{expert="coder"} 0' in prom and 'llmhost_probe_loaded{expert="general"} 1' in prom
+    assert not host.service("llmhost-expert-coder").is_running, "the probe woke the lazy expert"
+
