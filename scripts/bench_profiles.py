@@ -31,7 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from llmhost import smoke  # noqa: E402
+from llmhost.capabilities import parse_cpuinfo  # noqa: E402
 from llmhost.cli import saved_capabilities  # noqa: E402
+from llmhost.dtype import choose as dtype_choose  # noqa: E402
 from llmhost.experts import PROFILE_TABLE  # noqa: E402
 from llmhost.legacy import import_legacy, loads_lenient  # noqa: E402
 
@@ -50,15 +52,22 @@ def log(msg: str) -> None:
 
 
 def legacy_experts() -> list[dict]:
-    imp = import_legacy(loads_lenient(LEGACY_FILE.read_text()), saved_capabilities(), arch=platform.machine())
+    data = loads_lenient(LEGACY_FILE.read_text())
+    imp = import_legacy(data, saved_capabilities(), arch=platform.machine())
     by_id = {e["expert_id"]: e for e in imp.experts}
+    raw = {x["expert_id"]: x for x in data["experts"]}
     out = []
     for new_id, old_id in (("general", "phi4_fast"), ("coder", "qwen_coder")):
         e = dict(by_id[old_id])
         engine = dict(e["engine"])
         engine["max_model_len"] = min(engine.get("max_model_len", 2048), 2048)  # the small model's KV space
+        # import-legacy turns the old dtype into auto; the old server ran its own, whatever the CPU
+        old_dtype = raw[old_id].get("dtype") or (data.get("performance_tuning") or {}).get("dtype")
+        extra = {"allow_emulated_dtype": True} if old_dtype else {}
+        if old_dtype:
+            engine["dtype"] = old_dtype
         out.append({"expert_id": new_id, "model": MODEL, "model_source": str(MODEL_SRC), "domain": e["domain"],
-                    "priority": e["priority"], "profile": "legacy", "kv_cache_gib": 1, "engine": engine})
+                    "priority": e["priority"], "profile": "legacy", "kv_cache_gib": 1, "engine": engine, **extra})
     return out
 
 
@@ -171,7 +180,45 @@ def chart(runs: dict[str, dict], path: Path) -> None:
 def machine() -> str:
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 1024**2
-    return f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {platform.machine()}"
+    return f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {platform.machine()}; flags: {cpu_flags()}"
+
+
+def cpu_flags() -> str:
+    """The flags the dtype choice rests on, as this CPU has them."""
+    flags = set(next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo")
+                      if l.startswith(("flags", "Features"))), []))
+    keys = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16", "bf16", "asimdhp", "sve2")
+    return " ".join(k for k in keys if k in flags) or "none of avx2/avx512/bf16"
+
+
+def auto_dtype() -> str:
+    info = parse_cpuinfo(open("/proc/cpuinfo").read(), platform.machine())
+    choice, _ = dtype_choose("auto", info["arch"], info["isa"])
+    return str(choice)
+
+
+CPU_FILE = ROOT / "docs/benchmarks-cpus.json"
+
+
+def record_cpu(tun: dict, dtype_auto: str) -> str:
+    """Keep this CPU's tuned single-stream figures beside other machines' rows; the table of all."""
+    rows_by_cpu = json.loads(CPU_FILE.read_text()) if CPU_FILE.exists() else {}
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    key = f"{cpu} [{cpu_flags()}]"
+    rows_by_cpu[key] = {
+        "measured": time.strftime("%Y-%m-%d", time.gmtime()), "source": "make bench", "dtype": dtype_auto,
+        "experts": {r[1]: {"ttft_p50_s": r[2], "ttft_p95_s": r[3], "tbt_p50_s": r[4], "tbt_p95_s": r[5],
+                           "decode_tps": r[6]} for r in rows(tun) if r[0] == "single"}}
+    CPU_FILE.write_text(json.dumps(rows_by_cpu, indent=1, sort_keys=True) + "\n")
+    out = ["| CPU [flags] | dtype | expert | TTFT p50 ms | TTFT p95 ms | TBT p50 ms | TBT p95 ms | decode tok/s | when, how |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for k, row in sorted(rows_by_cpu.items()):
+        for eid, f in row["experts"].items():
+            out.append(f"| {k} | {row['dtype']} | {eid} | {fmt_ms(f['ttft_p50_s'])} | {fmt_ms(f['ttft_p95_s'])} | "
+                       f"{fmt_ms(f['tbt_p50_s'])} | {fmt_ms(f['tbt_p95_s'])} | "
+                       f"{'-' if f['decode_tps'] is None else format(f['decode_tps'], '.1f')} | "
+                       f"{row['measured']}, {row['source']} |")
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -215,6 +262,8 @@ def main() -> int:
     summary = (f"Under the concurrent load, tuned/legacy TTFT p50 ratio: {', '.join(f'{x:.2f}' for x in ttft_r)} "
                f"(target <= 0.4); decode tokens/s ratio: {', '.join(f'{x:.2f}' for x in dec_r)} (target >= 1.8).")
     print(summary)
+    dtype_auto = auto_dtype()
+    by_cpu = record_cpu(tun, dtype_auto)
     (ROOT / "docs/benchmarks.md").write_text(f"""# Benchmark: legacy settings against the low_latency profile
 
 Generated by `make bench` (`scripts/bench_profiles.py`) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
@@ -225,8 +274,8 @@ Rerun the command to regenerate this page.
 - Legacy: `llmhost import-legacy` of `config.five_models_optimized_with_aya.json`, phi4_fast's settings on
   `general`, qwen_coder's on `coder` (float16, 32768 / 16384 batched tokens, chunked prefill, prefix caching
   off, enforce_eager, `VLLM_CPU_OMP_THREADS_BIND=nobind`: both experts on every core)
-- low_latency: the toolkit's profile (bf16, 4096 batched tokens, prefix caching, one core each with thread
-  binding, tcmalloc and Intel OpenMP preloaded)
+- low_latency: the toolkit's profile (dtype auto: {dtype_auto}; 4096 batched tokens, prefix caching, one core
+  each with thread binding, tcmalloc and Intel OpenMP preloaded)
 - Load: a shared ~500-token system prompt, {OUT_TOKENS} output tokens per request (fixed); single stream per
   expert ({SINGLE_REQUESTS} requests), then both experts at once with {CONC_STREAMS} streams each
   ({CONC_REQUESTS} requests per stream). L = legacy, T = tuned (low_latency); ratios are T/L.
@@ -237,13 +286,22 @@ Rerun the command to regenerate this page.
 
 ## What partitioning the cores adds
 
-A third deployment, U, runs low_latency's engine settings (bf16, 4096 batched tokens,
+A third deployment, U, runs low_latency's engine settings (dtype auto, 4096 batched tokens,
 prefix caching, max_num_seqs 8) without the core plan: no thread binding, no
 CPUAffinity, no tcmalloc, both experts on every core. U against T, both loads:
 
 {ptab}
 
 ![TTFT and decode rate](benchmarks.png)
+
+## By CPU: the low_latency profile with dtype auto, single stream
+
+Each `make bench` adds or replaces its own CPU's row (`docs/benchmarks-cpus.json`);
+rows from other machines stay. The local inventory's smoke budgets
+(`inventories/local`: TTFT p50 1 s, p95 3 s, TBT p95 0.25 s, at least 5 tokens/s)
+must hold on the slowest row measured with dtype auto.
+
+{by_cpu}
 
 Total time: {time.monotonic() - t_all:.0f} s.
 """)
