@@ -97,7 +97,9 @@ def deploy(st: dict, experts: list[dict], work: Path) -> None:
         "ansible_ssh_private_key_file": st["identity_file"],
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}}}}}}))
     ev = work / "ev.json"
+    # a throwaway host on a private veth of this machine: anonymous on purpose
     ev.write_text(json.dumps({"llmhost_experts": experts, "llmhost_reserved_cores": 0,
+                              "frontdoor_allow_anonymous": True,
                               "vllm_install_find_links": ["/opt/wheels"],
                               "llmhost_lazy_loading": {"enabled": False, "memory_threshold": 0.9}}))
     bin_dir = Path(sys.executable).parent

@@ -8,6 +8,7 @@ llmhost.toolkit.frontdoor_*), and tests check both these and the real
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from typing import Any, Iterable, Mapping
 
@@ -58,7 +59,7 @@ def models_list(plan: Mapping[str, Any], created: int = 0) -> dict[str, Any]:
     """GET /v1/models in the OpenAI list format."""
     return {"object": "list", "data": [
         {"id": e["expert_id"], "object": "model", "created": created, "owned_by": "llmhost",
-         "root": e.get("model", ""), "parent": None,
+         "root": e["expert_id"], "parent": None,  # a name, never the host's model path
          "llmhost": {"domain": e.get("domain"), "aliases": [n for n in e.get("names", []) if n != e["expert_id"]],
                      "lazy": not e.get("preload", True)}}
         for e in plan["experts"]]}
@@ -73,3 +74,38 @@ def key_hashes(keys: Iterable[str]) -> list[str]:
             raise ValueError("frontdoor_api_keys: an empty key")
         out.append(hashlib.sha256(k.encode()).hexdigest())
     return out
+
+
+def is_loopback(bind: str) -> bool:
+    """Does a HAProxy bind address keep the port on this host? ("*", "0.0.0.0", "::" and
+    any routable address do not.)"""
+    b = str(bind).strip().strip("[]")
+    if b in ("localhost", "ip6-localhost"):
+        return True
+    if b in ("", "*"):
+        return False
+    try:
+        return ipaddress.ip_address(b).is_loopback
+    except ValueError:
+        return False  # a host name: assume it resolves to the network
+
+
+def exposure_problems(bind: str, port: int, api_keys: Iterable[str] | None, allow_anonymous: bool,
+                      tls_cert: str | None = None) -> list[str]:
+    """Why this front door must not be deployed as configured ([] when it may).
+
+    Closed by default: a port reachable from the network needs API keys, unless the
+    inventory says frontdoor_allow_anonymous: true on purpose."""
+    problems = []
+    keys = [k for k in (api_keys or []) if str(k).strip()]
+    if len(keys) != len(list(api_keys or [])):
+        problems.append("frontdoor_api_keys: an empty key")
+    if not is_loopback(bind) and not keys and not allow_anonymous:
+        problems.append(
+            f"frontdoor_bind: {bind!r} opens port {port} to the network with no API key; set frontdoor_api_keys "
+            "(from ansible-vault, docs/frontdoor.md), or bind 127.0.0.1, or set frontdoor_allow_anonymous: true "
+            "to serve anyone on purpose")
+    if tls_cert is not None and not str(tls_cert).startswith("/"):
+        problems.append(f"frontdoor_tls_cert: must be an absolute path on the host (a PEM with certificate and key), "
+                        f"got {tls_cert!r}")
+    return problems

@@ -12,12 +12,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 from .experts import PROFILE_TABLE, ConfigError, Expert, LazyLoading, assign_ports, parse_experts
+from .systemd import home_sandbox
 from .translate import Translation, translate
 
 GIB = 1024**3
 # Resident memory of one vLLM 0.32 CPU server beyond weights and KV cache
 # (Python, torch, oneDNN scratch, compile workers): about 3 GB measured.
 DEFAULT_OVERHEAD_GIB = 3.0
+# An expert's hard memory cap (MemoryMax=) over its planned share (MemoryHigh=).
+MEMORY_MAX_HEADROOM = 1.25
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,15 @@ class Plan:
                 "cores": e.cores, "cpu_list": e.cpu_list,
                 "weights_gib": round(e.weights_gib, 2), "kv_cache_gib": e.kv_cache_gib,
                 "overhead_gib": e.overhead_gib, "memory_gib": round(e.memory_gib, 2),
-                "memory_max_bytes": int(e.memory_gib * GIB),
+                # MemoryHigh at the plan's share: the kernel reclaims and throttles above it;
+                # MemoryMax a quarter higher: only a runaway expert is killed, and only it.
+                "memory_high_bytes": int(e.memory_gib * GIB),
+                "memory_max_bytes": int(e.memory_gib * MEMORY_MAX_HEADROOM * GIB),
                 "preload": e.preload, "names": e.names, "argv": e.translation.argv,
                 "dtype": e.translation.dtype.dtype if e.translation.dtype else None,
                 "dtype_reason": e.translation.dtype.reason if e.translation.dtype else None,
                 "reference": e.reference, "reference_why": e.reference_why,
+                "protect_home": home_sandbox(x.model)[0], "bind_read_only": home_sandbox(x.model)[1],
                 "reference_on_host": f"{HOST_REFERENCE_DIR}/{e.expert_id}.json" if e.reference else None,
                 "env": e.translation.env, "report": [str(x) for x in e.translation.report],
             })
@@ -316,7 +323,13 @@ def build_plan(
             reference=ref, reference_why=ref_why))
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
-    at_once = sum(mems[:lazy.max_loaded_experts]) if lazy.enabled else sum(mems)
+    at_once = loaded_at_once(plans, lazy)
+    if lazy.enabled and plans and any(not p.preload for p in plans) \
+            and lazy.max_loaded_experts <= sum(1 for p in plans if p.preload):
+        problems.append(
+            f"lazy_loading field 'max_loaded_experts': {lazy.max_loaded_experts} leaves no room for a lazy expert "
+            f"next to the {sum(1 for p in plans if p.preload)} preloaded ones (preloaded experts are never "
+            "stopped to make room); raise it, or lower warmup_pool_size")
     plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert)
     if plans and at_once > budget:
         problems.append(
@@ -326,6 +339,16 @@ def build_plan(
     if problems:
         raise ConfigError(problems)
     return plan
+
+
+def loaded_at_once(plans: Sequence[ExpertPlan], lazy: LazyLoading) -> float:
+    """Memory of the most that can run together: every preloaded expert (never stopped)
+    plus the largest lazy ones that fit in the rest of max_loaded_experts."""
+    if not lazy.enabled:
+        return sum(p.memory_gib for p in plans)
+    pre = [p.memory_gib for p in plans if p.preload]
+    lazies = sorted((p.memory_gib for p in plans if not p.preload), reverse=True)
+    return sum(pre) + sum(lazies[:max(0, lazy.max_loaded_experts - len(pre))])
 
 
 def memory_table(plan: Plan) -> str:

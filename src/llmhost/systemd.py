@@ -43,3 +43,24 @@ def preload_env(found: Iterable[str], *, tcmalloc: bool, iomp: bool, arch: str) 
         return {}
     libs = [p for p in found if "tcmalloc" in p or (iomp and arch == "x86_64" and "iomp" in p)]
     return {"LD_PRELOAD": ":".join(libs)} if libs else {}
+
+
+# What systemd's ProtectHome= hides from a service (systemd.exec(5)).
+HOME_PREFIXES = ("/home/", "/root/", "/run/user/")
+
+
+def home_sandbox(model_path: str) -> tuple[str, list[str]]:
+    """(ProtectHome= value, BindReadOnlyPaths= list) for an expert's model folder.
+
+    ProtectHome=yes hides /home, /root and /run/user, so a model kept in a user's
+    home (production keeps them in /home/elect/models) would be invisible to the
+    expert and fail its readiness gate. Such an expert gets ProtectHome=tmpfs: the
+    homes become an empty tmpfs, and only the model folder is bound into it,
+    read-only. Nothing else of the home is visible, and the home's own 0700 mode
+    need not be opened: the bind mount bypasses the parent directories. The model
+    folder's own files must still be readable by others (the install stage checks).
+    """
+    path = model_path.rstrip("/") + "/"
+    if path.startswith(HOME_PREFIXES):
+        return "tmpfs", [model_path.rstrip("/")]
+    return "yes", []

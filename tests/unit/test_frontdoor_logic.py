@@ -1,4 +1,5 @@
 import hashlib
+import json
 
 import pytest
 
@@ -32,3 +33,26 @@ def test_alias_clash_and_key_hashes():
     assert frontdoor.key_hashes(["sk-1"]) == [hashlib.sha256(b"sk-1").hexdigest()]
     with pytest.raises(ValueError):
         frontdoor.key_hashes([" "])
+
+
+def test_closed_by_default_a_network_bind_needs_keys_or_an_explicit_anonymous():
+    from llmhost.frontdoor import exposure_problems, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("[::1]") and is_loopback("localhost")
+    assert not is_loopback("*") and not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5")
+    (p,) = exposure_problems("*", 8082, [], False)
+    assert p.startswith("frontdoor_bind: '*' opens port 8082 to the network with no API key")
+    assert exposure_problems("*", 8082, ["sk-1"], False) == []
+    assert exposure_problems("*", 8082, [], True) == []
+    assert exposure_problems("127.0.0.1", 8082, [], False) == []
+    assert exposure_problems("*", 8082, ["sk-1", " "], False) == ["frontdoor_api_keys: an empty key"]
+    assert "absolute path" in exposure_problems("*", 8082, ["k"], False, "cert.pem")[0]
+
+
+def test_model_list_shows_names_not_host_paths():
+    from llmhost.frontdoor import models_list
+
+    plan = {"experts": [{"expert_id": "phi-4-mini", "model": "/home/elect/models/phi-4-mini",
+                         "names": ["phi-4-mini", "phi4_fast"], "preload": True}]}
+    text = json.dumps(models_list(plan))
+    assert "/home" not in text and "phi4_fast" in text

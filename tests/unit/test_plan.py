@@ -55,15 +55,57 @@ def test_memory_that_does_not_fit_fails_with_a_table():
     assert "expert" in str(e.value) and "budget" in str(e.value) and "e0" in str(e.value)
 
 
-def test_lazy_loading_counts_the_largest_loaded_at_once():
-    ex = experts(3, 2, 1)
+def test_lazy_loading_counts_preloaded_plus_the_largest_lazy_ones():
+    ex = experts(3, 2, 1)      # 5 GiB each (1 weights + 1 KV + 3 overhead), e2 14 GiB
     ex[2]["weights_gib"] = 10.0
-    host = Host(tuple(range(4)), 20 * GIB, "x86_64", {"bf16": True})
-    lazy = {"enabled": True, "warmup_pool_size": 1, "max_loaded_experts": 1, "memory_threshold": 0.9,
+    host = Host(tuple(range(4)), 40 * GIB, "x86_64", {"bf16": True})
+    lazy = {"enabled": True, "warmup_pool_size": 1, "max_loaded_experts": 2, "memory_threshold": 0.9,
             "auto_unload_after_s": 60}
     p = build_plan(ex, lazy, CAPS, host)
-    assert p.loaded_at_once_gib == pytest.approx(14.0)
     assert [e.preload for e in p.experts] == [True, False, False]
+    assert p.loaded_at_once_gib == pytest.approx(5.0 + 14.0)   # e0 (never stopped) + the largest lazy
+
+
+def test_preloaded_small_experts_are_counted_even_when_lazy_ones_are_larger():
+    ex = experts(3, 2, 1)
+    ex[1]["weights_gib"] = ex[2]["weights_gib"] = 10.0
+    host = Host(tuple(range(4)), 40 * GIB, "x86_64", {"bf16": True})
+    lazy = {"enabled": True, "warmup_pool_size": 1, "max_loaded_experts": 2, "memory_threshold": 0.9,
+            "auto_unload_after_s": 60}
+    # the old rule (the two largest of all: 28 GiB) forgot that e0 stays loaded: 5 + 14 = 19 is right
+    assert build_plan(ex, lazy, CAPS, host).loaded_at_once_gib == pytest.approx(19.0)
+
+
+def test_no_room_for_a_lazy_expert_is_a_config_error():
+    lazy = {"enabled": True, "warmup_pool_size": 1, "max_loaded_experts": 1, "memory_threshold": 0.9,
+            "auto_unload_after_s": 60}
+    with pytest.raises(ConfigError, match="field 'max_loaded_experts': 1 leaves no room"):
+        build_plan(experts(3, 2), lazy, CAPS, Host((0, 1), 40 * GIB, "x86_64", {"bf16": True}))
+
+
+def test_production_worst_case_is_the_three_preloaded_plus_gemma():
+    from llmhost.cli import main as cli_main  # noqa: PLC0415
+    import contextlib  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["plan", "-i", str(ROOT / "inventories/production"), "--json"]) == 0
+    plan = json.loads(out.getvalue())
+    assert plan["loaded_at_once_gib"] == pytest.approx(110.2, abs=0.05) and plan["budget_gib"] == pytest.approx(115.2)
+
+
+def test_memory_caps_per_expert_from_the_plan():
+    e = build_plan(experts(1), None, CAPS, Host((0, 1), 40 * GIB, "x86_64", {"bf16": True})).to_dict()["experts"][0]
+    assert e["memory_high_bytes"] == int(5.0 * GIB) and e["memory_max_bytes"] == int(5.0 * 1.25 * GIB)
+
+
+def test_a_model_in_a_home_is_bound_read_only_and_others_keep_protect_home():
+    ex = experts(2, 1)
+    ex[0]["model"] = "/home/elect/models/phi-4-mini"
+    d = build_plan(ex, None, CAPS, Host((0, 1), 40 * GIB, "x86_64", {"bf16": True})).to_dict()["experts"]
+    assert (d[0]["protect_home"], d[0]["bind_read_only"]) == ("tmpfs", ["/home/elect/models/phi-4-mini"])
+    assert (d[1]["protect_home"], d[1]["bind_read_only"]) == ("yes", [])
 
 
 def test_neoverse_v2_fixtures():

@@ -27,6 +27,12 @@ def probe_script(_: Any = None) -> str:
     return capabilities.__file__
 
 
+def frontdoor_exposure(bind: str, port: Any, api_keys: Any, allow_anonymous: Any, tls_cert: Any = None) -> list:
+    """Adapter: the frontdoor role's variables -> llmhost.frontdoor.exposure_problems."""
+    return frontdoor.exposure_problems(str(bind), int(port), list(api_keys or []), bool(allow_anonymous),
+                                       tls_cert or None)
+
+
 def probe_files(_: Any = None) -> list:
     """The stdlib-only modules the host's probe timer runs (python3 -m llmhost.probe)."""
     import os  # noqa: PLC0415
@@ -80,6 +86,7 @@ class FilterModule:
             "frontdoor_models": frontdoor.models_list,
             "frontdoor_default": frontdoor.default_expert,
             "frontdoor_key_hashes": frontdoor.key_hashes,
+            "frontdoor_exposure": frontdoor_exposure,
             "systemd_exec": systemd.exec_line,
             "systemd_env": systemd.env_file,
             "preload_env": preload_env,
