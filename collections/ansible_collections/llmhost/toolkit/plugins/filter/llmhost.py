@@ -33,6 +33,20 @@ def frontdoor_exposure(bind: str, port: Any, api_keys: Any, allow_anonymous: Any
                                        tls_cert or None)
 
 
+def admit_script(_: Any = None) -> str:
+    """The lazy experts' admission gate (stdlib only), shipped to hosts as a script."""
+    from llmhost import admit  # noqa: PLC0415
+
+    return admit.__file__
+
+
+def admission(plan: dict) -> dict:
+    """What the admission gate needs: ids, preload and max_loaded_experts (no paths, no argv)."""
+    return {"managed_by": "llmhost",
+            "experts": [{"expert_id": e["expert_id"], "preload": e["preload"]} for e in plan["experts"]],
+            "lazy_loading": {"max_loaded_experts": plan["lazy_loading"]["max_loaded_experts"]}}
+
+
 def probe_files(_: Any = None) -> list:
     """The stdlib-only modules the host's probe timer runs (python3 -m llmhost.probe)."""
     import os  # noqa: PLC0415
@@ -95,5 +109,7 @@ class FilterModule:
             "saved_capabilities": saved_capabilities,
             "probe_script": probe_script,
             "probe_files": probe_files,
+            "admit_script": admit_script,
+            "admission": admission,
             "probe_output": capabilities.from_output,
         }
