@@ -176,7 +176,14 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     if missing:
         print(f"no such expert: {', '.join(sorted(missing))}", file=sys.stderr)
         return 2
+    folded = cfg.get("folded")
+    if folded:
+        print(f"FOLDED host: planned for {folded['expected_cpus']} CPUs, running on {folded['host_cpus']}; "
+              "answers are checked, latency budgets are not, and no performance figures are reported",
+              file=sys.stderr)
     for e in experts:
+        if folded:
+            e["thresholds"] = {}
         for k, v in (args.threshold or []):
             e.setdefault("thresholds", {})[k] = v
     api_key = args.api_key or os.environ.get("LLMHOST_API_KEY")
@@ -188,15 +195,16 @@ def cmd_smoke(args: argparse.Namespace) -> int:
                                         shared_prefix=args.shared_prefix, api_key=api_key, progress=show))
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
-    print(smoke.table(results))
+    print(smoke.table(results, figures=not folded))
     rep = smoke.report(results, {"url": args.url, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "repeat": args.repeat, "concurrency": args.concurrency,
-                                 "max_tokens": args.max_tokens, "shared_prefix": args.shared_prefix})
+                                 "max_tokens": args.max_tokens, "shared_prefix": args.shared_prefix},
+                       figures=not folded)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rep, indent=1))
         print(f"report: {args.json}")
-    if args.chart:
+    if args.chart and not folded:
         smoke.chart(results, args.chart)
         print(f"chart: {args.chart}")
     misses = [m for r in results for m in r.misses]

@@ -91,6 +91,7 @@ class Plan:
     lazy: LazyLoading
     warnings: list[str] = field(default_factory=list)
     default_expert: str = ""
+    folded: dict[str, Any] | None = None   # set when planned for more CPUs than this host has
 
     def to_dict(self) -> dict[str, Any]:
         out = []
@@ -119,7 +120,7 @@ class Plan:
         return {"experts": out, "reserved_cores": self.reserved, "budget_gib": round(self.budget_gib, 2),
                 "loaded_at_once_gib": round(self.loaded_at_once_gib, 2),
                 "memory_gib": round(self.memory_gib, 2), "lazy_loading": asdict(self.lazy),
-                "default_expert": self.default_expert,
+                "default_expert": self.default_expert, "folded": self.folded,
                 "warnings": self.warnings}
 
 
@@ -221,6 +222,11 @@ def split_cores(experts: Sequence[Expert], cpus: Sequence[int], reserved: int) -
     return out, list(cpus)[:reserved]
 
 
+def fold_cores(planned: Sequence[int], host_cpus: Sequence[int]) -> list[int]:
+    """Planned CPU i runs on host CPU i mod n: the same shape, on fewer cores."""
+    return sorted({host_cpus[c % len(host_cpus)] for c in planned})
+
+
 def served_names(experts: Sequence[Expert]) -> dict[str, list[str]]:
     """expert_id and its explicit aliases. No implicit names: a change to one
     expert must never rename (and so restart) another."""
@@ -248,6 +254,10 @@ def summary(plan: Mapping[str, Any]) -> list[str]:
     """Short human lines of a plan dict, for the play output."""
     lines = [f"budget {plan['budget_gib']} GiB, loaded at once {plan['loaded_at_once_gib']} GiB, "
              f"reserved CPUs {plan['reserved_cores'] or 'none'}"]
+    if plan.get("folded"):
+        f = plan["folded"]
+        lines.insert(0, f"FOLDED: planned for {f['expected_cpus']} CPUs, running on {f['host_cpus']}; "
+                        "no performance figures from this host")
     for e in plan["experts"]:
         lines.append(f"{e['expert_id']}: port {e['port']}, CPUs {e['cpu_list']}, {e['memory_gib']} GiB, "
                      f"{'preload' if e['preload'] else 'lazy'}; names {', '.join(e['names'])}")
@@ -270,10 +280,12 @@ def build_plan(
     overhead_gib: float = DEFAULT_OVERHEAD_GIB,
     strict: bool = False,
     default_expert: str | None = None,
+    expect_cpus: int | None = None,
 ) -> Plan:
     """Everything a deploy needs, or ConfigError listing every problem."""
     experts, lazy = parse_experts(raw_experts, raw_lazy)
     problems: list[str] = []
+    warnings: list[str] = []
     ids = [e.expert_id for e in experts]
     if default_expert and default_expert not in ids:
         raise ConfigError([f"llmhost_default_expert: {default_expert!r} is not an expert ({', '.join(ids)})"])
@@ -282,7 +294,20 @@ def build_plan(
         default_expert = sorted(general, key=lambda e: (-e.priority, ids.index(e.expert_id)))[0].expert_id
     caps = {**caps, "cpu": {**caps.get("cpu", {}), "arch": host.arch, "isa": dict(host.isa), "model": host.model}}
     ports = assign_ports(experts)
-    cores, reserved = split_cores(experts, host.cpus, reserved_cores)
+    folded: dict[str, Any] | None = None
+    if expect_cpus and expect_cpus > len(host.cpus):
+        # A staging host smaller than the one the inventory describes: plan the real
+        # split on the expected CPUs, then fold each planned CPU onto this host's.
+        planned, reserved_planned = split_cores(experts, tuple(range(expect_cpus)), reserved_cores)
+        cores = {k: fold_cores(v, host.cpus) for k, v in planned.items()}
+        reserved = fold_cores(reserved_planned, host.cpus)
+        folded = {"expected_cpus": expect_cpus, "host_cpus": len(host.cpus),
+                  "planned_cpu_lists": {k: cpu_list(v) for k, v in planned.items()}}
+        warnings.append(f"FOLDED: the core split is planned for the {expect_cpus} CPUs the inventory expects and "
+                        f"folded onto this host's {len(host.cpus)}; experts share cores here, so latency and "
+                        "throughput figures from this host are not performance figures and are not reported")
+    else:
+        cores, reserved = split_cores(experts, host.cpus, reserved_cores)
     names = served_names(experts)
     # "auto" (the old router's choice) is served by the default expert itself, so
     # vLLM accepts it when the front door sends such a request there.
@@ -291,7 +316,6 @@ def build_plan(
     by_priority = sorted(experts, key=lambda e: (-e.priority, experts.index(e)))
     preload_ids = {e.expert_id for e in (by_priority[:lazy.warmup_pool_size] if lazy.enabled else experts)}
     plans: list[ExpertPlan] = []
-    warnings: list[str] = []
     for e in experts:
         wb = (weights_bytes or {}).get(e.expert_id)
         if wb is not None:
@@ -330,7 +354,7 @@ def build_plan(
             f"lazy_loading field 'max_loaded_experts': {lazy.max_loaded_experts} leaves no room for a lazy expert "
             f"next to the {sum(1 for p in plans if p.preload)} preloaded ones (preloaded experts are never "
             "stopped to make room); raise it, or lower warmup_pool_size")
-    plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert)
+    plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert, folded)
     if plans and at_once > budget:
         problems.append(
             f"memory: the experts that can be loaded at once need {at_once:.1f} GiB, more than "

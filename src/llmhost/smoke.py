@@ -405,9 +405,10 @@ def run_load(base_url: str, experts: Sequence[str], *, streams: int, requests_pe
     return LoadResult(stats, wall, total / wall if wall > 0 else 0.0)
 
 
-def table(results: Sequence[ExpertResult]) -> str:
+def table(results: Sequence[ExpertResult], figures: bool = True) -> str:
+    """`figures=False` (a folded staging host): timings are not shown, only answers."""
     def f(v: float | None, scale: float = 1000, fmt: str = "{:.0f}") -> str:
-        return "-" if v is None else fmt.format(v * scale)
+        return "-" if v is None or not figures else fmt.format(v * scale)
 
     rows = [("expert", "TTFT p50 ms", "TTFT p95 ms", "TBT p50 ms", "TBT p95 ms", "decode tok/s",
              "E2E p50 s", "req", "err", "probes", "reference", "verdict")]
@@ -429,11 +430,20 @@ def reference_cell(rep: Mapping[str, Any]) -> str:
     return f"{ok}/{len(rep.get('results', []))} " + ("ok" if rep["status"] == "passed" else "DIFF")
 
 
-def report(results: Sequence[ExpertResult], meta: Mapping[str, Any]) -> dict[str, Any]:
+TIMING_FIELDS = ("ttft_p50_s", "ttft_p95_s", "tbt_p50_s", "tbt_p95_s", "decode_tps", "e2e_p50_s")
+
+
+def report(results: Sequence[ExpertResult], meta: Mapping[str, Any], figures: bool = True) -> dict[str, Any]:
+    """The JSON report. `figures=False` (a folded staging host) leaves every timing out."""
+    def stats(r: ExpertResult) -> dict[str, Any]:
+        d = asdict(r.stats)
+        return d if figures else {k: v for k, v in d.items() if k not in TIMING_FIELDS}
+
     return {**meta, "passed": all(not r.misses for r in results),
             "definitions": "as vllm bench serve: TTFT to first content chunk; TBT/ITL between chunks; "
                            "decode tokens/s = (output tokens - 1) / (last chunk - first chunk)",
-            "experts": [{"expert_id": r.expert_id, **asdict(r.stats), "probes": r.probes,
+            **({} if figures else {"figures": "not reported: a folded host (cores shared), answers only"}),
+            "experts": [{"expert_id": r.expert_id, **stats(r), "probes": r.probes,
                          "reference": r.reference, "misses": r.misses} for r in results]}
 
 

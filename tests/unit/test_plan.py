@@ -202,3 +202,23 @@ def test_default_expert_serves_auto():
     assert p.default_expert == "e0"
     with pytest.raises(ConfigError, match="llmhost_default_expert"):
         build_plan(experts(1, 5), None, CAPS, host, default_expert="nope")
+
+
+def test_a_smaller_host_gets_the_expected_split_folded_and_says_so():
+    ex = experts(5, 4, 3, 2, 2)
+    host = Host((0, 1), 40 * GIB, "x86_64", {"bf16": True})
+    p = build_plan(ex, None, CAPS, host, reserved_cores=2, expect_cpus=32)
+    d = p.to_dict()
+    assert d["folded"]["expected_cpus"] == 32 and d["folded"]["host_cpus"] == 2
+    planned = d["folded"]["planned_cpu_lists"]
+    assert planned["e0"].startswith("2-")                       # the production split, reserve kept
+    assert all(set(e["cores"]) <= {0, 1} for e in d["experts"])  # ... run on this host's CPUs
+    assert any(w.startswith("FOLDED:") and "not reported" in w for w in p.warnings)
+    from llmhost.plan import summary  # noqa: PLC0415
+    assert summary(d)[0].startswith("FOLDED: planned for 32 CPUs, running on 2")
+
+
+def test_no_fold_when_the_host_is_as_large_as_expected():
+    p = build_plan(experts(1, 1), None, CAPS, Host((0, 1, 2, 3), 40 * GIB, "x86_64", {"bf16": True}),
+                   expect_cpus=4)
+    assert p.folded is None and not any("FOLDED" in w for w in p.warnings)

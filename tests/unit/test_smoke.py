@@ -77,3 +77,15 @@ def test_measured_prompts_are_distinct_and_can_be_relabelled():
     assert len(set(prompts)) == 8 and prompts[0] == f"Request 0. {smoke.QUESTIONS[0]}"
     # another client's copy: same question, other opening, so no shared cache prefix
     assert smoke.measured_prompt(5, label="F") == f"Request F. {smoke.QUESTIONS[1]}" != prompts[5]
+
+
+def test_a_folded_host_reports_answers_but_no_figures():
+    from llmhost import smoke as sm
+
+    st = sm.Stats(5, 0, 0.1, 0.2, 0.01, 0.02, 50.0, 1.0, 100, 320)
+    r = sm.ExpertResult("general", st, {"capital": {"ok": True, "answer": "Paris", "why": None}})
+    rep = sm.report([r], {"url": "u"}, figures=False)
+    assert "not reported" in rep["figures"]
+    assert not set(sm.TIMING_FIELDS) & set(rep["experts"][0]) and rep["experts"][0]["requests"] == 5
+    row = sm.table([r], figures=False).splitlines()[1]
+    assert "100" not in row and "50.0" not in row and "+" in row

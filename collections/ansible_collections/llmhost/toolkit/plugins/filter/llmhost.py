@@ -65,19 +65,20 @@ def preload_env(stat_results: list, tcmalloc: bool, iomp: bool, arch: str) -> di
 
 def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
          weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None,
-         cpu_source: str = "affinity") -> dict:
+         cpu_source: str = "affinity", expect_cpus: Any = None) -> dict:
     """The host plan as a dict; a config that cannot work fails the task with every problem."""
     cpu = cpu.get("cpu", cpu)
     key = "online_cpu_ids" if cpu_source == "online" else "cpu_ids"
     cpus = cpu.get(key) or cpu.get("cpu_ids") or list(range(int(cpu["cpus"])))
     host = Host(tuple(int(c) for c in cpus), int(cpu["memory_bytes"]), cpu.get("arch", "x86_64"),
                 cpu.get("isa", {}), cpu.get("model", ""))
+    expect = int(expect_cpus) if expect_cpus not in (None, "") else None
     if reserved_cores is None or reserved_cores == "":
-        reserved_cores = default_reserved(len(cpus))
+        reserved_cores = default_reserved(max(len(cpus), expect or 0))
     try:
         p = build_plan(experts, lazy, caps, host, reserved_cores=int(reserved_cores),
                        weights_bytes=weights_bytes or {}, strict=bool(strict),
-                       default_expert=default_expert or None)
+                       default_expert=default_expert or None, expect_cpus=expect)
     except ConfigError as e:
         raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     out = p.to_dict()
