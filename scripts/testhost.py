@@ -44,7 +44,18 @@ NET_PREFIX = "10.231"  # 10.231.<i//64>.<(i%64)*4 + 1|2>/30, i = host index
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 WHEEL_DIR = Path(os.environ.get("LLMHOST_WHEEL_DIR", "/opt/wheels"))
 PROXY_PORT = 8888
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # ve-NAME must fit IFNAMSIZ
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+
+
+def machine_name(name: str) -> str:
+    """nspawn's machine name, which names the veth (ve-NAME must fit IFNAMSIZ, 15):
+    the host name itself up to 12 characters, else a short stable stand-in. The
+    container's hostname stays the full name (--hostname)."""
+    if len(name) <= 12:
+        return name
+    import hashlib  # noqa: PLC0415
+
+    return f"{name[:7]}-{hashlib.sha1(name.encode()).hexdigest()[:4]}"
 
 
 def log(msg: str) -> None:
@@ -309,7 +320,7 @@ def ssh_base(st: dict) -> list[str]:
 
 def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int, keep: bool = False) -> dict:
     if not NAME_RE.match(name):
-        raise SystemExit(f"bad host name {name!r}: lower-case, 1-12 characters (veth name limit)")
+        raise SystemExit(f"bad host name {name!r}: lower-case letters, digits and '-', at most 31 characters")
     if (host_dir(name) / "state.json").exists():
         raise SystemExit(f"host {name} exists; run: testhost.py down {name}")
     rootfs = build_rootfs(deb_arch)
@@ -320,7 +331,7 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int, keep: bo
     host_ip, guest_ip = addresses(index)
     st = {"name": name, "index": index, "arch": deb_arch, "address": guest_ip,
           "host_address": host_ip, "user": "root", "port": 22, "identity_file": str(key),
-          "veth": f"ve-{name}", "dir": str(d), "keep": keep}
+          "veth": f"ve-{machine_name(name)}", "dir": str(d), "keep": keep}
     write_state(st)
     write_host_files(d / "upper", name, index, Path(str(key) + ".pub").read_text(), peers)
     run(["mount", "-t", "overlay", "overlay", "-o",
@@ -328,7 +339,7 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int, keep: bo
     st["mounted"] = str(d / "merged")
     write_state(st)
     cmd = ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", "-D", str(d / "merged"),
-           "-M", name, "--network-veth", "--resolv-conf=off", "--timezone=off",
+           "-M", machine_name(name), f"--hostname={name}", "--network-veth", "--resolv-conf=off", "--timezone=off",
            "--link-journal=no", "-b", "--console=read-only",
            f"--bind-ro={HOST_CA}:/etc/llmhost-test/host-ca.pem"]
     # nspawn leaves parts of /sys/devices writable; a test host must never retune

@@ -9,6 +9,7 @@ from ansible.errors import AnsibleFilterError
 from llmhost import tuning
 from llmhost.experts import ConfigError
 from llmhost import capabilities, frontdoor, install, systemd
+from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
 from llmhost.plan import GIB, Host, build_plan, default_reserved, find_results_bytes, summary
 
@@ -31,6 +32,14 @@ def frontdoor_exposure(bind: str, port: Any, api_keys: Any, allow_anonymous: Any
     """Adapter: the frontdoor role's variables -> llmhost.frontdoor.exposure_problems."""
     return frontdoor.exposure_problems(str(bind), int(port), list(api_keys or []), bool(allow_anonymous),
                                        tls_cert or None)
+
+
+def staged(experts: Any, staging: Any = None) -> Any:
+    """Adapter: llmhost.staging.apply, a bad override fails the task with every problem."""
+    try:
+        return staging_mod.apply(experts, staging)
+    except ConfigError as e:
+        raise AnsibleFilterError("the staging overrides cannot work:\n  " + "\n  ".join(e.problems)) from None
 
 
 def admit_script(_: Any = None) -> str:
@@ -112,5 +121,6 @@ class FilterModule:
             "probe_files": probe_files,
             "admit_script": admit_script,
             "admission": admission,
+            "staged": staged,
             "probe_output": capabilities.from_output,
         }

@@ -1,0 +1,53 @@
+"""The production inventory, unchanged but for scale, serves from the production paths."""
+
+import json
+from pathlib import Path
+
+from conftest import KEY, LAZY, PRELOADED, PROJECT, chat
+
+
+def test_models_stay_in_a_private_home_and_every_unit_sees_only_its_own(host):
+    home = host.file("/home/elect")
+    assert home.mode == 0o700 and home.user == "elect"
+    cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
+    for e in cfg["experts"]:
+        unit = host.file(f"/etc/systemd/system/llmhost-expert-{e['expert_id']}.service").content_string
+        assert e["model"].startswith("/home/elect/models/")
+        assert "ProtectHome=tmpfs" in unit and f"BindReadOnlyPaths={e['model']}" in unit, e["expert_id"]
+
+
+def test_preloaded_experts_answer_from_home_through_the_front_door(base_url):
+    for e in PRELOADED:
+        code, answer = chat(base_url, e)
+        assert code == 200 and "Paris" in answer, (e, code, answer)
+
+
+def test_lazy_experts_are_armed_not_loaded(host):
+    for e in LAZY:
+        assert host.service(f"llmhost-expert-{e}-proxy.socket").is_running
+
+
+def test_the_plan_is_folded_and_no_figures_are_reported(host):
+    cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
+    assert cfg["folded"]["expected_cpus"] == 32 and cfg["folded"]["host_cpus"] == 2
+    reports = sorted(Path(PROJECT, "reports").glob("models-europe-*.json"))
+    assert reports, "the verify stage wrote no report"
+    rep = json.loads(reports[-1].read_text())
+    assert rep["passed"] and "not reported" in rep["figures"], rep.get("figures")
+    for e in rep["experts"]:
+        assert "ttft_p50_s" not in e and e["reference"]["status"] == "passed", e["expert_id"]
+
+
+def test_each_expert_has_its_own_memory_cap(host):
+    for e in PRELOADED + LAZY:
+        props = host.service(f"llmhost-expert-{e}").systemd_properties
+        assert int(props["MemoryMax"]) > int(props["MemoryHigh"]) > 0, (e, props["MemoryMax"], props["MemoryHigh"])
+
+
+def test_front_door_is_closed_without_the_vaulted_key(host, base_url):
+    code, err = chat(base_url, PRELOADED[0], key=None)
+    assert code == 401, (code, err)
+    code, _ = chat(base_url, PRELOADED[0], key="sk-wrong")
+    assert code == 401
+    models = host.run(f"curl -s -H 'Authorization: Bearer {KEY}' http://127.0.0.1:8082/v1/models").stdout
+    assert "/home" not in models and "phi4_fast" in models
