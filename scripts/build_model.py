@@ -79,15 +79,26 @@ def make_reference(folder: Path, out: Path) -> None:
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    answers = {}
+    answers, decisive, margins = {}, {}, {}
     for name, prompt in reference.PROMPTS:
         text = tok.apply_chat_template(reference.messages(prompt), tokenize=False, add_generation_prompt=True)
         ids = tok(text, return_tensors="pt")
         with torch.no_grad():
-            gen = model.generate(**ids, max_new_tokens=reference.MAX_TOKENS, do_sample=False)
-        answers[name] = tok.decode(gen[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-        print(f"reference {name}: {answers[name]!r}")
-    data = reference.make(answers, model=folder.name, made_with=(
+            gen = model.generate(**ids, max_new_tokens=reference.MAX_TOKENS, do_sample=False,
+                                 output_scores=True, return_dict_in_generate=True)
+        new_ids = gen.sequences[0][ids["input_ids"].shape[1]:]
+        gaps = []
+        for scores in gen.scores:  # top-1 minus top-2 log-probability at each step
+            top = torch.topk(torch.log_softmax(scores[0].float(), -1), 2).values
+            gaps.append(float(top[0] - top[1]))
+        pieces = [tok.decode(new_ids[:i + 1], skip_special_tokens=True)[len(tok.decode(new_ids[:i], skip_special_tokens=True)):]
+                  for i in range(len(new_ids))]
+        answers[name] = tok.decode(new_ids, skip_special_tokens=True).strip()
+        decisive[name] = reference.decisive_words([p.lstrip() if i == 0 else p for i, p in enumerate(pieces)],
+                                                  gaps[:len(pieces)])
+        margins[name] = gaps[:len(pieces)]
+        print(f"reference {name}: {answers[name]!r} (decisive words: {decisive[name]})")
+    data = reference.make(answers, model=folder.name, decisive=decisive, margins=margins, made_with=(
         f"transformers {transformers.__version__}, torch {torch.__version__}, float32, greedy, "
         f"{reference.MAX_TOKENS} new tokens, the model's chat template"))
     tmp = out.with_name(out.name + ".tmp")

@@ -76,7 +76,8 @@ def probe_expert(expert: Mapping[str, Any], *, is_listening: Callable[[int], boo
     if rep["status"] == "skipped":
         res.notes.append(f"{eid}: reference probe skipped: {rep['why']}")
     for r in rep.get("results", []):
-        res.probes[f"reference_{r['name']}"] = bool(r["ok"])
+        if r.get("compared_words", 1):  # a near-tie reference is no check: not a probe
+            res.probes[f"reference_{r['name']}"] = bool(r["ok"])
     if rep["status"] == "failed" and not rep.get("results"):
         res.probes["reference_file"] = False
     res.notes += smoke.reference_misses(eid, rep)

@@ -27,19 +27,26 @@ from typing import Any, Mapping, Sequence
 
 FORMAT = 1
 FILE_NAME = "llmhost-reference.json"
-# Greedy answers are compared on their first words: far enough to catch a model
-# that goes wrong from the start, short enough that a late near-tie between two
-# tokens (float32 vs bf16 rounding) does not count as a divergence.
-COMPARE_WORDS = 6
+# Greedy answers are compared on their first words, and only as far as the
+# reference implementation was sure of them. A token whose top-1 log-probability
+# beats the runner-up by less than MIN_MARGIN nats is a near-tie: any change of
+# arithmetic (bf16 against float32, another kernel, eager against compiled) may
+# flip it, and from there on both continuations are the model's. Measured with
+# SmolLM2-135M: "What is the capital of France?" starts "The" at -1.86 against
+# "L" at -1.96 (0.10 nats apart); vLLM in bf16 took "L" and went on "L'Étoile,
+# la Marseillaise, la femme, ...", on an AVX2 CPU (bf16 emulated) and on an AMX
+# CPU (bf16 native, eager mode) alike. That is the model's runner-up, not broken
+# arithmetic, so such a prompt is no check. The prompts below were picked for
+# long decisive starts that hold the answer itself (Tokyo, Pacific, January, 100).
+COMPARE_WORDS = 10
 MAX_TOKENS = 24
+MIN_MARGIN = 1.0
 
-# Plain questions with one obvious answer, phrased without "one word" hints:
-# the first one is the question the garbled bf16 server got wrong.
 PROMPTS: tuple[tuple[str, str], ...] = (
-    ("france", "What is the capital of France?"),
-    ("planet", "Which planet is the largest in the solar system?"),
-    ("water", "What is the chemical formula of water?"),
-    ("week", "How many days are there in a week?"),
+    ("japan", "What is the capital of Japan?"),
+    ("ocean", "What is the largest ocean on Earth?"),
+    ("month", "Name the first month of the year."),
+    ("boiling", "What is the boiling point of water in Celsius?"),
 )
 
 
@@ -50,6 +57,7 @@ class Verdict:
     expected: str
     answer: str
     why: str | None = None
+    compared_words: int = 0      # 0: nothing decisive to compare (the prompt is skipped)
 
 
 def messages(prompt: str) -> list[dict[str, str]]:
@@ -67,16 +75,33 @@ def words(text: str) -> list[str]:
     return out
 
 
-def compare(name: str, expected: str, answer: str, n_words: int = COMPARE_WORDS) -> Verdict:
-    """Does `answer` start with the same first words as the reference?"""
-    ref = words(expected)[:n_words]
-    got = words(answer)[:len(ref)]
+def compare(name: str, expected: str, answer: str, n_words: int = COMPARE_WORDS,
+            decisive_words: int | None = None) -> Verdict:
+    """Does `answer` start with the reference's first words (as far as they were decisive)?"""
+    n = n_words if decisive_words is None else min(n_words, decisive_words)
+    ref = words(expected)[:n]
     if not ref:
-        return Verdict(name, False, expected, answer, "the reference answer is empty")
+        return Verdict(name, True, expected, answer, "not compared: the reference is a near-tie from its "
+                       "first word", 0)
+    got = words(answer)[:len(ref)]
     if got == ref:
-        return Verdict(name, True, expected, answer)
+        return Verdict(name, True, expected, answer, None, len(ref))
     at = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), len(got))
-    return Verdict(name, False, expected, answer, f"diverges from the reference at word {at + 1}")
+    return Verdict(name, False, expected, answer, f"diverges from the reference at word {at + 1}", len(ref))
+
+
+def decisive_words(token_texts: Sequence[str], margins: Sequence[float], min_margin: float = MIN_MARGIN) -> int:
+    """How many whole words of a greedy answer come before its first near-tie token.
+
+    token_texts: each generated token as decoded text; margins: top-1 minus top-2
+    log-probability at each step (the reference run's own)."""
+    k = next((i for i, m in enumerate(margins) if m < min_margin), len(margins))
+    prefix = "".join(token_texts[:k])
+    n = len(words(prefix))
+    if k < len(token_texts) and n and prefix and not prefix[-1].isspace() \
+            and token_texts[k][:1].isalnum():
+        n -= 1  # the near-tie token continues the last word: that word is not decided
+    return n
 
 
 class ReferenceError(ValueError):
@@ -102,13 +127,18 @@ def load(path: str | Path) -> dict[str, Any]:
 
 
 def make(answers: Mapping[str, str], *, model: str, made_with: str,
-         prompts: Sequence[tuple[str, str]] = PROMPTS) -> dict[str, Any]:
-    """The file's content from the reference implementation's answers."""
-    return {
-        "format": FORMAT,
-        "model": model,
-        "made_with": made_with,
-        "max_tokens": MAX_TOKENS,
-        "compare_words": COMPARE_WORDS,
-        "prompts": [{"name": n, "messages": messages(p), "answer": answers[n]} for n, p in prompts],
-    }
+         prompts: Sequence[tuple[str, str]] = PROMPTS,
+         decisive: Mapping[str, int] | None = None,
+         margins: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+    """The file's content from the reference implementation's answers (and, per
+    prompt, how many words it was sure of and its per-token margins)."""
+    out = []
+    for n, p in prompts:
+        item: dict[str, Any] = {"name": n, "messages": messages(p), "answer": answers[n]}
+        if decisive is not None:
+            item["decisive_words"] = int(decisive[n])
+        if margins is not None:
+            item["margins"] = [round(float(m), 2) for m in margins[n]]
+        out.append(item)
+    return {"format": FORMAT, "model": model, "made_with": made_with, "max_tokens": MAX_TOKENS,
+            "compare_words": COMPARE_WORDS, "min_margin": MIN_MARGIN, "prompts": out}

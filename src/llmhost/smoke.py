@@ -292,12 +292,15 @@ def reference_probes(base_url: str, model: str, path: str | None, why_none: str,
             v = ref_mod.Verdict(item["name"], False, item["answer"], "", f"request failed: {s.error}")
         else:
             v = ref_mod.compare(item["name"], item["answer"], s.text,
-                                int(data.get("compare_words", ref_mod.COMPARE_WORDS)))
+                                int(data.get("compare_words", ref_mod.COMPARE_WORDS)), item.get("decisive_words"))
         results.append(asdict(v))
     failed = [r for r in results if not r["ok"]]
-    return {"status": "failed" if failed else "passed", "file": path, "model": data.get("model"),
-            "made_with": data.get("made_with"), "results": results,
-            "why": f"{len(failed)} of {len(results)} answers differ from the reference" if failed else None}
+    compared = [r for r in results if r["compared_words"]]
+    status = "failed" if failed else ("passed" if compared else "skipped")
+    why = (f"{len(failed)} of {len(results)} answers differ from the reference" if failed else
+           None if compared else "no prompt of the reference file has a decisive start to compare")
+    return {"status": status, "file": path, "model": data.get("model"),
+            "made_with": data.get("made_with"), "results": results, "why": why}
 
 
 def reference_misses(expert_id: str, rep: Mapping[str, Any]) -> list[str]:
@@ -426,8 +429,9 @@ def table(results: Sequence[ExpertResult], figures: bool = True) -> str:
 def reference_cell(rep: Mapping[str, Any]) -> str:
     if rep["status"] == "skipped":
         return "skipped"
-    ok = sum(1 for r in rep.get("results", []) if r["ok"])
-    return f"{ok}/{len(rep.get('results', []))} " + ("ok" if rep["status"] == "passed" else "DIFF")
+    rs = [r for r in rep.get("results", []) if r.get("compared_words", 1)]
+    ok = sum(1 for r in rs if r["ok"])
+    return f"{ok}/{len(rs)} " + ("ok" if rep["status"] == "passed" else "DIFF")
 
 
 TIMING_FIELDS = ("ttft_p50_s", "ttft_p95_s", "tbt_p50_s", "tbt_p95_s", "decode_tps", "e2e_p50_s")

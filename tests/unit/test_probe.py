@@ -36,16 +36,20 @@ def test_a_loaded_expert_gets_coherence_and_reference_verdicts(tmp_path):
     def refs(url, model, path, why, api_key):
         assert url == "http://127.0.0.1:8101" and path == str(ref)
         return {"status": "failed", "why": "1 of 2", "results": [
-            {"name": "france", "ok": False, "expected": "The capital of France is Paris.",
-             "answer": "L'Étoile, la Marseillaise", "why": "diverges from the reference at word 1"},
-            {"name": "week", "ok": True, "expected": "7", "answer": "7", "why": None}]}
+            {"name": "japan", "ok": False, "expected": "The capital of Japan is Tokyo.",
+             "answer": "Kyoto, la capitale", "why": "diverges from the reference at word 1", "compared_words": 6},
+            {"name": "month", "ok": True, "expected": "January", "answer": "January", "why": None,
+             "compared_words": 1},
+            {"name": "france", "ok": True, "expected": "The capital", "answer": "L'Étoile", "why": "near-tie",
+             "compared_words": 0}]}
 
     r = probe.probe_expert({"expert_id": "general", "port": 8101, "backend_port": 8101, "preload": True,
                             "reference": str(ref)}, is_listening=lambda p: True,
                            coherence=coherence_ok, references=refs)
     assert r.loaded and r.reference_available
-    assert r.probes == {"capital": True, "sum": True, "reference_france": False, "reference_week": True}
-    assert any("L'Étoile" in n and "Paris" in n for n in r.notes)
+    # the near-tie prompt is no probe at all
+    assert r.probes == {"capital": True, "sum": True, "reference_japan": False, "reference_month": True}
+    assert any("Kyoto" in n and "Tokyo" in n for n in r.notes)
 
 
 def test_no_reference_is_visible_not_a_pass():

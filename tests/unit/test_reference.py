@@ -19,9 +19,30 @@ def test_the_garbled_bf16_answer_fails_at_the_first_word():
 
 
 def test_a_late_divergence_beyond_the_compared_words_passes():
-    ref = "The largest planet in our solar system is Jupiter."
-    assert reference.compare("p", ref, "The largest planet in our solar system, Jupiter").ok is True
+    ref = "The largest planet in our solar system is Jupiter, the fifth planet from the Sun."
+    assert reference.compare("p", ref, "The largest planet in our solar system is Jupiter, the biggest").ok is True
     assert not reference.compare("p", ref, "The largest moon in our solar system").ok
+
+
+def test_only_the_decisive_start_is_compared():
+    # France, measured: "The" beat "L" by 0.10 nats; bf16 took "L". Not a check.
+    v = reference.compare("france", "The capital of France is Paris.",
+                          "L'Étoile, la Marseillaise, la femme", decisive_words=0)
+    assert v.ok and v.compared_words == 0 and "near-tie" in v.why
+    v = reference.compare("ocean", "The largest ocean on Earth is the Pacific Ocean, which",
+                          "The largest ocean on Earth is the Pacific Ocean. It", decisive_words=9)
+    assert v.ok and v.compared_words == 9
+    assert not reference.compare("ocean", "The largest ocean on Earth is the Pacific Ocean",
+                                 "The largest ocean on Earth is the Atlantic", decisive_words=9).ok
+
+
+def test_decisive_words_stop_before_the_first_near_tie():
+    toks = ["The", " capital", " of", " France", " is", " Paris", "."]
+    assert reference.decisive_words(toks, [0.1, 3, 3, 3, 3, 3, 3]) == 0
+    assert reference.decisive_words(toks, [3, 3, 3, 3, 0.5, 3, 3]) == 4
+    assert reference.decisive_words(toks, [3] * 7) == 6
+    # a near-tie inside a word leaves that word undecided
+    assert reference.decisive_words(["The", " Pac", "ific"], [3, 3, 0.2]) == 1
 
 
 def test_a_short_answer_must_still_match_fully():
@@ -60,13 +81,13 @@ def test_reference_probes_quote_both_answers_and_name_the_expert(tmp_path, monke
     p = tmp_path / "r.json"
     p.write_text(json.dumps(reference.make(ref, model="m", made_with="t")))
     served = {prompt: ref[n] for n, prompt in reference.PROMPTS}
-    served["What is the capital of France?"] = "L'Étoile, la Marseillaise, la femme"
+    served["What is the capital of Japan?"] = "Kyoto, la capitale"
     monkeypatch.setattr(smoke, "stream_chat", fake_stream(served))
     rep = smoke.reference_probes("http://x", "general", str(p), "", None)
     assert rep["status"] == "failed" and sum(not r["ok"] for r in rep["results"]) == 1
     (line,) = smoke.reference_misses("general", rep)
-    assert line.startswith("general: reference probe 'france' diverges")
-    assert "Right answer to france" in line and "L'Étoile" in line
+    assert line.startswith("general: reference probe 'japan' diverges")
+    assert "Right answer to japan" in line and "Kyoto" in line
     assert smoke.reference_cell(rep) == f"{len(ref) - 1}/{len(ref)} DIFF"
 
 

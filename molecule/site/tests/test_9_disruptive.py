@@ -157,8 +157,8 @@ def test_a_wrong_chat_template_fails_the_coherence_probes(host, base_url, tmp_pa
         failed = re.findall(r"FAIL coder: coherence probe '(\w+)' failed", s.stdout)
         assert failed, s.stdout  # names the expert and the probe, and shows the answer
         # the reference comparison sees it too, quoting the reference and the answer
-        assert re.search(r"FAIL coder: reference probe 'france' diverges from the reference at word \d+: "
-                         r"expected 'The capital of France is Paris\.', got ", s.stdout), s.stdout
+        assert re.search(r"FAIL coder: reference probe 'japan' diverges from the reference at word \d+: "
+                         r"expected 'The capital of Japan is Tokyo\.', got ", s.stdout), s.stdout
         assert "FAIL general" not in s.stdout  # the healthy expert still passes
     finally:
         r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
@@ -172,11 +172,12 @@ def native_bf16(host) -> bool:
     return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
 
 
-def test_forced_bf16_is_refused_then_caught_where_emulated_and_agrees_where_native(host, base_url, tmp_path):
+def test_forced_bf16_is_refused_where_emulated_and_stays_on_the_reference(host, base_url, tmp_path):
     """dtype: bfloat16 forced on coder. Where the CPU has no native bf16 (an AVX2-only
-    x86) the preflight refuses it, and with allow_emulated_dtype the reference probe
-    fails it, quoting both answers. Where bf16 is native it is accepted and agrees
-    with the float32 reference (no false alarm)."""
+    x86) the preflight refuses it, naming expert and field, and nothing changes; with
+    allow_emulated_dtype it deploys. Either way (emulated or native) the answers must
+    keep to the float32 reference on every decisive start: a precision change may flip
+    a near-tie (the France question, 0.10 nats), never a decisive token."""
     unit = "/etc/systemd/system/llmhost-expert-coder.service"
     before = host.file(unit).sha256sum
     forced = experts_vars(host, coder={"engine": {"max_model_len": 2048, "enforce_eager": True,
@@ -195,12 +196,8 @@ def test_forced_bf16_is_refused_then_caught_where_emulated_and_agrees_where_nati
         assert "--dtype bfloat16" in host.file(unit).content_string
         s = smoke(host, base_url, tmp_path, "--repeat", "2", "--expert", "coder")
         print(s.stdout)
-        if native:
-            assert s.returncode == 0 and "FAIL" not in s.stdout, s.stdout + s.stderr
-        else:
-            assert s.returncode == 1, s.stdout + s.stderr
-            lines = re.findall(r"FAIL coder: reference probe '\w+' .*: expected '.+', got .+", s.stdout)
-            assert lines, s.stdout
+        assert "reference probe" not in s.stdout, s.stdout
+        assert re.search(r"^coder .* 4/4 ok ", s.stdout, re.M), s.stdout
     finally:
         r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
         assert r.returncode == 0, r.stdout[-3000:]
