@@ -6,9 +6,11 @@ On a CPU without native bf16 arithmetic (an AVX2-only x86, an Arm core without
 the bf16 extension), PyTorch then emulates it. Measured on an AMD EPYC Zen 3
 (AVX2 only) with SmolLM2-135M-Instruct, temperature 0:
 
-- bf16 (emulated): TTFT about 8 s, and "What is the capital of France?" was
-  answered "L'Étoile, la Marseillaise, la femme, la femme, la femme,";
-- float32: TTFT 0.8 s and "The capital of France is Paris." (as transformers).
+- bf16 (emulated, "Failed to create oneDNN linear, fallback to torch linear"):
+  TTFT median about 8.3 s (vllm bench serve, 256-token prompt, one core);
+- float32: TTFT 0.8 s on two threads.
+(Its answer to "What is the capital of France?" also changed, but that question
+is a 0.10-nat near-tie that bf16 flips on native-bf16 CPUs too: see reference.py.)
 
 So the plan always passes an explicit `--dtype`: bfloat16 where the CPU has it
 natively, float32 otherwise. float16 is never chosen by `auto` (vLLM's CPU
