@@ -189,17 +189,6 @@ def answer_waiting(listener: socket.socket, response: bytes, quiet_s: float = 0.
     return n
 
 
-def notify_ready() -> None:
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.connect(addr)
-        s.sendall(b"READY=1")
-
-
 def listening_on(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
@@ -219,7 +208,6 @@ def front(me: str, backend_port: int, idle_s: int) -> int:
         print(f"refused: {why} (no socket passed: nothing to answer)", file=sys.stderr)
         return 0
     listener = socket.socket(fileno=3)
-    notify_ready()
     n = answer_waiting(listener, refusal(why))
     print(f"answered {n} waiting request(s) with 503: {why}", flush=True)
     return 0

@@ -33,7 +33,9 @@ def test_anything_but_a_scale_key_is_refused_naming_expert_and_field():
 
 def test_the_rehearsal_overlay_changes_only_declared_scale_keys():
     overlay = yaml.safe_load((ROOT / "molecule/production/vars/overlay.yml").read_text())
-    allowed_top = {"llmhost_staging", "llmhost_host_expect"}
+    # scale (llmhost_staging, the expected host) and where the software comes from
+    allowed_top = {"llmhost_staging", "llmhost_host_expect", "vllm_install_source",
+                   "vllm_install_extra_index_urls", "vllm_install_find_links"}
     assert set(overlay) <= allowed_top, set(overlay) - allowed_top
     for eid, keys in overlay["llmhost_staging"]["experts"].items():
         assert set(keys) <= set(STAGING_KEYS), (eid, set(keys) - set(STAGING_KEYS))

@@ -12,7 +12,7 @@ from conftest import LAZY, PRELOADED, chat
 
 COUNTER = ("nohup sh -c 'while true; do "
            "n=$(systemctl list-units \"llmhost-expert-*.service\" --state=active,activating,deactivating "
-           "--no-legend --plain | grep -vc -- -proxy.service); echo \"$(date +%s.%N) $n\"; sleep 0.25; done' "
+           "--no-legend --plain | grep -vc -- -proxy.service); echo \"$(date +%s.%N) $n\"; sleep 1; done' "
            "> /run/llmhost-unit-count.log 2>&1 & echo $!")
 
 
@@ -29,11 +29,13 @@ def test_lazy_experts_in_turn_then_together_never_exceed_the_cap(host, base_url)
     stop = threading.Event()
 
     def hammer():
+        # a steady trickle, not a flood: the folded host has 2 cores for 5 experts,
+        # and a lazy expert must still be able to load beside it
         i = 0
         while not stop.is_set():
-            steady.append(chat(base_url, PRELOADED[i % len(PRELOADED)], timeout=180))
+            steady.append(chat(base_url, PRELOADED[i % len(PRELOADED)], timeout=300))
             i += 1
-            time.sleep(0.5)
+            stop.wait(2)
 
     t = threading.Thread(target=hammer)
     t.start()
@@ -41,14 +43,14 @@ def test_lazy_experts_in_turn_then_together_never_exceed_the_cap(host, base_url)
     try:
         for e in LAZY:                          # in turn: the second evicts the first
             t0 = time.monotonic()
-            code, answer = chat(base_url, e)
+            code, answer = chat(base_url, e, timeout=600)
             timeline.append((e, code, round(time.monotonic() - t0, 1), units_running(host)))
             assert code == 200 and "Paris" in answer, (e, code, answer)
         assert "gemma-3" not in units_running(host), "the idle lazy expert was not evicted"
         together: dict[str, tuple] = {}
 
         def ask(e):
-            together[e] = chat(base_url, e)
+            together[e] = chat(base_url, e, timeout=600)
 
         threads = [threading.Thread(target=ask, args=(e,)) for e in LAZY]
         for th in threads:

@@ -1,6 +1,8 @@
 """The rehearsal catches what the unit test cannot: put ProtectHome=yes back for a
 model under /home and the expert no longer serves."""
 
+import time
+
 from conftest import PRELOADED, chat
 
 DROPIN = "/etc/systemd/system/llmhost-expert-phi-4-mini.service.d/zz-mutation.conf"
@@ -16,5 +18,10 @@ def test_protect_home_yes_with_a_home_model_fails_the_expert(host, base_url):
         print(log[-1500:])
     finally:
         host.run(f"rm -f {DROPIN} && systemctl daemon-reload && systemctl restart llmhost-expert-phi-4-mini.service")
-    code, answer = chat(base_url, PRELOADED[0])
-    assert code == 200 and "Paris" in answer
+    deadline = time.monotonic() + 60   # the front door's health check marks it up within seconds
+    while True:
+        code, answer = chat(base_url, PRELOADED[0])
+        if code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert code == 200 and "Paris" in answer, (code, answer)
