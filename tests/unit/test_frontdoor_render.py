@@ -84,3 +84,36 @@ def test_a_broken_config_is_refused(tmp_path):
     bad = out / "bad.cfg"
     bad.write_text((out / "haproxy.cfg").read_text().replace("use_backend ", "use_backendd "))
     assert haproxy_check(bad).returncode != 0
+
+
+def test_tls_bind_with_a_real_certificate_passes_haproxy(tmp_path):
+    pem = tmp_path / "door.pem"
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=models-europe", "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    pem.write_text((tmp_path / "c.pem").read_text() + (tmp_path / "k.pem").read_text())
+    out = render(tmp_path, frontdoor_api_keys=["sk-test-1"], frontdoor_tls_cert=str(pem))
+    cfg = (out / "haproxy.cfg").read_text()
+    assert f"bind *:8082 ssl crt {pem}" in cfg
+    r = haproxy_check(out / "haproxy.cfg")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def validate(tmp_path, **ev):
+    evf = tmp_path / "ev.json"
+    evf.write_text(json.dumps({"ansible_python_interpreter": sys.executable, **ev}))
+    return subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "tests/render/validate-frontdoor.yml",
+                           "-e", f"@{evf}"], cwd=ROOT, capture_output=True, text=True, check=False,
+                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
+
+
+def test_the_preflight_refuses_an_open_door_in_one_line(tmp_path):
+    r = validate(tmp_path)  # the role's defaults: bind "*", no keys
+    assert r.returncode != 0
+    out = " ".join(r.stdout.split())
+    assert "frontdoor_bind: '*' opens port 8082 to the network with no API key" in out, out[-2000:]
+    assert "Traceback" not in r.stdout + r.stderr
+    assert validate(tmp_path, frontdoor_api_keys=["sk-1"]).returncode == 0
+    assert validate(tmp_path, frontdoor_bind="127.0.0.1").returncode == 0
+    assert validate(tmp_path, frontdoor_allow_anonymous=True).returncode == 0
