@@ -212,6 +212,10 @@ def record_cpu(tun: dict, dtype_auto: str) -> str:
         "experts": {r[1]: {"ttft_p50_s": r[2], "ttft_p95_s": r[3], "tbt_p50_s": r[4], "tbt_p95_s": r[5],
                            "decode_tps": r[6]} for r in rows(tun) if r[0] == "single"}}
     CPU_FILE.write_text(json.dumps(rows_by_cpu, indent=1, sort_keys=True) + "\n")
+    return cpu_table(rows_by_cpu)
+
+
+def cpu_table(rows_by_cpu: dict) -> str:
     out = ["| CPU [flags] | dtype | expert | TTFT p50 ms | TTFT p95 ms | TBT p50 ms | TBT p95 ms | decode tok/s | when, how |",
            "|---|---|---|---|---|---|---|---|---|"]
     for k, row in sorted(rows_by_cpu.items()):
