@@ -62,6 +62,6 @@ def test_probe_timer_checks_every_expert_against_its_reference(host):
     assert time.time() - m["llmhost_probe_last_run_timestamp_seconds"] < 300
     # node exporter serves them, and the alert rules are loaded
     exported = host.check_output("curl -s http://127.0.0.1:9100/metrics")
-    assert 'llmhost_probe_ok{expert="general",probe="reference_france"} 1' in exported
+    assert 'llmhost_probe_ok{expert="general",probe="reference_japan"} 1' in exported
     rules = json.loads(host.check_output("curl -s http://127.0.0.1:9090/api/v1/rules"))["data"]["groups"]
     assert {"ExpertAnswerWrong", "ExpertProbeStale"} <= {r["name"] for g in rules for r in g["rules"]}
