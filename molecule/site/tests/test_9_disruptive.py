@@ -48,6 +48,7 @@ def experts_vars(host, **changes):
                      "priority": e["priority"], "kv_cache_gib": 1, "cores": 1,
                      "aliases": [n for n in e["names"] if n != e["expert_id"]],
                      "thresholds": e["thresholds"],
+                     **({"reference": e["reference"]} if e.get("reference") else {}),
                      "engine": {"max_model_len": 2048, "enforce_eager": True}})
     for eid, ch in changes.items():
         [e for e in base if e["expert_id"] == eid][0].update(ch)
