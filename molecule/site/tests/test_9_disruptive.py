@@ -208,9 +208,13 @@ def test_forced_bf16_is_refused_where_emulated_and_stays_on_the_reference(host, 
 def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
     lazy = {"enabled": True, "warmup_pool_size": 1, "max_loaded_experts": 2, "memory_threshold": 0.9,
             "auto_unload_after_s": 20}
+    # the front door and Prometheus follow, as in a real deploy: neither may keep
+    # touching the lazy expert's socket (a health check or a scrape would keep it loaded)
     r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host), "llmhost_lazy_loading": lazy}),
-                 playbooks=("preflight", "experts"))
+                 playbooks=("preflight", "experts", "frontdoor", "monitoring"))
     assert r.returncode == 0, r.stdout[-3000:]
+    cfg = host.file("/etc/haproxy/haproxy.cfg").content_string
+    assert "server coder 127.0.0.1:8102 maxconn 8 maxqueue 32\n" in cfg  # lazy: no health check
     assert not host.service("llmhost-expert-coder").is_running
     assert host.socket("tcp://127.0.0.1:8102").is_listening
     t0 = time.monotonic()
