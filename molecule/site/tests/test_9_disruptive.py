@@ -215,6 +215,11 @@ def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
     assert r.returncode == 0, r.stdout[-3000:]
     cfg = host.file("/etc/haproxy/haproxy.cfg").content_string
     assert "server coder 127.0.0.1:8102 maxconn 8 maxqueue 32\n" in cfg  # lazy: no health check
+    # Until the front door stage ran, the old config still health-checked 8102 and may
+    # have woken the freshly armed socket: it must go idle and stop by itself.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and host.service("llmhost-expert-coder").is_running:
+        time.sleep(2)
     assert not host.service("llmhost-expert-coder").is_running
     assert host.socket("tcp://127.0.0.1:8102").is_listening
     t0 = time.monotonic()
