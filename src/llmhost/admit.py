@@ -66,6 +66,9 @@ class Usage:
     idle_s: float              # seconds since its last request began (large when never)
 
 
+UNSEEN = Usage(0, 1e9)   # no front door numbers for it: nothing in flight, no recent request
+
+
 @dataclass(frozen=True)
 class Decision:
     admit: bool
@@ -81,14 +84,14 @@ def decide(me: str, experts: Sequence[Mapping[str, Any]], max_loaded: int, state
         return Decision(True, None, f"{len(loaded)} of {max_loaded} loaded: room for {me}")
     idle = [e["expert_id"] for e in loaded
             if not e.get("preload", True) and states.get(e["expert_id"]) == "active"
-            and usage.get(e["expert_id"], Usage(0, 1e9)).in_flight == 0]
+            and usage.get(e["expert_id"], UNSEEN).in_flight == 0]
     if not idle:
         return Decision(False, None, (
             f"{len(loaded)} of max_loaded_experts {max_loaded} experts are loaded "
             f"({', '.join(e['expert_id'] for e in loaded)}) and no lazy one is idle; retry when one is"))
-    lru = max(idle, key=lambda x: (usage.get(x, Usage(0, 1e9)).idle_s, x))
+    lru = max(idle, key=lambda x: (usage.get(x, UNSEEN).idle_s, x))
     return Decision(True, lru, f"{len(loaded)} of {max_loaded} loaded: stopping idle {lru} "
-                               f"(last request {usage.get(lru, Usage(0, 1e9)).idle_s:.0f} s ago) for {me}")
+                               f"(last request {usage.get(lru, UNSEEN).idle_s:.0f} s ago) for {me}")
 
 
 _METRIC = re.compile(r'^(haproxy_backend_(?:current_sessions|last_session_seconds))\{[^}]*proxy="be_([^"]+)"[^}]*\}\s+(\S+)')
@@ -230,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return front(args.expert, args.backend, args.idle)
     try:
         cfg = json.loads(Path(args.config).read_text())
-        cfg["experts"], int(cfg["lazy_loading"]["max_loaded_experts"])
+        if not isinstance(cfg["experts"], list):
+            raise TypeError("'experts' is not a list")
+        int(cfg["lazy_loading"]["max_loaded_experts"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{args.config}: cannot read the admission config ({type(e).__name__}: {e})", file=sys.stderr)
         return 2

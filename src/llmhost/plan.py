@@ -113,7 +113,7 @@ class Plan:
                 "dtype": e.translation.dtype.dtype if e.translation.dtype else None,
                 "dtype_reason": e.translation.dtype.reason if e.translation.dtype else None,
                 "reference": e.reference, "reference_why": e.reference_why,
-                "protect_home": home_sandbox(x.model)[0], "bind_read_only": home_sandbox(x.model)[1],
+                **dict(zip(("protect_home", "bind_read_only"), home_sandbox(x.model))),
                 "reference_on_host": f"{HOST_REFERENCE_DIR}/{e.expert_id}.json" if e.reference else None,
                 "env": e.translation.env, "report": [str(x) for x in e.translation.report],
             })
