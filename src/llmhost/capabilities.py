@@ -107,6 +107,29 @@ def _flag_kind(action: argparse.Action) -> str:
     return "value"
 
 
+def _value_type(action: argparse.Action) -> str | None:
+    """What a value flag's parser turns its text into: int, float, str, or other.
+
+    Found by calling the flag's own `type` on sample texts, since vLLM wraps int
+    in helpers (human_readable_int, optional_type(int)) whose names say little."""
+    t = action.type
+    if t is None:
+        return "str" if _flag_kind(action) == "value" else None
+    results = []
+    for sample in ("8", "1.5", "x"):
+        try:
+            results.append(type(t(sample)).__name__)
+        except Exception:  # noqa: BLE001 - a parser that refuses the sample
+            results.append(None)
+    if results[0] == "int" and results[1] is None:
+        return "int"
+    if results[0] in ("float", "int") and results[1] == "float":
+        return "float"
+    if results == ["str", "str", "str"]:
+        return "str"
+    return "other"
+
+
 def probe_vllm() -> dict[str, Any]:
     """Read vLLM's own argument parser and envs.py. Needs vllm importable."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
@@ -132,7 +155,7 @@ def probe_vllm() -> dict[str, Any]:
         choices = None
         if a.choices is not None:
             choices = sorted(str(c) for c in a.choices)
-        flags[a.dest] = {"option": option, "kind": _flag_kind(a), "choices": choices,
+        flags[a.dest] = {"option": option, "kind": _flag_kind(a), "choices": choices, "type": _value_type(a),
                          "nargs": a.nargs if isinstance(a.nargs, (int, str, type(None))) else str(a.nargs)}
     names = sorted(envs.environment_variables)
     return {

@@ -38,20 +38,53 @@ def saved_capabilities(version: str = DEFAULT_VLLM_VERSION) -> dict[str, Any]:
     return json.loads(text)
 
 
+class UsageError(Exception):
+    """A one-line error about the command's input (a file, an option): exit 1."""
+
+
+def read_text(path: str, what: str) -> str:
+    """A file's text, or a UsageError that says in one line why not."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path}: is a directory, not a file") from None
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: no such file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {path}: not a text file (not UTF-8)") from None
+    except OSError as e:
+        raise UsageError(f"{what} {path}: cannot read it ({e.strerror or e.__class__.__name__})") from None
+
+
 def load_caps(path: str | None, version: str = DEFAULT_VLLM_VERSION) -> dict[str, Any]:
     if path:
-        return json.loads(Path(path).read_text())
+        try:
+            caps = json.loads(read_text(path, "--caps"))
+        except (ValueError, RecursionError) as e:
+            raise UsageError(f"--caps {path}: not JSON ({str(e).splitlines()[0][:120]})") from None
+        if not isinstance(caps, dict) or not isinstance(caps.get("flags"), dict):
+            raise UsageError(f"--caps {path}: not a capabilities file (no 'flags' object); "
+                             "see `llmhost capabilities`")
+        return caps
     return saved_capabilities(version)
 
 
 def cmd_import_legacy(args: argparse.Namespace) -> int:
-    text = Path(args.file).read_text()
+    text = read_text(args.file, "file")
     try:
         data = loads_lenient(text)
-    except json.JSONDecodeError as e:
-        print(f"{args.file}: not JSON even without comments: {e}", file=sys.stderr)
+    except ValueError as e:
+        print(f"{args.file}: not JSON even without comments: {str(e).splitlines()[0][:160]}", file=sys.stderr)
         return 1
-    res = import_legacy(data, load_caps(args.caps), arch=args.arch)
+    except RecursionError:
+        print(f"{args.file}: nested too deeply to be a config", file=sys.stderr)
+        return 1
+    try:
+        res = import_legacy(data, load_caps(args.caps), arch=args.arch)
+    except ConfigError as e:
+        for p in e.problems:
+            print(f"{args.file}: {p}", file=sys.stderr)
+        return 1
     for line in res.report:
         print(line, file=sys.stderr)
     for w in res.warnings:
@@ -72,8 +105,15 @@ def inventory_hostvars(inventory: str, host: str | None) -> tuple[str, dict[str,
     from ansible.parsing.dataloader import DataLoader  # noqa: PLC0415
     from ansible.vars.manager import VariableManager  # noqa: PLC0415
 
+    from ansible.errors import AnsibleError  # noqa: PLC0415
+
+    if not os.path.exists(inventory):
+        raise UsageError(f"inventory {inventory}: no such file or directory")
     loader = DataLoader()
-    inv = InventoryManager(loader=loader, sources=[inventory])
+    try:
+        inv = InventoryManager(loader=loader, sources=[inventory])
+    except AnsibleError as e:
+        raise UsageError(f"inventory {inventory}: {' '.join(str(e).split())[:240]}") from None
     hosts = [h.name for h in inv.get_hosts("llm_hosts")] or [h.name for h in inv.get_hosts()]
     if not hosts:
         raise SystemExit(f"{inventory}: no hosts")
@@ -81,7 +121,10 @@ def inventory_hostvars(inventory: str, host: str | None) -> tuple[str, dict[str,
     if name not in hosts:
         raise SystemExit(f"{inventory}: no host {name!r} (hosts: {', '.join(hosts)})")
     vm = VariableManager(loader=loader, inventory=inv)
-    hv = vm.get_vars(host=inv.get_host(name), include_hostvars=False)
+    try:
+        hv = vm.get_vars(host=inv.get_host(name), include_hostvars=False)
+    except AnsibleError as e:
+        raise UsageError(f"inventory {inventory}: {' '.join(str(e).split())[:240]}") from None
     return name, {k: v for k, v in hv.items() if k.startswith("llmhost_")}
 
 
@@ -130,7 +173,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
         host, cpu_source = with_cpuinfo(host, args.cpuinfo)
         source += f"; {cpu_source}"
     caps = load_caps(args.caps)
-    reserved = hv.get("llmhost_reserved_cores", default_reserved(len(host.cpus)))
+    reserved = hv.get("llmhost_reserved_cores")
+    if reserved is None:
+        reserved = default_reserved(len(host.cpus))
+    if isinstance(reserved, bool) or not isinstance(reserved, int):
+        try:
+            reserved = int(str(reserved), 10)
+        except ValueError:
+            print(f"{name}: the plan does not work:\n  llmhost_reserved_cores: expected a whole number of CPUs, "
+                  f"got {reserved!r}", file=sys.stderr)
+            return 1
     try:
         plan = build_plan(hv.get("llmhost_experts"), hv.get("llmhost_lazy_loading"), caps, host,
                           reserved_cores=int(reserved), strict=args.strict,
@@ -267,7 +319,27 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--caps")
     cp.set_defaults(func=cmd_capabilities)
     args = ap.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except UsageError as e:
+        print(f"llmhost {args.cmd}: {e}", file=sys.stderr)
+        return 1
+    except ConfigError as e:
+        print(f"llmhost {args.cmd}: " + "; ".join(e.problems), file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `llmhost plan | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"llmhost {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for people; LLMHOST_DEBUG=1 for the traceback
+        if os.environ.get("LLMHOST_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        print(f"llmhost {args.cmd}: {e.__class__.__name__}: {first} (LLMHOST_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

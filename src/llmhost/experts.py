@@ -8,12 +8,31 @@ Nothing on a host is touched before this passes (playbooks/preflight.yml).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+# Names (docs/experts.md "Names"). An expert id is also a systemd unit name part, a
+# file name and an HAProxy backend: lower-case letters, digits, '.', '_' and '-',
+# starting with a letter or digit, at most 63 characters, not ending in "-proxy"
+# (a lazy expert's proxy unit is llmhost-expert-<id>-proxy). An alias is a model
+# name clients send: the same characters plus upper case, '/', ':' and '+', at
+# most 128, starting with a letter or digit (so never '#', a comment in a map file).
+# "auto" is the front door's name for the default expert: only that expert may carry it.
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
+RESERVED_SUFFIX = "-proxy"
+AUTO_NAME = "auto"
 ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+# Control characters (newline included) would let a value start a new line in a
+# unit, an env file or a map file: refused in every string field.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Ports the toolkit itself uses with its default settings; the front door and
+# monitoring roles also check their configured ports against the plan's.
+TOOLKIT_PORTS = {8082: "the front door", 8405: "HAProxy's metrics endpoint", 9090: "Prometheus",
+                 9100: "node exporter"}
+PRIORITY_MAX = 1000
 PROFILES = ("low_latency", "throughput", "legacy")
 DEFAULT_PORT_BASE = 8101
 
@@ -136,11 +155,14 @@ def _typed(value: Any, types: tuple[type, ...]) -> bool:
     # bool is an int in Python; a YAML `yes` must not pass as a priority.
     if isinstance(value, bool) and bool not in types:
         return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return False  # .nan, .inf: no setting means that
     return isinstance(value, types)
 
 
 def _label(raw: Any, index: int) -> str:
-    if isinstance(raw, Mapping) and isinstance(raw.get("expert_id"), str):
+    if isinstance(raw, Mapping) and isinstance(raw.get("expert_id"), str) and raw["expert_id"] \
+            and not CONTROL_RE.search(raw["expert_id"]):
         return f"expert '{raw['expert_id']}'"
     return f"expert #{index + 1}"
 
@@ -182,6 +204,36 @@ def parse_lazy(raw: Any, n_experts: int) -> LazyLoading:
     return lazy
 
 
+def _strings(value: Any, path: str) -> list[tuple[str, str]]:
+    """Every string in a value (keys included), with its dotted path."""
+    if isinstance(value, str):
+        return [(path, value)]
+    out: list[tuple[str, str]] = []
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            sub = f"{path}.{k}"
+            if isinstance(k, str):
+                out.append((sub, k))
+            out += _strings(v, sub)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            out += _strings(v, path)
+    return out
+
+
+def control_chars(raw: Mapping[str, Any], who: str) -> list[str]:
+    """One problem per string field that holds a control character (newline included)."""
+    out = []
+    for k, v in raw.items():
+        if k not in EXPERT_FIELDS:
+            continue
+        for path, text in _strings(v, str(k)):
+            if CONTROL_RE.search(text):
+                out.append(f"{who} field '{path}': control characters (such as a newline) are not allowed, "
+                           f"got {text!r}")
+    return out
+
+
 def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     who = _label(raw, index)
     if not isinstance(raw, Mapping):
@@ -201,8 +253,17 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
         return None, problems
 
     eid = raw["expert_id"]
+    problems += control_chars(raw, who)
+    if problems:
+        return None, problems
     if not ID_RE.match(eid):
-        problems.append(f"{who} field 'expert_id': use lower-case letters, digits, '.', '_' or '-' (got {eid!r})")
+        problems.append(f"{who} field 'expert_id': use lower-case letters, digits, '.', '_' or '-', starting "
+                        f"with a letter or digit, at most 63 (got {eid!r})")
+    elif eid.endswith(RESERVED_SUFFIX):
+        problems.append(f"{who} field 'expert_id': must not end in '{RESERVED_SUFFIX}' (the name of a lazy "
+                        f"expert's proxy unit), got {eid!r}")
+    if not 0 <= raw["priority"] <= PRIORITY_MAX:
+        problems.append(f"{who} field 'priority': must be 0..{PRIORITY_MAX}, got {raw['priority']}")
     if not raw["model"].startswith("/"):
         problems.append(f"{who} field 'model': must be an absolute path on the host, got {raw['model']!r}")
     profile = raw.get("profile", "low_latency")
@@ -211,18 +272,22 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     port = raw.get("port")
     if port is not None and not 1024 <= port <= 65535:
         problems.append(f"{who} field 'port': must be 1024..65535, got {port}")
-    if port == 8082:
-        problems.append(f"{who} field 'port': 8082 is the front door's port")
+    if port in TOOLKIT_PORTS:
+        problems.append(f"{who} field 'port': {port} is {TOOLKIT_PORTS[port]}'s port")
     kv = raw.get("kv_cache_gib", 4)
     if kv <= 0:
         problems.append(f"{who} field 'kv_cache_gib': must be > 0, got {kv}")
+    w = raw.get("weights_gib")
+    if w is not None and w <= 0:
+        problems.append(f"{who} field 'weights_gib': must be > 0, got {w}")
     cores = raw.get("cores")
     if cores is not None and cores < 1:
         problems.append(f"{who} field 'cores': must be >= 1, got {cores}")
     aliases = raw.get("aliases") or []
     for a in aliases:
-        if not isinstance(a, str) or not a or any(c.isspace() for c in a):
-            problems.append(f"{who} field 'aliases': each alias must be a non-empty name without spaces, got {a!r}")
+        if not isinstance(a, str) or not ALIAS_RE.match(a):
+            problems.append(f"{who} field 'aliases': each alias is a model name of letters, digits, '.', '_', "
+                            f"'-', '/', ':' or '+', starting with a letter or digit, got {a!r}")
     env = raw.get("env") or {}
     for k, v in env.items():
         if not isinstance(k, str) or not ENV_RE.match(k):
@@ -262,7 +327,7 @@ def assign_ports(experts: Sequence[Expert], base: int = DEFAULT_PORT_BASE) -> di
         if e.port is not None:
             out[e.expert_id] = e.port
             continue
-        while nxt in used or nxt == 8082:
+        while nxt in used or nxt in TOOLKIT_PORTS:
             nxt += 1
         out[e.expert_id] = nxt
         used.add(nxt)

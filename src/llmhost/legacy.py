@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .experts import ID_RE, Expert
+from .experts import ConfigError, Expert, parse_experts
 from .translate import SCHEMA_KEYS, Line, classify, translate
 
 # Old-server features that were never engine settings; the toolkit has its own
@@ -80,15 +80,23 @@ class Imported:
         return {"llmhost_lazy_loading": self.lazy_loading, "llmhost_experts": self.experts}
 
 
-def _expert_id(raw: str) -> str:
-    eid = raw.strip().lower().replace(" ", "-")
-    return eid if ID_RE.match(eid) else re.sub(r"[^a-z0-9._-]", "-", eid)
+def _expert_id(raw: Any) -> str:
+    """The old id in lower case, spaces as '-'. Nothing else is rewritten: an id the
+    schema refuses (such as '../etc' or 'x;rm') is refused, naming the old one."""
+    if not isinstance(raw, str):
+        return repr(raw)
+    return raw.strip().lower().replace(" ", "-")
 
 
 def _estimate_weights(data: Mapping[str, Any], eid: str) -> float | None:
     """notes.memory_estimation keys are loose prefixes of the expert ids ("phi4_no_quant")."""
-    est = (data.get("notes") or {}).get("memory_estimation") or {}
+    notes = data.get("notes")
+    est = notes.get("memory_estimation") if isinstance(notes, Mapping) else None
+    if not isinstance(est, Mapping):
+        return None
     stem = eid.split("_")[0].split("-")[0]
+    if not stem:
+        return None
     for k, v in est.items():
         if k.lower().startswith(stem[:4]):
             m = re.search(r"([\d.]+)\s*GB", str(v))
@@ -97,7 +105,34 @@ def _estimate_weights(data: Mapping[str, Any], eid: str) -> float | None:
     return None
 
 
-def import_legacy(data: Mapping[str, Any], caps: Mapping[str, Any], arch: str = "aarch64") -> Imported:
+def _shape_problems(data: Any) -> list[str]:
+    """What makes a parsed file unusable as a legacy config at all."""
+    if not isinstance(data, Mapping):
+        return [f"the file must hold a JSON object with an 'experts' list, got {_kind(data)}"]
+    out = []
+    for key, kind in (("experts", list), ("performance_tuning", Mapping), ("lazy_loading", Mapping),
+                      ("server_config", Mapping)):
+        v = data.get(key)
+        if v is not None and not isinstance(v, kind):
+            want = "a list" if kind is list else "an object"
+            out.append(f"field '{key}': must be {want}, got {_kind(v)}")
+    if not data.get("experts"):
+        out.append("field 'experts': missing or empty; nothing to import")
+    return out
+
+
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> Imported:
+    """The inventory data and a verdict per key. Raises ConfigError (one line per
+    problem) when the file is not a legacy config at all; anything the plan would
+    refuse lands in `rejected`, naming the expert and the field."""
+    shape = _shape_problems(data)
+    if shape:
+        raise ConfigError(shape)
     res = Imported()
     caps = {**caps, "cpu": {**caps.get("cpu", {}), "arch": arch}}
     if arch == "aarch64" and "isa" not in caps["cpu"]:
@@ -109,7 +144,7 @@ def import_legacy(data: Mapping[str, Any], caps: Mapping[str, Any], arch: str = 
         if key in TOP_LEVEL_NOT_VLLM:
             res.report.append(f"{key}: dropped: not a vLLM setting ({TOP_LEVEL_NOT_VLLM[key]})")
         elif key == "server_config":
-            res.report.append(f"{key}: translated (the front door listens on {val.get('port', 8082)}; "
+            res.report.append(f"{key}: translated (the front door listens on {(val or {}).get('port', 8082)!r}; "
                               "experts bind 127.0.0.1 only)")
         else:
             res.report.append(f"{key}: dropped: not a vLLM setting (unknown section)")
@@ -129,8 +164,16 @@ def import_legacy(data: Mapping[str, Any], caps: Mapping[str, Any], arch: str = 
         res.report.append(f"lazy_loading.{k}: {verdict}")
     if res.lazy_loading.get("enabled") and not res.lazy_loading.get("auto_unload_after_s"):
         res.lazy_loading["auto_unload_after_s"] = 600
-    for raw in data.get("experts") or []:
-        eid = _expert_id(str(raw.get("expert_id", "expert")))
+    for index, raw in enumerate(data.get("experts") or []):
+        if not isinstance(raw, Mapping):
+            res.rejected.append(f"expert #{index + 1}: must be an object, got {_kind(raw)}")
+            continue
+        if "expert_id" not in raw:
+            res.rejected.append(f"expert #{index + 1} field 'expert_id': required")
+            continue
+        eid = _expert_id(raw["expert_id"])
+        if eid != raw["expert_id"]:
+            res.report.append(f"{eid}.expert_id: translated ({raw['expert_id']!r} becomes {eid!r})")
         engine_in = {k: v for k, v in raw.items() if k not in SCHEMA_KEYS and k not in EXPERT_META}
         for k, v in perf.items():
             engine_in.setdefault(k, v)
@@ -139,8 +182,8 @@ def import_legacy(data: Mapping[str, Any], caps: Mapping[str, Any], arch: str = 
             origin = "" if "dtype" in raw else "performance_tuning."
             res.report.append(f"{eid}.{origin}dtype: translated ({legacy_dtype!r} becomes dtype: auto, which "
                               "the plan resolves from the host's CPU flags: bfloat16 where native, else float32)")
-        expert = Expert(expert_id=eid, model=str(raw.get("model_path", "/missing")),
-                        domain=str(raw.get("domain", "general")), priority=int(raw.get("priority", 1)),
+        # Translation only needs the id and model name; the schema checks the real values below.
+        expert = Expert(expert_id=eid, model=str(raw.get("model_path", "")), domain="general", priority=1,
                         profile="legacy")
         t = translate(expert, caps, port=0, legacy_keys=engine_in)
         for k in raw:
@@ -158,8 +201,8 @@ def import_legacy(data: Mapping[str, Any], caps: Mapping[str, Any], arch: str = 
                 res.rejected.append(f"expert '{eid}' field '{line.key}': {line}")
         res.warnings += t.warnings
         entry: dict[str, Any] = {
-            "expert_id": eid, "model": expert.model, "domain": expert.domain,
-            "priority": expert.priority, "profile": "legacy", "engine": applied,
+            "expert_id": eid, "model": raw.get("model_path"), "domain": raw.get("domain", "general"),
+            "priority": raw.get("priority", 1), "profile": "legacy", "engine": applied,
         }
         w = _estimate_weights(data, eid)
         if w is not None:
@@ -167,6 +210,17 @@ def import_legacy(data: Mapping[str, Any], caps: Mapping[str, Any], arch: str = 
             res.warnings.append(f"expert '{eid}' field 'weights_gib': {w} taken from the legacy notes; "
                                 "the plan reads the real size from the model files when it can")
         res.experts.append(entry)
+    n = len(res.experts)
+    for k in ("warmup_pool_size", "max_loaded_experts"):
+        v = res.lazy_loading.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and n and v > n:
+            res.lazy_loading[k] = n
+            res.report.append(f"lazy_loading.{k}: translated ({v} capped to {n}, the number of experts)")
+    # The output must be what `llmhost plan` accepts: the same schema checks it.
+    try:
+        parse_experts(res.experts, res.lazy_loading or None)
+    except ConfigError as ce:
+        res.rejected += [p.replace("field 'model'", "field 'model_path'") for p in ce.problems]
     return res
 
 

@@ -11,7 +11,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .experts import PROFILE_TABLE, ConfigError, Expert, LazyLoading, assign_ports, parse_experts
+from .experts import (AUTO_NAME, PROFILE_TABLE, TOOLKIT_PORTS, ConfigError, Expert, LazyLoading, assign_ports,
+                      parse_experts)
 from .systemd import home_sandbox
 from .translate import Translation, translate
 
@@ -309,6 +310,11 @@ def build_plan(
     else:
         cores, reserved = split_cores(experts, host.cpus, reserved_cores)
     names = served_names(experts)
+    for e in experts:
+        if e.expert_id != default_expert and AUTO_NAME in names[e.expert_id]:
+            field_ = "expert_id" if e.expert_id == AUTO_NAME else "aliases"
+            problems.append(f"expert '{e.expert_id}' field '{field_}': '{AUTO_NAME}' is the front door's name for "
+                            f"the default expert ('{default_expert}'); only that expert may carry it")
     # "auto" (the old router's choice) is served by the default expert itself, so
     # vLLM accepts it when the front door sends such a request there.
     if not any("auto" in n for n in names.values()):
@@ -345,6 +351,7 @@ def build_plan(
             weights_gib=w_gib, kv_cache_gib=e.kv_cache_gib, overhead_gib=overhead_gib,
             preload=preload, names=names[e.expert_id], translation=t, expert=e,
             reference=ref, reference_why=ref_why))
+    problems += port_problems(plans)
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
     at_once = loaded_at_once(plans, lazy)
@@ -363,6 +370,29 @@ def build_plan(
     if problems:
         raise ConfigError(problems)
     return plan
+
+
+def port_problems(plans: Sequence[ExpertPlan]) -> list[str]:
+    """Every port an expert listens on (its own, and a lazy one's backend) is free:
+    no other expert's, none of the toolkit's, and a real TCP port."""
+    owner: dict[int, str] = {}
+    out: list[str] = []
+    for p in plans:
+        owner.setdefault(p.port, f"expert '{p.expert_id}'")
+    for p in plans:
+        if p.backend_port == p.port:
+            continue
+        what = (f"expert '{p.expert_id}' field 'port': a lazy expert's model listens on port + "
+                f"{LAZY_BACKEND_OFFSET} = {p.backend_port}")
+        if p.backend_port > 65535:
+            out.append(f"{what}, beyond 65535; use a port below {65536 - LAZY_BACKEND_OFFSET}")
+        elif p.backend_port in TOOLKIT_PORTS:
+            out.append(f"{what}, which is {TOOLKIT_PORTS[p.backend_port]}'s port")
+        elif p.backend_port in owner:
+            out.append(f"{what}, which is also used by {owner[p.backend_port]}")
+        else:
+            owner[p.backend_port] = f"expert '{p.expert_id}' (lazy backend)"
+    return out
 
 
 def loaded_at_once(plans: Sequence[ExpertPlan], lazy: LazyLoading) -> float:

@@ -9,12 +9,21 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def quote_arg(arg: object) -> str:
-    """One word of ExecStart=: specifiers (%) and variables ($) escaped, quoted when needed."""
+    """One word of ExecStart=: specifiers (%) and variables ($) escaped, quoted when needed.
+
+    Control characters become C escapes (\\n, \\x01), which systemd decodes inside
+    quotes: a value can never start a new line of the unit. (The schema refuses
+    them anyway; this is the second line of defence.)"""
     s = str(arg).replace("%", "%%").replace("$", "$$")
     if s and _PLAIN.match(s):
         return s
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    s = s.replace("\\", "\\\\").replace('"', '\\"')
+    s = _CONTROL.sub(lambda m: {"\n": "\\n", "\t": "\\t"}.get(m.group(), f"\\x{ord(m.group()):02x}"), s)
+    return '"' + s + '"'
 
 
 def exec_line(argv: Iterable[object]) -> str:

@@ -46,6 +46,44 @@ OWNED_FLAGS = {"model", "host", "port", "served_model_name"}
 AWQ_GPTQ = {"awq", "awq_marlin", "gptq", "gptq_marlin", "gptq_marlin_24"}
 FP8_KV = {"fp8", "fp8_e4m3", "fp8_e5m2"}
 GEMMA3_MARKERS = ("gemma-3", "gemma3", "gemma_3")
+# Counts and sizes that must be at least 1 (vLLM's parser takes any int; these
+# make no sense below 1, and max_num_seqs 0 would become HAProxy's "maxconn 0",
+# which means no limit at all).
+POSITIVE_INTS = {
+    "max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size", "tensor_parallel_size",
+    "pipeline_parallel_size", "data_parallel_size", "max_num_partial_prefills", "max_long_partial_prefills",
+    "long_prefill_token_threshold", "max_logprobs", "max_parallel_loading_workers",
+}
+# Upper bounds the toolkit sets: max_num_seqs is also the front door's per-expert
+# connection cap; far beyond what a CPU host batches usefully.
+INT_MAX = {"max_num_seqs": 1024, "max_num_batched_tokens": 1 << 20, "max_model_len": 1 << 22}
+
+
+def value_problem(key: str, value: Any, spec: Mapping[str, Any]) -> str | None:
+    """Why a value does not fit its flag's kind and range (None when it does).
+
+    The kind comes from the capabilities probe (the flag's own parser); a
+    capabilities file from before kinds were probed leaves only the range rules."""
+    kind = spec.get("kind")
+    if kind in ("bool_optional", "store_true", "store_false"):
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    vtype = spec.get("type")
+    if isinstance(value, bool) and vtype in ("int", "float"):
+        return f"expected a number, got {value!r}"
+    if vtype == "int" and not isinstance(value, int):
+        return f"expected an integer, got {value!r}"
+    if vtype == "float" and not isinstance(value, (int, float)):
+        return f"expected a number, got {value!r}"
+    if isinstance(value, float) and value != value:
+        return "expected a number, got nan"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if key in POSITIVE_INTS and value < 1:
+            return f"must be >= 1, got {value}"
+        if key in INT_MAX and value > INT_MAX[key]:
+            return f"must be <= {INT_MAX[key]}, got {value}"
+    elif key in POSITIVE_INTS and vtype is None:
+        return f"expected an integer, got {value!r}"
+    return None
 
 
 @dataclass
@@ -214,6 +252,10 @@ def translate(
             t.report.append(Line(k, "applied", "null: vLLM's default"))
             continue
         spec = flags[k]
+        bad = value_problem(k, v, spec)
+        if bad:
+            t.report.append(Line(k, "rejected", bad))
+            continue
         if spec.get("choices") and not isinstance(v, bool) and str(v) not in spec["choices"]:
             t.report.append(Line(k, "rejected", f"{v!r} is not one of {', '.join(spec['choices'])}"))
             continue
