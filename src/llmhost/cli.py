@@ -214,10 +214,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_key_file(path: str) -> str:
+    """A bearer key from a file only its owner can read (the smoke test's way: not argv, not env)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError as e:
+        raise UsageError(f"--api-key-file {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise UsageError(f"--api-key-file {path}: mode {mode:04o} lets others read the key; chmod 600 it")
+    key = read_text(path, "--api-key-file").strip()
+    if not key:
+        raise UsageError(f"--api-key-file {path}: empty")
+    return key
+
+
 def cmd_smoke(args: argparse.Namespace) -> int:
     from . import smoke  # noqa: PLC0415
 
-    cfg = json.loads(Path(args.config).read_text()) if args.config else None
+    cfg = json.loads(read_text(args.config, "--config")) if args.config else None
     if cfg is None:
         import urllib.request  # noqa: PLC0415
 
@@ -239,6 +253,8 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         for k, v in (args.threshold or []):
             e.setdefault("thresholds", {})[k] = v
     api_key = args.api_key or os.environ.get("LLMHOST_API_KEY")
+    if args.api_key_file:
+        api_key = read_key_file(args.api_key_file)
     show = smoke.progress_printer()
     results = []
     for e in experts:
@@ -311,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--shared-prefix", action="store_true", help="a shared long system prompt (prefix caching)")
     sm.add_argument("--threshold", action="append", type=_threshold, metavar="NAME=VALUE",
                     help="override a threshold for every expert")
-    sm.add_argument("--api-key", help="bearer key (or LLMHOST_API_KEY)")
+    sm.add_argument("--api-key", help="bearer key (or LLMHOST_API_KEY); visible in ps, prefer --api-key-file")
+    sm.add_argument("--api-key-file", help="read the bearer key from this file (mode 0600 or stricter)")
     sm.add_argument("--json", help="write the JSON report here")
     sm.add_argument("--chart", help="write a PNG chart of TTFT and TBT here")
     sm.set_defaults(func=cmd_smoke)

@@ -109,3 +109,22 @@ def exposure_problems(bind: str, port: int, api_keys: Iterable[str] | None, allo
         problems.append(f"frontdoor_tls_cert: must be an absolute path on the host (a PEM with certificate and key), "
                         f"got {tls_cert!r}")
     return problems
+
+
+def port_problems(plan: Mapping[str, Any], port: int, metrics_port: int, timeout_server_s: int) -> list[str]:
+    """The front door's own ports must be no expert's, and its server timeout must
+    outlast the plan's start budget (a lazy expert's cold start happens inside it)."""
+    used: dict[int, str] = {}
+    for e in plan.get("experts", []):
+        used[int(e["port"])] = f"expert '{e['expert_id']}'"
+        if e.get("backend_port") and e["backend_port"] != e["port"]:
+            used[int(e["backend_port"])] = f"expert '{e['expert_id']}' (lazy backend)"
+    out = [f"frontdoor_{name}: {p} is also used by {used[p]}"
+           for name, p in (("port", port), ("metrics_port", metrics_port)) if p in used]
+    if port == metrics_port:
+        out.append(f"frontdoor_metrics_port: {metrics_port} is the front door's own port")
+    budget = int(plan.get("start_budget_s") or 0)
+    if timeout_server_s <= budget:
+        out.append(f"frontdoor_timeout_server_s: {timeout_server_s} s does not outlast the start budget "
+                   f"({budget} s, llmhost_start_budget_s): a lazy expert's cold start would end in a 504")
+    return out

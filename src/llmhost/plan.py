@@ -8,6 +8,7 @@ and `llmhost plan` both call it, so the CLI shows exactly what a run would do.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -20,6 +21,12 @@ GIB = 1024**3
 # Resident memory of one vLLM 0.32 CPU server beyond weights and KV cache
 # (Python, torch, oneDNN scratch, compile workers): about 3 GB measured.
 DEFAULT_OVERHEAD_GIB = 3.0
+# Seconds an expert may take from start to ready (vLLM load, compile warm-up and the
+# readiness gate). One budget drives systemd's TimeoutStartSec, the lazy proxy's
+# wait, HAProxy's server timeout and the stuck-start alert, so a cold start
+# outlasts none of them. 900 s: an AVX2-only 2-core host took about 4 minutes.
+DEFAULT_START_BUDGET_S = 900
+START_BUDGET_RANGE = (60, 7200)
 # An expert's hard memory cap (MemoryMax=) over its planned share (MemoryHigh=).
 MEMORY_MAX_HEADROOM = 1.25
 
@@ -93,6 +100,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     default_expert: str = ""
     folded: dict[str, Any] | None = None   # set when planned for more CPUs than this host has
+    start_budget_s: int = DEFAULT_START_BUDGET_S
 
     def to_dict(self) -> dict[str, Any]:
         out = []
@@ -122,6 +130,7 @@ class Plan:
                 "loaded_at_once_gib": round(self.loaded_at_once_gib, 2),
                 "memory_gib": round(self.memory_gib, 2), "lazy_loading": asdict(self.lazy),
                 "default_expert": self.default_expert, "folded": self.folded,
+                "start_budget_s": self.start_budget_s,
                 "warnings": self.warnings}
 
 
@@ -282,10 +291,14 @@ def build_plan(
     strict: bool = False,
     default_expert: str | None = None,
     expect_cpus: int | None = None,
+    start_budget_s: Any = DEFAULT_START_BUDGET_S,
 ) -> Plan:
     """Everything a deploy needs, or ConfigError listing every problem."""
     experts, lazy = parse_experts(raw_experts, raw_lazy)
     problems: list[str] = []
+    lo, hi = START_BUDGET_RANGE
+    if isinstance(start_budget_s, bool) or not isinstance(start_budget_s, int) or not lo <= start_budget_s <= hi:
+        raise ConfigError([f"llmhost_start_budget_s: whole seconds in {lo}..{hi}, got {start_budget_s!r}"])
     warnings: list[str] = []
     ids = [e.expert_id for e in experts]
     if default_expert and default_expert not in ids:
@@ -361,7 +374,7 @@ def build_plan(
             f"lazy_loading field 'max_loaded_experts': {lazy.max_loaded_experts} leaves no room for a lazy expert "
             f"next to the {sum(1 for p in plans if p.preload)} preloaded ones (preloaded experts are never "
             "stopped to make room); raise it, or lower warmup_pool_size")
-    plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert, folded)
+    plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert, folded, start_budget_s)
     if plans and at_once > budget:
         problems.append(
             f"memory: the experts that can be loaded at once need {at_once:.1f} GiB, more than "
@@ -392,6 +405,21 @@ def port_problems(plans: Sequence[ExpertPlan]) -> list[str]:
             out.append(f"{what}, which is also used by {owner[p.backend_port]}")
         else:
             owner[p.backend_port] = f"expert '{p.expert_id}' (lazy backend)"
+    return out
+
+
+SECRET_NAME_RE = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|(^|_)KEY($|_)|API_KEY", re.I)
+REDACTED = "<redacted: in the expert's env file, mode 0640>"
+
+
+def redact_env(experts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The plan's experts with secret-looking env values (HF_TOKEN, *_KEY, ...) replaced:
+    for files others may read (experts.json) and for reports. The values live only in
+    the per-expert env files, 0640 to the service group."""
+    out = []
+    for e in experts:
+        env = {k: (REDACTED if SECRET_NAME_RE.search(k) else v) for k, v in (e.get("env") or {}).items()}
+        out.append({**e, "env": env})
     return out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -73,3 +73,44 @@ def home_sandbox(model_path: str) -> tuple[str, list[str]]:
     if path.startswith(HOME_PREFIXES):
         return "tmpfs", [model_path.rstrip("/")]
     return "yes", []
+
+
+UNIT_PREFIX = "llmhost-expert-"
+PROXY_SUFFIX = "-proxy"
+
+
+def expert_of_unit(name: str) -> str | None:
+    """The expert id a unit file belongs to: llmhost-expert-<id>.service, or its lazy
+    proxy llmhost-expert-<id>-proxy.{service,socket}. Ids never end in -proxy (the
+    schema refuses it), so the name is never ambiguous."""
+    if not name.startswith(UNIT_PREFIX):
+        return None
+    stem, dot, kind = name[len(UNIT_PREFIX):].rpartition(".")
+    if not dot or not stem or kind not in ("service", "socket"):
+        return None
+    if stem.endswith(PROXY_SUFFIX):
+        return stem[:-len(PROXY_SUFFIX)] or None
+    return stem if kind == "service" else None
+
+
+def stale_experts(unit_names: Iterable[str], planned_ids: Iterable[str]) -> list[str]:
+    """Ids that have unit files on the host but are not in the plan, sorted."""
+    planned = set(planned_ids)
+    return sorted({i for i in (expert_of_unit(n) for n in unit_names) if i and i not in planned})
+
+
+def port_holders(previous: Any, stale_ids: Iterable[str], plan: Mapping[str, Any]) -> list[str]:
+    """Stale experts (about to be pruned) that listen on a port the plan gives to a
+    listed expert, as recorded in the host's previous experts.json. They are stopped
+    (not removed) before the deploy, so a renamed expert can bind its port, and
+    started again if the deploy fails."""
+    wanted = {int(p) for e in plan.get("experts", []) for p in (e.get("port"), e.get("backend_port")) if p}
+    stale = set(stale_ids)
+    old = previous.get("experts", []) if isinstance(previous, Mapping) else []
+    out = set()
+    for e in old if isinstance(old, list) else []:
+        if isinstance(e, Mapping) and e.get("expert_id") in stale:
+            ports = {e.get("port"), e.get("backend_port")}
+            if any(isinstance(p, int) and p in wanted for p in ports):
+                out.add(str(e["expert_id"]))
+    return sorted(out)

@@ -102,7 +102,7 @@ def test_tls_bind_with_a_real_certificate_passes_haproxy(tmp_path):
 
 def validate(tmp_path, **ev):
     evf = tmp_path / "ev.json"
-    evf.write_text(json.dumps({"ansible_python_interpreter": sys.executable, **ev}))
+    evf.write_text(json.dumps({"ansible_python_interpreter": sys.executable, "frontdoor_plan": plan_dict(), **ev}))
     return subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "tests/render/validate-frontdoor.yml",
                            "-e", f"@{evf}"], cwd=ROOT, capture_output=True, text=True, check=False,
                           env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
@@ -117,3 +117,29 @@ def test_the_preflight_refuses_an_open_door_in_one_line(tmp_path):
     assert validate(tmp_path, frontdoor_api_keys=["sk-1"]).returncode == 0
     assert validate(tmp_path, frontdoor_bind="127.0.0.1").returncode == 0
     assert validate(tmp_path, frontdoor_allow_anonymous=True).returncode == 0
+
+
+def test_access_log_per_source_limit_and_one_start_budget(tmp_path):
+    out = render(tmp_path, frontdoor_per_source_maxconn=4)
+    r = haproxy_check(out / "haproxy.cfg")
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = (out / "haproxy.cfg").read_text()
+    assert "log /dev/log local0 info" in cfg and "model=%[var(txn.model)]" in cfg
+    assert "track-sc0 src" in cfg and "sc_conn_cur(0) gt 4" in cfg
+    # the plan's start budget (900 s) + 120: HAProxy outlasts systemd's start timeout
+    assert "timeout server 1020s" in cfg
+    (tmp_path / "q").mkdir()
+    quiet = render(tmp_path / "q", frontdoor_access_log=False)
+    qcfg = (quiet / "haproxy.cfg").read_text()
+    assert "local0 notice" in qcfg and "track-sc0" not in qcfg
+
+
+def test_front_door_ports_and_timeout_checked_against_the_plan():
+    from llmhost.frontdoor import port_problems
+
+    plan = plan_dict()
+    assert port_problems(plan, 8082, 8405, 1020) == []
+    bad = port_problems(plan, 8101, 8102, 600)
+    assert any("frontdoor_port: 8101 is also used by expert 'general'" in b for b in bad)
+    assert any("frontdoor_metrics_port: 8102 is also used by expert 'coder'" in b for b in bad)
+    assert any("frontdoor_timeout_server_s: 600 s does not outlast the start budget (900 s" in b for b in bad)

@@ -11,7 +11,7 @@ from llmhost.experts import ConfigError
 from llmhost import capabilities, frontdoor, install, systemd
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
-from llmhost.plan import GIB, Host, build_plan, default_reserved, find_results_bytes, summary
+from llmhost.plan import GIB, Host, build_plan, default_reserved, find_results_bytes, redact_env, summary
 
 
 def torch_source(arch: str, torch_spec: str, find_results: list, uri_results: list) -> dict:
@@ -74,7 +74,7 @@ def preload_env(stat_results: list, tcmalloc: bool, iomp: bool, arch: str) -> di
 
 def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
          weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None,
-         cpu_source: str = "affinity", expect_cpus: Any = None) -> dict:
+         cpu_source: str = "affinity", expect_cpus: Any = None, start_budget_s: Any = 900) -> dict:
     """The host plan as a dict; a config that cannot work fails the task with every problem."""
     cpu = cpu.get("cpu", cpu)
     key = "online_cpu_ids" if cpu_source == "online" else "cpu_ids"
@@ -85,9 +85,15 @@ def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = N
     if reserved_cores is None or reserved_cores == "":
         reserved_cores = default_reserved(max(len(cpus), expect or 0))
     try:
-        p = build_plan(experts, lazy, caps, host, reserved_cores=int(reserved_cores),
+        reserved = int(str(reserved_cores), 10)
+        budget = int(str(start_budget_s), 10)
+    except ValueError:
+        raise AnsibleFilterError("the experts config cannot work:\n  llmhost_reserved_cores and llmhost_start_budget_s "
+                                 f"are whole numbers, got {reserved_cores!r} and {start_budget_s!r}") from None
+    try:
+        p = build_plan(experts, lazy, caps, host, reserved_cores=reserved,
                        weights_bytes=weights_bytes or {}, strict=bool(strict),
-                       default_expert=default_expert or None, expect_cpus=expect)
+                       default_expert=default_expert or None, expect_cpus=expect, start_budget_s=budget)
     except ConfigError as e:
         raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     out = p.to_dict()
@@ -111,8 +117,12 @@ class FilterModule:
             "frontdoor_default": frontdoor.default_expert,
             "frontdoor_key_hashes": frontdoor.key_hashes,
             "frontdoor_exposure": frontdoor_exposure,
+            "frontdoor_port_problems": frontdoor.port_problems,
             "systemd_exec": systemd.exec_line,
             "systemd_env": systemd.env_file,
+            "stale_experts": systemd.stale_experts,
+            "redact_env": redact_env,
+            "port_holders": systemd.port_holders,
             "preload_env": preload_env,
             "plan_summary": summary,
             "weights_bytes": find_results_bytes,
