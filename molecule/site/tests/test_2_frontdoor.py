@@ -132,3 +132,16 @@ def test_a_stopped_expert_gives_503_json_while_the_other_answers(host, client):
 def test_front_door_metrics_on_loopback_only(host):
     assert host.socket("tcp://127.0.0.1:8405").is_listening
     assert "haproxy_backend_current_queue" in host.check_output("curl -s 127.0.0.1:8405/metrics")
+
+
+def test_one_access_line_per_request_in_the_journal(host, client):
+    since = host.check_output("date +%s")
+    client.chat.completions.create(model="general", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+    deadline = time.monotonic() + 20
+    while True:
+        lines = host.run(f"journalctl -t haproxy --since @{since} --no-pager -o cat").stdout
+        hits = [ln for ln in lines.splitlines() if "be_general/general" in ln and "model=general" in ln]
+        if hits or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert hits and " 200 " in hits[-1], lines[-2000:]

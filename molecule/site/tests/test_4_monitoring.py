@@ -41,6 +41,14 @@ def test_rules_loaded_and_only_loopback(host):
     assert host.socket("tcp://127.0.0.1:9100").is_listening
 
 
+def test_node_exporter_sees_the_expert_units_for_the_unit_alerts(host):
+    text = host.check_output("curl -s http://127.0.0.1:9100/metrics")
+    for eid in ("general", "coder"):
+        line = f'node_systemd_unit_state{{name="llmhost-expert-{eid}.service",state="active",type="exec"}} 1'
+        assert line in text, [ln for ln in text.splitlines() if "node_systemd_unit_state" in ln][:10]
+    assert 'node_systemd_unit_state{name="ssh.service"' not in text  # only the toolkit's units
+
+
 def run_probe(host):
     """One run of the answer probe timer's service, now; its textfile's samples."""
     host.run("systemctl start llmhost-probe.service")  # oneshot: returns when the run is over

@@ -72,6 +72,14 @@ def test_units_bind_disjoint_cores_and_kv_cache(host):
     assert [e["port"] for e in cfg["experts"]] == [8101, 8102]
 
 
+def test_crash_loops_end_and_env_files_are_private(host):
+    for expert in ("general", "coder"):
+        show = host.check_output(f"systemctl show -p StartLimitBurst -p StartLimitIntervalUSec llmhost-expert-{expert}")
+        assert "StartLimitBurst=5" in show, show
+        env = host.file(f"/etc/llmhost/experts/{expert}.env")
+        assert env.mode == 0o640 and env.user == "root" and env.group == "llmhost-vllm"
+
+
 def test_nothing_but_the_front_door_listens_beyond_loopback(host):
     out = host.check_output("ss -Hltnp")
     for line in out.splitlines():
@@ -127,10 +135,43 @@ def test_broken_model_rolls_back_while_the_other_expert_serves(host):
     assert r.returncode != 0
     out = " ".join((r.stdout + r.stderr).split())
     assert "expert 'coder' did not pass its health gate" in out, out[-3000:]
+    assert "Restored: " in out and "llmhost-expert-coder.service" in out, out[-3000:]
+    assert "the previous version (service) was started again and is active" in out, out[-3000:]
     assert host.file("/etc/systemd/system/llmhost-expert-coder.service").sha256sum == before
     assert host.service("llmhost-expert-coder").is_running
     assert "Paris" in (ask(host, "coder") or "")
     assert len(results) >= 5 and all(a and "Paris" in a for a in results), results
+
+
+def test_removing_two_experts_needs_confirmation_and_changes_nothing(host):
+    before = {e: host.file(f"/etc/systemd/system/llmhost-expert-{e}.service").sha256sum for e in PORTS}
+    r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host, general={"expert_id": "general2"},
+                                                                  coder={"expert_id": "coder2"})}),
+                 playbooks=("preflight", "experts"))
+    assert r.returncode != 0
+    out = " ".join((r.stdout + r.stderr).split())
+    assert "2 experts are on the host but not in the list (coder, general); nothing was changed" in out, out[-3000:]
+    assert {e: host.file(f"/etc/systemd/system/llmhost-expert-{e}.service").sha256sum for e in PORTS} == before
+    assert not host.file("/etc/systemd/system/llmhost-expert-general2.service").exists
+    assert all(host.service(f"llmhost-expert-{e}").is_running for e in PORTS)
+
+
+def test_a_renamed_expert_that_fails_gives_the_port_back_to_the_old_one(host):
+    """Renaming coder to coder2 (same port) with a model that cannot load: the old unit
+    is stopped to free the port, the new one fails its gate and is removed, and the old
+    one is started again and kept: pruning only ever runs after a successful deploy."""
+    host.run("mkdir -p /srv/models/broken && cp /srv/models/SmolLM2-135M-Instruct/*.json /srv/models/broken/ "
+             "&& head -c 1048576 /dev/urandom > /srv/models/broken/model.safetensors")
+    r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(
+        host, coder={"expert_id": "coder2", "model": "/srv/models/broken"})}), playbooks=("preflight", "experts"))
+    assert r.returncode != 0
+    out = " ".join((r.stdout + r.stderr).split())
+    assert "expert 'coder2' did not pass its health gate" in out, out[-3000:]
+    assert "there was no previous version" in out and "started again: coder" in out, out[-3000:]
+    assert host.file("/etc/systemd/system/llmhost-expert-coder.service").exists
+    assert not host.file("/etc/systemd/system/llmhost-expert-coder2.service").exists
+    assert host.service("llmhost-expert-coder").is_running
+    assert "Paris" in (ask(host, "coder") or "")
 
 
 # A chat template that scrambles the conversation (every message reversed): the model
