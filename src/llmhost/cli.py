@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import yaml
 from .capabilities import parse_cpuinfo
 from .experts import ConfigError
 from .legacy import import_legacy, loads_lenient
-from .plan import GIB, Host, build_plan, default_reserved, local_weights, memory_table
+from .plan import GIB, Host, Shared, build_plan, default_reserved, local_weights, memory_table, parse_shared
 
 DEFAULT_VLLM_VERSION = "0.32.0"
 
@@ -172,7 +173,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.cpuinfo:
         host, cpu_source = with_cpuinfo(host, args.cpuinfo)
         source += f"; {cpu_source}"
-    caps = load_caps(args.caps)
+    shared = parse_shared({k: hv.get(f"llmhost_{k}") for k in asdict(Shared())})
+    caps = load_caps(args.caps, shared.vllm_version)
     reserved = hv.get("llmhost_reserved_cores")
     if reserved is None:
         reserved = default_reserved(len(host.cpus))
@@ -187,7 +189,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = build_plan(hv.get("llmhost_experts"), hv.get("llmhost_lazy_loading"), caps, host,
                           reserved_cores=int(reserved), strict=args.strict,
                           weights_bytes=local_weights(hv.get("llmhost_experts")),
-                          default_expert=hv.get("llmhost_default_expert") or None)
+                          default_expert=hv.get("llmhost_default_expert") or None, shared=shared,
+                          start_budget_s=hv.get("llmhost_start_budget_s", 900))
     except ConfigError as e:
         print(f"{name}: the plan does not work:", file=sys.stderr)
         for p in e.problems:

@@ -71,7 +71,7 @@ def key_hashes(keys: Iterable[str]) -> list[str]:
     for k in keys:
         k = str(k).strip()
         if not k:
-            raise ValueError("frontdoor_api_keys: an empty key")
+            raise ValueError("llmhost_api_keys: an empty key")
         out.append(hashlib.sha256(k.encode()).hexdigest())
     return out
 
@@ -99,10 +99,10 @@ def exposure_problems(bind: str, port: int, api_keys: Iterable[str] | None, allo
     problems = []
     keys = [k for k in (api_keys or []) if str(k).strip()]
     if len(keys) != len(list(api_keys or [])):
-        problems.append("frontdoor_api_keys: an empty key")
+        problems.append("llmhost_api_keys: an empty key")
     if not is_loopback(bind) and not keys and not allow_anonymous:
         problems.append(
-            f"frontdoor_bind: {bind!r} opens port {port} to the network with no API key; set frontdoor_api_keys "
+            f"frontdoor_bind: {bind!r} opens port {port} to the network with no API key; set llmhost_api_keys "
             "(from ansible-vault, docs/frontdoor.md), or bind 127.0.0.1, or set frontdoor_allow_anonymous: true "
             "to serve anyone on purpose")
     if tls_cert is not None and not str(tls_cert).startswith("/"):

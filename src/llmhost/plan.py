@@ -12,8 +12,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from .experts import (AUTO_NAME, PROFILE_TABLE, TOOLKIT_PORTS, ConfigError, Expert, LazyLoading, assign_ports,
-                      parse_experts)
+from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, TOOLKIT_PORTS, ConfigError, Expert, LazyLoading,
+                      assign_ports, parse_experts)
 from .systemd import home_sandbox
 from .translate import Translation, translate
 
@@ -32,6 +32,58 @@ MEMORY_MAX_HEADROOM = 1.25
 
 
 @dataclass(frozen=True)
+class Shared:
+    """Inputs more than one role needs. Declared once, in the llmhost_plan role's
+    argument_specs (inventory names llmhost_<field>); the roles read them from the
+    plan's "shared" section, never from each other."""
+
+    vllm_version: str = "0.32.0"
+    venv: str = "/opt/vllm/venv"
+    config_dir: str = "/etc/llmhost"
+    frontdoor_port: int = 8082
+    frontdoor_metrics_bind: str = "127.0.0.1"
+    frontdoor_metrics_port: int = 8405
+
+
+def parse_shared(raw: Mapping[str, Any] | None) -> Shared:
+    """The shared inputs, typed; ConfigError naming the inventory variable otherwise."""
+    raw = {k: v for k, v in (raw or {}).items() if v not in (None, "")}
+    problems: list[str] = []
+    out: dict[str, Any] = {}
+    for name, default in asdict(Shared()).items():
+        v = raw.get(name, default)
+        if isinstance(default, int):
+            try:
+                v = int(str(v), 10)
+            except ValueError:
+                problems.append(f"llmhost_{name}: expected a port number, got {v!r}")
+                continue
+            if not 1 <= v <= 65535:
+                problems.append(f"llmhost_{name}: must be 1..65535, got {v}")
+        else:
+            v = str(v)
+            if CONTROL_RE.search(v):
+                problems.append(f"llmhost_{name}: control characters are not allowed")
+            elif name in ("venv", "config_dir") and not v.startswith("/"):
+                problems.append(f"llmhost_{name}: must be an absolute path on the host, got {v!r}")
+        out[name] = v
+    unknown = sorted(set(raw) - set(asdict(Shared())))
+    problems += [f"llmhost_plan_shared: unknown key {k!r}" for k in unknown]
+    if problems:
+        raise ConfigError(problems)
+    shared = Shared(**out)
+    if shared.frontdoor_port == shared.frontdoor_metrics_port:
+        raise ConfigError([f"llmhost_frontdoor_metrics_port: {shared.frontdoor_metrics_port} is the front door's port"])
+    return shared
+
+
+def toolkit_ports(shared: Shared) -> dict[int, str]:
+    """Every port the toolkit itself listens on, with this inventory's front door ports."""
+    return {**TOOLKIT_PORTS, shared.frontdoor_port: "the front door",
+            shared.frontdoor_metrics_port: "HAProxy's metrics endpoint"}
+
+
+@dataclass(frozen=True)
 class Host:
     cpus: tuple[int, ...]          # usable CPU ids, in order
     memory_bytes: int
@@ -44,8 +96,6 @@ class Host:
         return self.memory_bytes / GIB
 
 
-# Where each expert's reference answers land on the host (the probe timer reads them).
-HOST_REFERENCE_DIR = "/etc/llmhost/references"
 REFERENCE_FILE = "llmhost-reference.json"
 
 
@@ -101,6 +151,7 @@ class Plan:
     default_expert: str = ""
     folded: dict[str, Any] | None = None   # set when planned for more CPUs than this host has
     start_budget_s: int = DEFAULT_START_BUDGET_S
+    shared: Shared = Shared()
 
     def to_dict(self) -> dict[str, Any]:
         out = []
@@ -109,6 +160,7 @@ class Plan:
             out.append({
                 "expert_id": e.expert_id, "port": e.port, "backend_port": e.backend_port,
                 "domain": x.domain, "priority": x.priority, "profile": x.profile, "model": x.model,
+                "model_source": x.model_source,
                 "thresholds": {k: v for k, v in asdict(x.thresholds).items() if v is not None},
                 "preload_tcmalloc": PROFILE_TABLE[x.profile].preload_tcmalloc,
                 "cores": e.cores, "cpu_list": e.cpu_list,
@@ -123,14 +175,14 @@ class Plan:
                 "dtype_reason": e.translation.dtype.reason if e.translation.dtype else None,
                 "reference": e.reference, "reference_why": e.reference_why,
                 **dict(zip(("protect_home", "bind_read_only"), home_sandbox(x.model))),
-                "reference_on_host": f"{HOST_REFERENCE_DIR}/{e.expert_id}.json" if e.reference else None,
+                "reference_on_host": f"{self.shared.config_dir}/references/{e.expert_id}.json" if e.reference else None,
                 "env": e.translation.env, "report": [str(x) for x in e.translation.report],
             })
         return {"experts": out, "reserved_cores": self.reserved, "budget_gib": round(self.budget_gib, 2),
                 "loaded_at_once_gib": round(self.loaded_at_once_gib, 2),
                 "memory_gib": round(self.memory_gib, 2), "lazy_loading": asdict(self.lazy),
                 "default_expert": self.default_expert, "folded": self.folded,
-                "start_budget_s": self.start_budget_s,
+                "start_budget_s": self.start_budget_s, "shared": asdict(self.shared),
                 "warnings": self.warnings}
 
 
@@ -292,9 +344,11 @@ def build_plan(
     default_expert: str | None = None,
     expect_cpus: int | None = None,
     start_budget_s: Any = DEFAULT_START_BUDGET_S,
+    shared: Shared | None = None,
 ) -> Plan:
     """Everything a deploy needs, or ConfigError listing every problem."""
     experts, lazy = parse_experts(raw_experts, raw_lazy)
+    shared = shared or Shared()
     problems: list[str] = []
     lo, hi = START_BUDGET_RANGE
     if isinstance(start_budget_s, bool) or not isinstance(start_budget_s, int) or not lo <= start_budget_s <= hi:
@@ -364,7 +418,7 @@ def build_plan(
             weights_gib=w_gib, kv_cache_gib=e.kv_cache_gib, overhead_gib=overhead_gib,
             preload=preload, names=names[e.expert_id], translation=t, expert=e,
             reference=ref, reference_why=ref_why))
-    problems += port_problems(plans)
+    problems += port_problems(plans, toolkit_ports(shared))
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
     at_once = loaded_at_once(plans, lazy)
@@ -374,7 +428,8 @@ def build_plan(
             f"lazy_loading field 'max_loaded_experts': {lazy.max_loaded_experts} leaves no room for a lazy expert "
             f"next to the {sum(1 for p in plans if p.preload)} preloaded ones (preloaded experts are never "
             "stopped to make room); raise it, or lower warmup_pool_size")
-    plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert, folded, start_budget_s)
+    plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert, folded, start_budget_s,
+                shared)
     if plans and at_once > budget:
         problems.append(
             f"memory: the experts that can be loaded at once need {at_once:.1f} GiB, more than "
@@ -385,12 +440,14 @@ def build_plan(
     return plan
 
 
-def port_problems(plans: Sequence[ExpertPlan]) -> list[str]:
+def port_problems(plans: Sequence[ExpertPlan], toolkit: Mapping[int, str] = TOOLKIT_PORTS) -> list[str]:
     """Every port an expert listens on (its own, and a lazy one's backend) is free:
     no other expert's, none of the toolkit's, and a real TCP port."""
     owner: dict[int, str] = {}
     out: list[str] = []
     for p in plans:
+        if p.port in toolkit and p.port not in TOOLKIT_PORTS:  # this inventory's own front door ports
+            out.append(f"expert '{p.expert_id}' field 'port': {p.port} is {toolkit[p.port]}'s port")
         owner.setdefault(p.port, f"expert '{p.expert_id}'")
     for p in plans:
         if p.backend_port == p.port:
@@ -399,8 +456,8 @@ def port_problems(plans: Sequence[ExpertPlan]) -> list[str]:
                 f"{LAZY_BACKEND_OFFSET} = {p.backend_port}")
         if p.backend_port > 65535:
             out.append(f"{what}, beyond 65535; use a port below {65536 - LAZY_BACKEND_OFFSET}")
-        elif p.backend_port in TOOLKIT_PORTS:
-            out.append(f"{what}, which is {TOOLKIT_PORTS[p.backend_port]}'s port")
+        elif p.backend_port in toolkit:
+            out.append(f"{what}, which is {toolkit[p.backend_port]}'s port")
         elif p.backend_port in owner:
             out.append(f"{what}, which is also used by {owner[p.backend_port]}")
         else:

@@ -283,3 +283,35 @@ def translate(
 
 def _gib(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def live_caps_problems(live: Mapping[str, Any], experts: Any) -> list[str]:
+    """Where the installed vLLM would not take what the plan decided.
+
+    The plan is made before the install, from the capabilities file shipped for the
+    pinned version; the install stage runs this over the live probe: every option in
+    an expert's argv must exist with the same kind (and the value among its choices),
+    and every VLLM_CPU_* variable must be known."""
+    by_option = {spec["option"]: spec for spec in (live.get("flags") or {}).values()}
+    for spec in list(by_option.values()):
+        if spec.get("kind") == "bool_optional":
+            by_option["--no-" + spec["option"][2:]] = spec
+    cpu_env = set(live.get("cpu_env_vars") or [])
+    out: list[str] = []
+    for e in experts or []:
+        argv = list(e.get("argv") or [])
+        for i, tok in enumerate(argv):
+            if not str(tok).startswith("--"):
+                continue
+            spec = by_option.get(tok)
+            if spec is None:
+                out.append(f"expert '{e['expert_id']}': the installed vLLM {live.get('vllm_version')} has no {tok}")
+                continue
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if spec.get("choices") and nxt is not None and not str(nxt).startswith("--") \
+                    and str(nxt) not in spec["choices"]:
+                out.append(f"expert '{e['expert_id']}': the installed vLLM does not accept {tok} {nxt}")
+        for k in e.get("env") or {}:
+            if k.startswith("VLLM_CPU_") and k not in cpu_env:
+                out.append(f"expert '{e['expert_id']}': the installed vLLM does not know {k}")
+    return out

@@ -10,12 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import ansible_runner
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 NAME = "arm-a"
+# install.yml alone plans the host first (the plan names the venv, the version and the models)
+LOCAL_EXPERTS = ("-e", "@inventories/local/group_vars/llm_hosts/experts.yml", "-e", "llmhost_reserved_cores=0")
 pytestmark = pytest.mark.testhost
 
 
@@ -64,7 +67,7 @@ def test_install_stops_clearly_without_a_cpu_torch_source(arm_host):
     # what this machine can reach: PyPI only (no PyTorch CPU index, no aarch64 wheelhouse)
     r = playbook(inv, "playbooks/install.yml", "-e", json.dumps({
         "vllm_install_source": "pypi", "vllm_install_find_links": ["/opt/wheels"],
-        "vllm_install_extra_index_urls": ["https://pypi.org/simple"], "llmhost_experts": []}))
+        "vllm_install_extra_index_urls": ["https://pypi.org/simple"]}), *LOCAL_EXPERTS)
     out = " ".join(r.stdout.split())
     assert r.returncode != 0
     assert "no source of torch 2.13.0+cpu for aarch64" in out and "CUDA build" in out, r.stdout[-3000:]
@@ -77,7 +80,7 @@ def test_production_pip_command_for_aarch64(arm_host):
     _, inv = arm_host
     r = playbook(inv, "playbooks/install.yml", "-e", json.dumps({
         "vllm_install_source": "official", "vllm_install_find_links": [],
-        "vllm_install_extra_index_urls": ["https://download.pytorch.org/whl/cpu"], "llmhost_experts": []}))
+        "vllm_install_extra_index_urls": ["https://download.pytorch.org/whl/cpu"]}), *LOCAL_EXPERTS)
     out = " ".join(r.stdout.split())
     assert ("/opt/vllm/venv/bin/python -m pip install --extra-index-url=https://download.pytorch.org/whl/cpu "
             "torch==2.13.0+cpu https://github.com/vllm-project/vllm/releases/download/v0.32.0/"
@@ -116,11 +119,19 @@ def test_site_check_mode_renders_everything_for_aarch64(arm_host, tmp_path):
         e["model_source"] = "/var/cache/llmhost/models/SmolLM2-135M-Instruct"
     ev = tmp_path / "prod.json"
     ev.write_text(json.dumps({**prod, "llmhost_plan_cpu_source": "online", "smoke_test_fail_on_miss": False,
-                              "frontdoor_api_keys": ["sk-llmhost-arm-test"]}))
-    # install is skipped: its refusal without a CPU torch source is the test above
-    r = playbook(inv, "site.yml", "--check", "--diff", "--skip-tags", "verify,install", "-e", f"@{ev}")
-    out = r.stdout
-    assert r.returncode == 0, out[-5000:]
+                              "llmhost_api_keys": ["sk-llmhost-arm-test"]}))
+    # install is skipped: its refusal without a CPU torch source is the test above.
+    # Run through ansible-runner: its events say how often each task ran.
+    r = ansible_runner.run(private_data_dir=str(tmp_path / "runner"), project_dir=str(ROOT), playbook="site.yml",
+                           inventory=str(inv), cmdline=f"--check --diff --skip-tags verify,install -e @{ev}",
+                           envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+                           quiet=True, timeout=1800)
+    out = r.stdout.read()
+    assert r.rc == 0, out[-5000:]
+    probes = [e for e in r.events if e.get("event") == "runner_on_ok"
+              and e["event_data"].get("task", "").startswith("Probe the host CPU and memory")]
+    assert len(probes) == 1, f"the plan's probe ran {len(probes)} times in one site.yml run"
+    assert r.stats["changed"].get(NAME, 0) > 0 and not r.stats["failures"]
     assert "--dtype bfloat16" in out and "THP_MEM_ALLOC_ENABLE" in out
     assert "VLLM_CPU_OMP_THREADS_BIND" in out and "bind *:8082" in out
     assert "llmhost-expert-gemma-3" in out and "llmhost:ttft_seconds:p95_5m" in out

@@ -45,7 +45,7 @@ def test_closed_by_default_a_network_bind_needs_keys_or_an_explicit_anonymous():
     assert exposure_problems("*", 8082, ["sk-1"], False) == []
     assert exposure_problems("*", 8082, [], True) == []
     assert exposure_problems("127.0.0.1", 8082, [], False) == []
-    assert exposure_problems("*", 8082, ["sk-1", " "], False) == ["frontdoor_api_keys: an empty key"]
+    assert exposure_problems("*", 8082, ["sk-1", " "], False) == ["llmhost_api_keys: an empty key"]
     assert "absolute path" in exposure_problems("*", 8082, ["k"], False, "cert.pem")[0]
 
 

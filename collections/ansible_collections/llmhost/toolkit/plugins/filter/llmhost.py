@@ -8,10 +8,11 @@ from ansible.errors import AnsibleFilterError
 
 from llmhost import tuning
 from llmhost.experts import ConfigError
-from llmhost import capabilities, frontdoor, install, systemd
+from llmhost import capabilities, frontdoor, install, systemd, translate
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
-from llmhost.plan import GIB, Host, build_plan, default_reserved, find_results_bytes, redact_env, summary
+from llmhost.plan import (GIB, Host, build_plan, default_reserved, find_results_bytes, parse_shared, redact_env,
+                          summary)
 
 
 def torch_source(arch: str, torch_spec: str, find_results: list, uri_results: list) -> dict:
@@ -74,7 +75,8 @@ def preload_env(stat_results: list, tcmalloc: bool, iomp: bool, arch: str) -> di
 
 def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
          weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None,
-         cpu_source: str = "affinity", expect_cpus: Any = None, start_budget_s: Any = 900) -> dict:
+         cpu_source: str = "affinity", expect_cpus: Any = None, start_budget_s: Any = 900,
+         shared: Any = None) -> dict:
     """The host plan as a dict; a config that cannot work fails the task with every problem."""
     cpu = cpu.get("cpu", cpu)
     key = "online_cpu_ids" if cpu_source == "online" else "cpu_ids"
@@ -93,7 +95,8 @@ def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = N
     try:
         p = build_plan(experts, lazy, caps, host, reserved_cores=reserved,
                        weights_bytes=weights_bytes or {}, strict=bool(strict),
-                       default_expert=default_expert or None, expect_cpus=expect, start_budget_s=budget)
+                       default_expert=default_expert or None, expect_cpus=expect, start_budget_s=budget,
+                       shared=parse_shared(shared if isinstance(shared, dict) else None))
     except ConfigError as e:
         raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     out = p.to_dict()
@@ -122,6 +125,7 @@ class FilterModule:
             "systemd_env": systemd.env_file,
             "stale_experts": systemd.stale_experts,
             "redact_env": redact_env,
+            "live_caps_problems": translate.live_caps_problems,
             "port_holders": systemd.port_holders,
             "preload_env": preload_env,
             "plan_summary": summary,
