@@ -83,20 +83,6 @@ def parse_cpuinfo(text: str, machine: str) -> dict[str, Any]:
     return {"arch": "aarch64" if arm else machine, "model": model, "cpuinfo_cpus": ncpu, "isa": isa}
 
 
-def parse_lscpu_json(text: str) -> dict[str, str]:
-    """`lscpu -J` -> {field: data}, field names without the trailing colon."""
-    data = json.loads(text)
-    out: dict[str, str] = {}
-
-    def walk(items: list[dict[str, Any]]) -> None:
-        for it in items:
-            out[it["field"].rstrip(":")] = it.get("data") or ""
-            walk(it.get("children", []))
-
-    walk(data.get("lscpu", []))
-    return out
-
-
 def _flag_kind(action: argparse.Action) -> str:
     if isinstance(action, argparse.BooleanOptionalAction):
         return "bool_optional"

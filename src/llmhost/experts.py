@@ -110,11 +110,6 @@ class Expert:
     allow_emulated_dtype: bool = False
     reference: str | None = None
 
-    @property
-    def model_name(self) -> str:
-        """The model folder's name: an alias clients may use."""
-        return self.model.rstrip("/").rsplit("/", 1)[-1]
-
     def effective_engine(self) -> dict[str, Any]:
         """Profile defaults, overridden by the expert's own engine keys."""
         return {**PROFILE_TABLE[self.profile].engine, **self.engine}

@@ -228,20 +228,6 @@ def cpu_list(cores: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def parse_cpu_list(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out += range(int(a), int(b) + 1)
-        else:
-            out.append(int(part))
-    return out
-
-
 def split_cores(experts: Sequence[Expert], cpus: Sequence[int], reserved: int) -> tuple[dict[str, list[int]], list[int]]:
     """Disjoint, contiguous core ranges, one per expert.
 

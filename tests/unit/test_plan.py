@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from llmhost.capabilities import parse_cpuinfo, parse_lscpu_json
+from llmhost.capabilities import parse_cpuinfo
 from llmhost.cli import main, saved_capabilities
 from llmhost.experts import ConfigError, parse_experts
-from llmhost.plan import GIB, Host, build_plan, cpu_list, parse_cpu_list, split_cores
+from llmhost.plan import GIB, Host, build_plan, cpu_list, split_cores
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests/fixtures"
@@ -24,9 +24,8 @@ def experts(*prios, **extra):
              "weights_gib": 1.0, "kv_cache_gib": 1, **extra} for i, p in enumerate(prios)]
 
 
-def test_cpu_list_roundtrip():
+def test_cpu_list_is_compact():
     assert cpu_list([0, 1, 2, 5, 6, 9]) == "0-2,5-6,9"
-    assert parse_cpu_list("0-2,5-6,9") == [0, 1, 2, 5, 6, 9]
 
 
 def test_split_is_disjoint_covers_pool_and_follows_priority():
@@ -111,8 +110,6 @@ def test_a_model_in_a_home_is_bound_read_only_and_others_keep_protect_home():
 def test_neoverse_v2_fixtures():
     assert NV2["arch"] == "aarch64" and NV2["model"] == "Neoverse-V2" and NV2["cpuinfo_cpus"] == 32
     assert NV2["isa"]["bf16"] and NV2["isa"]["fp16"] and NV2["isa"]["sve2"] and NV2["isa"]["i8mm"]
-    ls = parse_lscpu_json((FIX / "lscpu-neoverse-v2.json").read_text())
-    assert ls["Model name"] == "Neoverse-V2" and ls["Thread(s) per core"] == "1" and ls["CPU(s)"] == "32"
     x86 = parse_cpuinfo((FIX / "cpuinfo-x86-zen4-2cpu.txt").read_text(), "x86_64")
     assert x86["isa"]["avx512"] and not x86["isa"]["fp16"] and x86["cpuinfo_cpus"] == 2
 
