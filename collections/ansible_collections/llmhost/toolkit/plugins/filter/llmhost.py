@@ -11,8 +11,8 @@ from llmhost.experts import ConfigError
 from llmhost import capabilities, frontdoor, install, systemd, translate
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
-from llmhost.plan import (GIB, Host, build_plan, default_reserved, find_results_bytes, parse_shared, redact_env,
-                          summary)
+from llmhost.plan import (GIB, Host, alert_budgets, build_plan, default_reserved, effective_config,
+                          find_results_bytes, parse_shared, redact_env, summary)
 
 
 def torch_source(arch: str, torch_spec: str, find_results: list, uri_results: list) -> dict:
@@ -125,6 +125,10 @@ class FilterModule:
             "systemd_env": systemd.env_file,
             "stale_experts": systemd.stale_experts,
             "redact_env": redact_env,
+            "alert_budgets": alert_budgets,
+            "effective_config": effective_config,
+            "expert_env": systemd.expert_env,
+            "expert_unit": systemd.expert_unit,
             "live_caps_problems": translate.live_caps_problems,
             "port_holders": systemd.port_holders,
             "preload_env": preload_env,
