@@ -81,3 +81,36 @@ def test_no_role_default_names_another_roles_prefix():
                 hits = [m for m in re.findall(rf"(?<![\w.])_{{0,2}}{other}_\w+", text)
                         if m.lstrip("_") != PLAN_FACT and not m.lstrip("_").startswith(role + "_")]
                 assert not hits, f"roles/{role}/defaults/main.yml reads {hits}"
+
+
+EXPORTS = {"llmhost_plan_result", "os_tuning_report", "vllm_install_capabilities"}
+
+
+def test_private_names_carry_the_double_underscore_prefix():
+    """Registered results, set_fact names and vars/main.yml keys are private (`__<role>_*`),
+    except the few a role exports (its README's Exports section names them)."""
+    bad = []
+    for role in ROLES:
+        base = ROOT / "roles" / role
+        vars_file = base / "vars/main.yml"
+        keys = list((yaml.safe_load(vars_file.read_text()) or {}).keys()) if vars_file.exists() else []
+        for f in sorted((base / "tasks").glob("*.yml")):
+            for task in _tasks(yaml.safe_load(f.read_text()) or []):
+                if "register" in task:
+                    keys.append(task["register"])
+                fact = task.get("ansible.builtin.set_fact")
+                if isinstance(fact, dict):
+                    keys += [k for k in fact if k != "cacheable"]
+        for k in keys:
+            if k not in EXPORTS and not k.startswith(f"__{role}_"):
+                bad.append(f"roles/{role}: {k}")
+    assert not bad, bad
+
+
+def _tasks(items):
+    for t in items:
+        if not isinstance(t, dict):
+            continue
+        yield t
+        for key in ("block", "rescue", "always"):
+            yield from _tasks(t.get(key) or [])

@@ -34,8 +34,8 @@ def plan_dict(lazy=None, default=None):
 
 def render(tmp_path, **extra):
     out = tmp_path / "haproxy"
-    ev = {"frontdoor_plan": plan_dict(extra.pop("lazy", None), extra.pop("default", None)), "frontdoor_dir": str(out),
-          "frontdoor_errors_dir": str(out / "errors"), "ansible_python_interpreter": sys.executable, **extra}
+    ev = {"frontdoor_plan": plan_dict(extra.pop("lazy", None), extra.pop("default", None)), "__frontdoor_dir": str(out),
+          "__frontdoor_errors_dir": str(out / "errors"), "ansible_python_interpreter": sys.executable, **extra}
     evf = tmp_path / "ev.json"
     evf.write_text(json.dumps(ev))
     r = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "tests/render/render-frontdoor.yml",

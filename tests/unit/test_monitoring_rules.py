@@ -28,7 +28,7 @@ def render(tmp_path):
     out = tmp_path / "prom"
     out.mkdir()
     ev = tmp_path / "ev.json"
-    ev.write_text(json.dumps({"monitoring_plan": p.to_dict(), "monitoring_config_dir": str(out),
+    ev.write_text(json.dumps({"monitoring_plan": p.to_dict(), "__monitoring_config_dir": str(out),
                               "ansible_python_interpreter": sys.executable}))
     r = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "tests/render/render-monitoring.yml",
                         "-e", f"@{ev}"], cwd=ROOT, capture_output=True, text=True, check=False,
