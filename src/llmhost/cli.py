@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from .capabilities import parse_cpuinfo
+from . import host as host_mod
 from .experts import ConfigError
 from .legacy import import_legacy, loads_lenient
-from .plan import GIB, Host, Shared, build_plan, default_reserved, local_weights, memory_table, parse_shared
+from .plan import Shared, build_plan, default_reserved, local_weights, memory_table, parse_shared
 
 DEFAULT_VLLM_VERSION = "0.32.0"
 
@@ -129,49 +129,11 @@ def inventory_hostvars(inventory: str, host: str | None) -> tuple[str, dict[str,
     return name, {k: v for k, v in hv.items() if k.startswith("llmhost_")}
 
 
-def cpu_profile(name: str) -> dict[str, Any]:
-    """A saved /proc/cpuinfo of a known CPU (llmhost/data/cpuinfo-NAME.txt), parsed."""
-    try:
-        text = resources.files("llmhost").joinpath("data", f"cpuinfo-{name}.txt").read_text()
-    except FileNotFoundError:
-        raise SystemExit(f"llmhost_host_expect.cpu: no saved cpuinfo for {name!r}") from None
-    return parse_cpuinfo(text, "aarch64" if "neoverse" in name else "x86_64")
-
-
-def host_from_vars(hv: dict[str, Any]) -> tuple[Host, str]:
-    """The host as the inventory describes it (offline), or else this machine."""
-    exp = hv.get("llmhost_host_expect")
-    if exp:
-        info = cpu_profile(exp["cpu"]) if exp.get("cpu") else {"arch": exp.get("arch", "x86_64"), "isa": {}}
-        return Host(tuple(range(int(exp["cpus"]))), int(float(exp["memory_gib"]) * GIB),
-                    exp.get("arch", info["arch"]), info.get("isa", {}), info.get("model", "")), \
-            "from llmhost_host_expect"
-    import psutil  # noqa: PLC0415
-
-    with open("/proc/cpuinfo") as f:
-        info = parse_cpuinfo(f.read(), os.uname().machine)
-    return Host(tuple(sorted(os.sched_getaffinity(0))), psutil.virtual_memory().total, info["arch"],
-                info["isa"], info["model"]), "no llmhost_host_expect: this machine's CPUs and memory"
-
-
-def with_cpuinfo(host: Host, path: str) -> tuple[Host, str]:
-    """The same host with the CPU of a saved /proc/cpuinfo (ISA, model, arch)."""
-    try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"--cpuinfo {path}: cannot read it ({e.__class__.__name__})") from None
-    arch = "aarch64" if "CPU implementer" in text else "x86_64"
-    info = parse_cpuinfo(text, arch)
-    if not info["cpuinfo_cpus"]:
-        raise SystemExit(f"--cpuinfo {path}: no 'processor' entries; not a /proc/cpuinfo")
-    return Host(host.cpus, host.memory_bytes, info["arch"], info["isa"], info["model"]), f"CPU from {path}"
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     name, hv = inventory_hostvars(args.inventory, args.host)
-    host, source = host_from_vars(hv)
+    host, source = host_mod.from_vars(hv)
     if args.cpuinfo:
-        host, cpu_source = with_cpuinfo(host, args.cpuinfo)
+        host, cpu_source = host_mod.with_cpuinfo(host, args.cpuinfo)
         source += f"; {cpu_source}"
     shared = parse_shared({k: hv.get(f"llmhost_{k}") for k in asdict(Shared())})
     caps = load_caps(args.caps, shared.vllm_version)

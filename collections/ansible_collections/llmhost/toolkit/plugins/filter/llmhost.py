@@ -9,9 +9,10 @@ from ansible.errors import AnsibleFilterError
 from llmhost import tuning
 from llmhost.experts import ConfigError
 from llmhost import capabilities, frontdoor, install, systemd, translate
+from llmhost import host as host_mod
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
-from llmhost.plan import (GIB, Host, alert_budgets, build_plan, default_reserved, effective_config,
+from llmhost.plan import (GIB, alert_budgets, build_plan, default_reserved, effective_config,
                           find_results_bytes, parse_shared, redact_env, summary)
 
 
@@ -78,14 +79,10 @@ def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = N
          cpu_source: str = "affinity", expect_cpus: Any = None, start_budget_s: Any = 900,
          shared: Any = None) -> dict:
     """The host plan as a dict; a config that cannot work fails the task with every problem."""
-    cpu = cpu.get("cpu", cpu)
-    key = "online_cpu_ids" if cpu_source == "online" else "cpu_ids"
-    cpus = cpu.get(key) or cpu.get("cpu_ids") or list(range(int(cpu["cpus"])))
-    host = Host(tuple(int(c) for c in cpus), int(cpu["memory_bytes"]), cpu.get("arch", "x86_64"),
-                cpu.get("isa", {}), cpu.get("model", ""))
+    host = host_mod.from_probe(cpu, cpu_source)
     expect = int(expect_cpus) if expect_cpus not in (None, "") else None
     if reserved_cores is None or reserved_cores == "":
-        reserved_cores = default_reserved(max(len(cpus), expect or 0))
+        reserved_cores = default_reserved(max(len(host.cpus), expect or 0))
     try:
         reserved = int(str(reserved_cores), 10)
         budget = int(str(start_budget_s), 10)
