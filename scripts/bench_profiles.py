@@ -26,6 +26,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,28 @@ OUT_TOKENS = 64
 SINGLE_REQUESTS = 8
 CONC_STREAMS = 4
 CONC_REQUESTS = 3
+
+
+@dataclass
+class LoadResult:
+    per_expert: dict[str, smoke.Stats]
+    wall_s: float
+    aggregate_tps: float           # all output tokens / wall time
+
+
+def run_load(base_url: str, experts: list[str], *, streams: int, requests_per_stream: int,
+             max_tokens: int, shared_prefix: bool, api_key: str | None = None) -> LoadResult:
+    """`streams` parallel streams for every expert at once, fixed output length (the smoke
+    test's worker pool, with every expert's streams in one pool)."""
+    system = [{"role": "system", "content": smoke.SHARED_SYSTEM_PROMPT}] if shared_prefix else []
+    jobs = [(e, system + [{"role": "user", "content": f"Request {k}-{j}. Describe a tidy desk in detail."}])
+            for j in range(requests_per_stream) for e in experts for k in range(streams)]
+    t0 = time.monotonic()
+    samples = smoke.stream_pool(base_url, jobs, max_tokens, api_key, workers=len(experts) * streams)
+    wall = time.monotonic() - t0
+    stats = {e: smoke.summarize([s for (m, _), s in zip(jobs, samples) if m == e]) for e in experts}
+    total = sum(st.output_tokens for st in stats.values())
+    return LoadResult(stats, wall, total / wall if wall > 0 else 0.0)
 
 
 def log(msg: str) -> None:
@@ -114,12 +137,12 @@ def deploy(st: dict, experts: list[dict], work: Path) -> None:
 
 
 def measure(url: str) -> dict:
-    smoke.run_load(url, ["general", "coder"], streams=1, requests_per_stream=1, max_tokens=8, shared_prefix=True)
+    run_load(url, ["general", "coder"], streams=1, requests_per_stream=1, max_tokens=8, shared_prefix=True)
     single = {}
     for e in ("general", "coder"):
-        single[e] = smoke.run_load(url, [e], streams=1, requests_per_stream=SINGLE_REQUESTS,
+        single[e] = run_load(url, [e], streams=1, requests_per_stream=SINGLE_REQUESTS,
                                    max_tokens=OUT_TOKENS, shared_prefix=True)
-    conc = smoke.run_load(url, ["general", "coder"], streams=CONC_STREAMS, requests_per_stream=CONC_REQUESTS,
+    conc = run_load(url, ["general", "coder"], streams=CONC_STREAMS, requests_per_stream=CONC_REQUESTS,
                           max_tokens=OUT_TOKENS, shared_prefix=True)
     return {"single": single, "concurrent": conc}
 

@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -324,6 +325,26 @@ def measured_prompt(i: int, label: str | None = None) -> str:
     return f"Request {i if label is None else label}. {QUESTIONS[i % len(QUESTIONS)]}"
 
 
+def stream_pool(base_url: str, jobs: Sequence[tuple[str, list[dict[str, str]]]], max_tokens: int,
+                api_key: str | None, *, workers: int,
+                progress: Callable[[int], None] = lambda n: None) -> list[Sample]:
+    """The one worker pool: stream every (model, messages) job, `workers` at a time,
+    fixed output length; samples in the order the jobs were given."""
+    done = 0
+    lock = threading.Lock()
+
+    def one(job: tuple[str, list[dict[str, str]]]) -> Sample:
+        nonlocal done
+        s = stream_chat(base_url, job[0], job[1], max_tokens, api_key, fixed_length=True)
+        with lock:
+            done += 1
+            progress(done)
+        return s
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(one, jobs))
+
+
 def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup: int, concurrency: int,
                max_tokens: int, shared_prefix: bool, api_key: str | None,
                progress: Callable[[str], None] = lambda s: None) -> ExpertResult:
@@ -337,26 +358,9 @@ def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup:
         progress(f"{eid}: warm-up {i + 1}/{warmup}")
         # its own text: a warm-up must not leave a measured prompt in the prefix cache
         stream_chat(base_url, eid, system + [{"role": "user", "content": f"Warm-up {i}. Say OK."}], 8, api_key)
-    samples: list[Sample] = []
-    lock = threading.Lock()
-    todo = list(range(repeat * concurrency))
-
-    def worker():
-        while True:
-            with lock:
-                if not todo:
-                    return
-                i = todo.pop(0)
-            s = stream_chat(base_url, eid, msgs(i), max_tokens, api_key, fixed_length=True)
-            with lock:
-                samples.append(s)
-                progress(f"{eid}: {len(samples)}/{repeat * concurrency} requests")
-
-    threads = [threading.Thread(target=worker) for _ in range(max(1, concurrency))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    total = repeat * concurrency
+    samples = stream_pool(base_url, [(eid, msgs(i)) for i in range(total)], max_tokens, api_key,
+                          workers=concurrency, progress=lambda n: progress(f"{eid}: {n}/{total} requests"))
     st = summarize(samples)
     res = ExpertResult(eid, st)
     for s in samples:
@@ -373,39 +377,6 @@ def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup:
     res.misses += [m for m in check_thresholds(eid, st, expert.get("thresholds") or {})
                    if not m.endswith("requests failed") or not res.misses]
     return res
-
-
-@dataclass
-class LoadResult:
-    per_expert: dict[str, Stats]
-    wall_s: float
-    aggregate_tps: float           # all output tokens / wall time
-
-
-def run_load(base_url: str, experts: Sequence[str], *, streams: int, requests_per_stream: int,
-             max_tokens: int, shared_prefix: bool, api_key: str | None = None) -> LoadResult:
-    """`streams` parallel streams for every expert at once, fixed output length."""
-    system = [{"role": "system", "content": SHARED_SYSTEM_PROMPT}] if shared_prefix else []
-    samples: dict[str, list[Sample]] = {e: [] for e in experts}
-    lock = threading.Lock()
-
-    def worker(expert: str, k: int) -> None:
-        for j in range(requests_per_stream):
-            msg = system + [{"role": "user", "content": f"Request {k}-{j}. Describe a tidy desk in detail."}]
-            s = stream_chat(base_url, expert, msg, max_tokens, api_key, fixed_length=True)
-            with lock:
-                samples[expert].append(s)
-
-    threads = [threading.Thread(target=worker, args=(e, k)) for e in experts for k in range(streams)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - t0
-    stats = {e: summarize(v) for e, v in samples.items()}
-    total = sum(st.output_tokens for st in stats.values())
-    return LoadResult(stats, wall, total / wall if wall > 0 else 0.0)
 
 
 def table(results: Sequence[ExpertResult], figures: bool = True) -> str:

@@ -89,3 +89,11 @@ def test_a_folded_host_reports_answers_but_no_figures():
     assert not set(sm.TIMING_FIELDS) & set(rep["experts"][0]) and rep["experts"][0]["requests"] == 5
     row = sm.table([r], figures=False).splitlines()[1]
     assert "100" not in row and "50.0" not in row and "+" in row
+
+
+def test_the_worker_pool_runs_every_job_once_in_order_and_reports_progress():
+    seen = []
+    jobs = [(f"m{i}", [{"role": "user", "content": str(i)}]) for i in range(7)]
+    samples = smoke.stream_pool("http://127.0.0.1:9", jobs, 4, None, workers=3, progress=seen.append)
+    assert len(samples) == 7 and all(s.error for s in samples)   # nothing listens on port 9
+    assert sorted(seen) == list(range(1, 8))
