@@ -27,10 +27,11 @@ from .experts import ConfigError
 from .legacy import import_legacy, loads_lenient
 from .plan import Shared, build_plan, default_reserved, local_weights, memory_table, parse_shared
 
-DEFAULT_VLLM_VERSION = "0.32.0"
+DEFAULT_VLLM_VERSION = Shared().vllm_version
 
 
 def saved_capabilities(version: str = DEFAULT_VLLM_VERSION) -> dict[str, Any]:
+    version = version or DEFAULT_VLLM_VERSION
     name = f"capabilities-vllm-{version}.json"
     try:
         text = resources.files("llmhost").joinpath("data", name).read_text()
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     il.add_argument("file")
     il.add_argument("--arch", default="aarch64", choices=["aarch64", "x86_64"],
                     help="target architecture for the verdicts (default: production's aarch64)")
-    il.add_argument("--caps", help="capabilities JSON (default: the saved one for vLLM 0.32.0)")
+    il.add_argument("--caps", help=f"capabilities JSON (default: the saved one for vLLM {DEFAULT_VLLM_VERSION})")
     il.set_defaults(func=cmd_import_legacy)
     pl = sub.add_parser("plan", help="print each expert's cores, memory, argv and env")
     pl.add_argument("-i", "--inventory", required=True)

@@ -37,7 +37,7 @@ class Shared:
     argument_specs (inventory names llmhost_<field>); the roles read them from the
     plan's "shared" section, never from each other."""
 
-    vllm_version: str = "0.32.0"
+    vllm_version: str = "0.32.0"      # the one pin of the vLLM release (capabilities-vllm-<v>.json ships with it)
     venv: str = "/opt/vllm/venv"
     config_dir: str = "/etc/llmhost"
     frontdoor_port: int = 8082
