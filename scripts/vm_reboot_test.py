@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import ansible_runner
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import testhost  # noqa: E402
@@ -135,17 +137,26 @@ def values(vm: VM) -> dict[str, str]:
     return {"swappiness": out[0].strip(), "thp": sel(out[1]), "sched": sel(out[2])}
 
 
-def converge(vm: VM, work: Path) -> subprocess.CompletedProcess:
+def converge(vm: VM, work: Path):
+    """playbooks/tune.yml on the VM through ansible-runner: its events give the
+    changed and failed counts and each task's time."""
     inv = work / "inventory.yml"
     inv.write_text(json.dumps({"all": {"children": {"llm_hosts": {"hosts": {"vm-tune": {
         "ansible_host": "127.0.0.1", "ansible_port": vm.port, "ansible_user": "root",
         "ansible_ssh_private_key_file": str(testhost.ssh_key()),
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}}}}}}))
     extra = {"os_tuning_io_schedulers": [{"kernel": "vd[a-z]*", "scheduler": WANT["sched"]}]}
-    bin_dir = Path(sys.executable).parent
-    return subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inv), "playbooks/tune.yml",
-                           "-e", json.dumps(extra)], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
+    return ansible_runner.run(private_data_dir=str(work / "runner"), project_dir=str(ROOT),
+                              playbook="playbooks/tune.yml", inventory=str(inv), extravars=extra,
+                              envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+                              quiet=True)
+
+
+def task_times(r) -> list[tuple[str, float]]:
+    """(task, seconds) of every finished task, slowest first."""
+    out = [(e["event_data"].get("task", "?"), float(e["event_data"].get("duration") or 0))
+           for e in r.events if e.get("event") in ("runner_on_ok", "runner_on_failed")]
+    return sorted(out, key=lambda x: -x[1])
 
 
 def main() -> int:
@@ -162,9 +173,11 @@ def main() -> int:
         before = values(vm)
         log(f"booted in {t:.0f} s; kernel defaults: {before}")
         r = converge(vm, work)
-        if r.returncode != 0:
-            print(r.stdout[-4000:])
+        if r.rc != 0:
+            print(r.stdout.read()[-4000:])
             return 1
+        log(f"converged: changed {sum(r.stats['changed'].values())}, failed {sum(r.stats['failures'].values())}; "
+            "slowest: " + ", ".join(f"{t} {s:.1f} s" for t, s in task_times(r)[:3]))
         live = values(vm)
         log(f"after converge: {live}")
         t = vm.reboot()
