@@ -394,14 +394,12 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int, keep: bo
     return st
 
 
-NEOVERSE_V2_FEATURES = (
-    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop "
-    "sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg dcpodp sve2 sveaes "
-    "svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svebf16 i8mm bf16 dgh rng bti")
+# The /proc/cpuinfo of a C4A-standard-32 that llmhost ships (the plan's unit tests use it too).
+NEOVERSE_V2_CPUINFO = Path(__file__).resolve().parent.parent / "src/llmhost/data/cpuinfo-neoverse-v2.txt"
 
 
 def neoverse_v2_files(ncpu: int = 32) -> tuple[Path, Path]:
-    """A sysfs CPU tree and a /proc/cpuinfo of a C4A-standard-32 (no SMT), made once."""
+    """A sysfs CPU tree of a C4A-standard-32 (no SMT), made once, and the shipped cpuinfo."""
     base = CACHE / "neoverse-v2"
     tree, info = base / "cpu", base / "cpuinfo"
     if (base / ".ready").exists():
@@ -412,7 +410,6 @@ def neoverse_v2_files(ncpu: int = 32) -> tuple[Path, Path]:
     for name, val in (("online", span), ("possible", span), ("present", span), ("offline", ""),
                       ("kernel_max", "511"), ("isolated", "")):
         (tree / name).write_text(val + "\n")
-    blocks = []
     for i in range(ncpu):
         c = tree / f"cpu{i}"
         (c / "regs/identification").mkdir(parents=True)
@@ -424,10 +421,7 @@ def neoverse_v2_files(ncpu: int = 32) -> tuple[Path, Path]:
                      ("thread_siblings_list", str(i)), ("core_siblings_list", span), ("cluster_cpus_list", span),
                      ("package_cpus_list", span), ("core_cpus_list", str(i))):
             (c / "topology" / k).write_text(v + "\n")
-        blocks.append(f"processor\t: {i}\nBogoMIPS\t: 2000.00\nFeatures\t: {NEOVERSE_V2_FEATURES}\n"
-                      "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd4f\n"
-                      "CPU revision\t: 1\n")
-    info.write_text("\n".join(blocks) + "\n")
+    shutil.copyfile(NEOVERSE_V2_CPUINFO, info)
     (base / ".ready").write_text("\n")
     return tree, info
 
