@@ -4,6 +4,7 @@ agree with `vllm bench serve`, and catch garbled output."""
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 from conftest import smoke
@@ -35,8 +36,28 @@ def test_an_impossible_budget_fails_naming_expert_and_figure(host, base_url, tmp
     assert re.search(r"FAIL coder: ttft_p50 \d+\.\d{3} s > budget 0.0001 s", r.stdout), r.stdout
 
 
+def quiet_probe_timer(host):
+    """Stop the answer probe timer (and wait out a run in progress): its probes share the
+    experts' cores, and a run during one of two timed series skews the comparison (a CI
+    run saw the bench's ITL median at 68 ms against 46 ms, 15 minutes after converge:
+    the timer's first run)."""
+    host.run("systemctl stop llmhost-probe.timer")
+    for _ in range(120):
+        if host.run("systemctl is-active --quiet llmhost-probe.service").rc != 0:
+            return
+        time.sleep(1)
+
+
 def test_medians_agree_with_vllm_bench_serve(host, base_url, tmp_path):
     """Same expert, same run, direct to its port: TTFT and TBT medians within 10 %."""
+    quiet_probe_timer(host)
+    try:
+        compare_with_vllm_bench_serve(host, base_url, tmp_path)
+    finally:
+        host.run("systemctl start llmhost-probe.timer")
+
+
+def compare_with_vllm_bench_serve(host, base_url, tmp_path):
     N = 16
     cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
     port = [e for e in cfg["experts"] if e["expert_id"] == "general"][0]["backend_port"]
