@@ -146,8 +146,11 @@ def converge(vm: VM, work: Path):
         "ansible_ssh_private_key_file": str(testhost.ssh_key()),
         "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}}}}}}))
     extra = {"os_tuning_io_schedulers": [{"kernel": "vd[a-z]*", "scheduler": WANT["sched"]}]}
+    (work / "runner").mkdir(exist_ok=True)
     return ansible_runner.run(private_data_dir=str(work / "runner"), project_dir=str(ROOT),
-                              playbook="playbooks/tune.yml", inventory=str(inv), extravars=extra,
+                              # with `binary`, the playbook goes on the command line
+                              binary=str(Path(sys.executable).parent / "ansible-playbook"),
+                              cmdline="playbooks/tune.yml", inventory=str(inv), extravars=extra,
                               envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
                               quiet=True)
 

@@ -122,8 +122,11 @@ def test_site_check_mode_renders_everything_for_aarch64(arm_host, tmp_path):
                               "llmhost_api_keys": ["sk-llmhost-arm-test"]}))
     # install is skipped: its refusal without a CPU torch source is the test above.
     # Run through ansible-runner: its events say how often each task ran.
-    r = ansible_runner.run(private_data_dir=str(tmp_path / "runner"), project_dir=str(ROOT), playbook="site.yml",
-                           inventory=str(inv), cmdline=f"--check --diff --skip-tags verify,install -e @{ev}",
+    (tmp_path / "runner").mkdir()
+    # (with `binary`, ansible-runner leaves the playbook to the command line)
+    r = ansible_runner.run(private_data_dir=str(tmp_path / "runner"), project_dir=str(ROOT),
+                           binary=str(BIN / "ansible-playbook"),
+                           inventory=str(inv), cmdline=f"site.yml --check --diff --skip-tags verify,install -e @{ev}",
                            envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
                            quiet=True, timeout=1800)
     out = r.stdout.read()
