@@ -2,7 +2,7 @@
 inputs declared once in the llmhost_plan role; never another role's variables.
 
 A role's variables start with its name (`frontdoor_port`), private ones with
-`__<role>_`. The plan reaches a role as `<role>_plan: "{{ llmhost_host_plan }}"`.
+`__<role>_`. The plan reaches a role as `<role>_plan: "{{ llmhost_plan_host }}"`.
 Shared inputs are `llmhost_*` names declared in roles/llmhost_plan/meta/argument_specs.yml
 (or resolved into the plan's "shared" section).
 """
@@ -21,7 +21,7 @@ ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "meta/argument
 NOT_VARIABLES = re.compile(r"^llmhost_(key_ok|routed|probe|probe_\w+|plan)$|^frontdoor_(errors|responses)$")
 COMMENT = re.compile(r"^[ \t]*#[^\n]*|\{#.*?#\}", re.M | re.S)
 MAPPING_KEY = re.compile(r"^[ \t]+[a-z_]+:", re.M)   # keys of a mapping value, e.g. the plan's shared fields
-PLAN_FACT = "llmhost_host_plan"
+PLAN_FACT = "llmhost_plan_host"
 
 
 def shared_inputs() -> set[str]:
@@ -83,7 +83,7 @@ def test_no_role_default_names_another_roles_prefix():
                 assert not hits, f"roles/{role}/defaults/main.yml reads {hits}"
 
 
-EXPORTS = {"llmhost_host_plan", "os_tuning_report", "vllm_install_capabilities"}
+EXPORTS = {"llmhost_plan_host", "os_tuning_report", "vllm_install_capabilities"}
 
 
 def test_private_names_carry_the_double_underscore_prefix():
