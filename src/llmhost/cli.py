@@ -25,7 +25,7 @@ import yaml
 from . import host as host_mod
 from .experts import ConfigError
 from .legacy import import_legacy, loads_lenient
-from .plan import Shared, build_plan, default_reserved, local_weights, memory_table, parse_shared
+from .plan import DEFAULT_START_BUDGET_S, Shared, build_plan, default_reserved, local_weights, memory_table, parse_shared
 
 DEFAULT_VLLM_VERSION = Shared().vllm_version
 
@@ -153,7 +153,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           reserved_cores=int(reserved), strict=args.strict,
                           weights_bytes=local_weights(hv.get("llmhost_experts")),
                           default_expert=hv.get("llmhost_default_expert") or None, shared=shared,
-                          start_budget_s=hv.get("llmhost_start_budget_s", 900))
+                          start_budget_s=hv.get("llmhost_start_budget_s", DEFAULT_START_BUDGET_S))
     except ConfigError as e:
         print(f"{name}: the plan does not work:", file=sys.stderr)
         for p in e.problems:

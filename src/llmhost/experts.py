@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 # Names (docs/experts.md "Names"). An expert id is also a systemd unit name part, a
 # file name and an HAProxy backend: lower-case letters, digits, '.', '_' and '-',
@@ -28,8 +28,8 @@ ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # Control characters (newline included) would let a value start a new line in a
 # unit, an env file or a map file: refused in every string field.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-# Ports the toolkit itself uses with its default settings; the front door and
-# monitoring roles also check their configured ports against the plan's.
+# Ports the toolkit itself uses with its default settings (the plan adds this
+# inventory's front door ports and checks every expert port against them).
 TOOLKIT_PORTS = {8082: "the front door", 8405: "HAProxy's metrics endpoint", 9090: "Prometheus",
                  9100: "node exporter"}
 PRIORITY_MAX = 1000
@@ -267,8 +267,6 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     port = raw.get("port")
     if port is not None and not 1024 <= port <= 65535:
         problems.append(f"{who} field 'port': must be 1024..65535, got {port}")
-    if port in TOOLKIT_PORTS:
-        problems.append(f"{who} field 'port': {port} is {TOOLKIT_PORTS[port]}'s port")
     kv = raw.get("kv_cache_gib", 4)
     if kv <= 0:
         problems.append(f"{who} field 'kv_cache_gib': must be > 0, got {kv}")
@@ -313,8 +311,11 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     ), []
 
 
-def assign_ports(experts: Sequence[Expert], base: int = DEFAULT_PORT_BASE) -> dict[str, int]:
-    """Explicit ports stay; the others get base, base+1, ... in list order, skipping used ones."""
+def assign_ports(experts: Sequence[Expert], base: int = DEFAULT_PORT_BASE,
+                 avoid: Iterable[int] = TOOLKIT_PORTS) -> dict[str, int]:
+    """Explicit ports stay; the others get base, base+1, ... in list order, skipping used
+    ones and the toolkit's own (`avoid`)."""
+    avoid = set(avoid)
     used = {e.port for e in experts if e.port is not None}
     out: dict[str, int] = {}
     nxt = base
@@ -322,7 +323,7 @@ def assign_ports(experts: Sequence[Expert], base: int = DEFAULT_PORT_BASE) -> di
         if e.port is not None:
             out[e.expert_id] = e.port
             continue
-        while nxt in used or nxt in TOOLKIT_PORTS:
+        while nxt in used or nxt in avoid:
             nxt += 1
         out[e.expert_id] = nxt
         used.add(nxt)

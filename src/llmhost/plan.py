@@ -347,7 +347,7 @@ def build_plan(
         general = [e for e in experts if e.domain == "general"] or experts
         default_expert = sorted(general, key=lambda e: (-e.priority, ids.index(e.expert_id)))[0].expert_id
     caps = {**caps, "cpu": {**caps.get("cpu", {}), "arch": host.arch, "isa": dict(host.isa), "model": host.model}}
-    ports = assign_ports(experts)
+    ports = assign_ports(experts, avoid=toolkit_ports(shared))
     folded: dict[str, Any] | None = None
     if expect_cpus and expect_cpus > len(host.cpus):
         # A staging host smaller than the one the inventory describes: plan the real
@@ -370,8 +370,8 @@ def build_plan(
                             f"the default expert ('{default_expert}'); only that expert may carry it")
     # "auto" (the old router's choice) is served by the default expert itself, so
     # vLLM accepts it when the front door sends such a request there.
-    if not any("auto" in n for n in names.values()):
-        names[default_expert] = [*names[default_expert], "auto"]
+    if not any(AUTO_NAME in n for n in names.values()):
+        names[default_expert] = [*names[default_expert], AUTO_NAME]
     by_priority = sorted(experts, key=lambda e: (-e.priority, experts.index(e)))
     preload_ids = {e.expert_id for e in (by_priority[:lazy.warmup_pool_size] if lazy.enabled else experts)}
     plans: list[ExpertPlan] = []
@@ -432,7 +432,7 @@ def port_problems(plans: Sequence[ExpertPlan], toolkit: Mapping[int, str] = TOOL
     owner: dict[int, str] = {}
     out: list[str] = []
     for p in plans:
-        if p.port in toolkit and p.port not in TOOLKIT_PORTS:  # this inventory's own front door ports
+        if p.port in toolkit:
             out.append(f"expert '{p.expert_id}' field 'port': {p.port} is {toolkit[p.port]}'s port")
         owner.setdefault(p.port, f"expert '{p.expert_id}'")
     for p in plans:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
+from .experts import CONTROL_RE, RESERVED_SUFFIX
+
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def quote_arg(arg: object) -> str:
@@ -22,7 +21,7 @@ def quote_arg(arg: object) -> str:
     if s and _PLAIN.match(s):
         return s
     s = s.replace("\\", "\\\\").replace('"', '\\"')
-    s = _CONTROL.sub(lambda m: {"\n": "\\n", "\t": "\\t"}.get(m.group(), f"\\x{ord(m.group()):02x}"), s)
+    s = CONTROL_RE.sub(lambda m: {"\n": "\\n", "\t": "\\t"}.get(m.group(), f"\\x{ord(m.group()):02x}"), s)
     return '"' + s + '"'
 
 
@@ -76,7 +75,6 @@ def home_sandbox(model_path: str) -> tuple[str, list[str]]:
 
 
 UNIT_PREFIX = "llmhost-expert-"
-PROXY_SUFFIX = "-proxy"
 
 
 def expert_of_unit(name: str) -> str | None:
@@ -88,8 +86,8 @@ def expert_of_unit(name: str) -> str | None:
     stem, dot, kind = name[len(UNIT_PREFIX):].rpartition(".")
     if not dot or not stem or kind not in ("service", "socket"):
         return None
-    if stem.endswith(PROXY_SUFFIX):
-        return stem[:-len(PROXY_SUFFIX)] or None
+    if stem.endswith(RESERVED_SUFFIX):
+        return stem[:-len(RESERVED_SUFFIX)] or None
     return stem if kind == "service" else None
 
 

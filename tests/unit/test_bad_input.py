@@ -182,10 +182,15 @@ PLAN_CLI_CASES = [
 @pytest.mark.parametrize("case,body,extra,expect", PLAN_CLI_CASES, ids=[c[0] for c in PLAN_CLI_CASES])
 def test_plan_cli_says_one_line_and_exits_1(tmp_path, capsys, case, body, extra, expect):
     inv = _inventory(tmp_path, body)
-    rc = main(["plan", "-i", str(inv), *extra])
+    refused(main(["plan", "-i", str(inv), *extra]), capsys, expect)
+
+
+def refused(rc: int, capsys, expect: str) -> str:
+    """The CLI exited 1 with the expected words and no traceback; its stderr."""
     err = capsys.readouterr().err
-    assert rc == 1, f"{case}: exit {rc}"
+    assert rc == 1, f"exit {rc}: {err}"
     assert "Traceback" not in err and expect in err, err
+    return err
 
 
 LEGACY_CASES = [
@@ -223,10 +228,7 @@ LEGACY_CASES = [
 def test_import_legacy_refuses_with_one_line_each(tmp_path, capsys, case, text, expect):
     f = tmp_path / "config.json"
     f.write_text(text)
-    rc = main(["import-legacy", str(f)])
-    err = capsys.readouterr().err
-    assert rc == 1, f"{case}: exit {rc}\n{err}"
-    assert "Traceback" not in err and expect in err, err
+    refused(main(["import-legacy", str(f)]), capsys, expect)
 
 
 @pytest.mark.parametrize("case", ["binary", "directory", "deep nesting", "missing"])
@@ -238,9 +240,8 @@ def test_import_legacy_files_that_are_not_configs(tmp_path, capsys, case):
         f.mkdir()
     elif case == "deep nesting":
         f.write_text("[" * 100_000 + "]" * 100_000)
-    rc = main(["import-legacy", str(f)])
-    err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    err = refused(main(["import-legacy", str(f)]), capsys, str(f))
+    assert len(err.strip().splitlines()) == 1, err
 
 
 # --- property: no JSON value makes the importer raise ----------------------------------------

@@ -42,7 +42,7 @@ def test_good_config_parses_with_defaults():
     (lambda x: x[0].pop("model") and None, "general", "model"),
     (lambda x: x[0].update(model="models/a"), "general", "model"),
     (lambda x: x[0].update(profile="fastest"), "general", "profile"),
-    (lambda x: x[1].update(port=8082), "coder", "port"),
+    (lambda x: x[1].update(port=80), "coder", "port"),
     (lambda x: x[1].update(kv_cache_gib=0), "coder", "kv_cache_gib"),
     (lambda x: x[1].update(cores=0), "coder", "cores"),
     (lambda x: x[1].update(engine={"Max-Num-Seqs": 4}), "coder", "engine.Max-Num-Seqs"),
@@ -71,7 +71,7 @@ def test_bad_lazy_loading_names_field(lazy, field):
 
 
 def test_every_problem_reported_at_once():
-    msg = bad(lambda x: (x[0].update(priority="x"), x[1].update(port=8082)) and None)
+    msg = bad(lambda x: (x[0].update(priority="x"), x[1].update(port=80)) and None)
     assert "expert 'general' field 'priority'" in msg and "expert 'coder' field 'port'" in msg
 
 

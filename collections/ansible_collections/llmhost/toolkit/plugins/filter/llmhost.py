@@ -12,7 +12,7 @@ from llmhost import capabilities, frontdoor, install, systemd, translate
 from llmhost import host as host_mod
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
-from llmhost.plan import (GIB, alert_budgets, build_plan, default_reserved, effective_config,
+from llmhost.plan import (DEFAULT_START_BUDGET_S, GIB, alert_budgets, build_plan, default_reserved, effective_config,
                           find_results_bytes, parse_shared, redact_env, summary)
 
 
@@ -76,7 +76,7 @@ def preload_env(stat_results: list, tcmalloc: bool, iomp: bool, arch: str) -> di
 
 def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
          weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None,
-         cpu_source: str = "affinity", expect_cpus: Any = None, start_budget_s: Any = 900,
+         cpu_source: str = "affinity", expect_cpus: Any = None, start_budget_s: Any = DEFAULT_START_BUDGET_S,
          shared: Any = None) -> dict:
     """The host plan as a dict; a config that cannot work fails the task with every problem."""
     host = host_mod.from_probe(cpu, cpu_source)
