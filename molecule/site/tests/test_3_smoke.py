@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from conftest import smoke
-from llmhost.smoke import measured_prompt
+import pytest
+from llmhost.smoke import Sample, measured_prompt, summarize
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 
@@ -38,9 +39,7 @@ def test_an_impossible_budget_fails_naming_expert_and_figure(host, base_url, tmp
 
 def quiet_probe_timer(host):
     """Stop the answer probe timer (and wait out a run in progress): its probes share the
-    experts' cores, and a run during one of two timed series skews the comparison (a CI
-    run saw the bench's ITL median at 68 ms against 46 ms, 15 minutes after converge:
-    the timer's first run)."""
+    experts' cores and would skew the figures printed below."""
     host.run("systemctl stop llmhost-probe.timer")
     for _ in range(120):
         if host.run("systemctl is-active --quiet llmhost-probe.service").rc != 0:
@@ -48,8 +47,12 @@ def quiet_probe_timer(host):
         time.sleep(1)
 
 
-def test_medians_agree_with_vllm_bench_serve(host, base_url, tmp_path):
-    """Same expert, same run, direct to its port: TTFT and TBT medians within 10 %."""
+def test_metrics_agree_with_vllm_bench_serve(host, base_url, tmp_path):
+    """Same expert, same run: llmhost's arithmetic over vllm bench serve's own per-request
+    timings gives vllm's medians and p95s exactly, and both clients get the fixed output
+    length. The two live medians are printed, not compared: two timed series run one after
+    the other on a 2-core host differed by 14 % in one CI run (TBT 45 against 52 ms) with
+    nothing wrong in either; figures belong to `make bench`."""
     quiet_probe_timer(host)
     try:
         compare_with_vllm_bench_serve(host, base_url, tmp_path)
@@ -58,7 +61,7 @@ def test_medians_agree_with_vllm_bench_serve(host, base_url, tmp_path):
 
 
 def compare_with_vllm_bench_serve(host, base_url, tmp_path):
-    N = 16
+    N, OUT = 16, 64
     cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
     port = [e for e in cfg["experts"] if e["expert_id"] == "general"][0]["backend_port"]
     # llmhost smoke's own prompts as a custom dataset, labelled "Request H. ..." where
@@ -76,19 +79,29 @@ def compare_with_vllm_bench_serve(host, base_url, tmp_path):
         "p = P(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))' "
         f"--backend openai-chat --endpoint /v1/chat/completions --base-url http://127.0.0.1:{port} "
         "--model general --tokenizer /srv/models/SmolLM2-135M-Instruct --dataset-name custom "
-        f"--dataset-path /tmp/prompts.jsonl --custom-output-len 64 --num-prompts {N} --max-concurrency 1 "
+        f"--dataset-path /tmp/prompts.jsonl --custom-output-len {OUT} --num-prompts {N} --max-concurrency 1 "
         # The custom dataset applies the chat template itself unless told not to; the
         # chat endpoint then applies it again: a prompt twice as long as ours.
         "--skip-chat-template "
-        "--ignore-eos --save-result --result-filename bench.json --percentile-metrics ttft,itl")
+        "--ignore-eos --save-result --save-detailed --result-filename bench.json "
+        "--percentile-metrics ttft,itl --metric-percentiles 50,95")
     assert bench.rc == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
     b = json.loads(host.file("/tmp/bench.json").content_string)
-    # ours: from the controller through the front door (the JSON is written pass or fail)
-    smoke(host, base_url, tmp_path, "--expert", "general", "--repeat", str(N), "--max-tokens", "64",
+    assert b["completed"] == N and b["total_output_tokens"] == N * OUT, {k: b.get(k) for k in ("completed", "total_output_tokens")}
+
+    # Aggregation: vllm's raw per-request TTFTs and ITLs through llmhost's summarize()
+    raw = [Sample(ttft_s=t, itls_s=list(itl), e2e_s=0.0, output_tokens=OUT, prompt_tokens=0, text="x")
+           for t, itl in zip(b["ttfts"], b["itls"], strict=True)]
+    st = summarize(raw)
+    for ours_field, theirs in (("ttft_p50_s", "median_ttft_ms"), ("ttft_p95_s", "p95_ttft_ms"),
+                               ("tbt_p50_s", "median_itl_ms"), ("tbt_p95_s", "p95_itl_ms")):
+        assert getattr(st, ours_field) * 1000 == pytest.approx(b[theirs], rel=1e-9), (ours_field, theirs)
+
+    # ours, live: from the controller through the front door (the JSON is written pass or fail)
+    smoke(host, base_url, tmp_path, "--expert", "general", "--repeat", str(N), "--max-tokens", str(OUT),
           "--json", str(tmp_path / "s.json"))
     ours = json.loads((tmp_path / "s.json").read_text())["experts"][0]
-    ttft_b, itl_b = b["median_ttft_ms"] / 1000, b["median_itl_ms"] / 1000
-    print(f"vllm bench serve: TTFT median {ttft_b * 1000:.1f} ms, ITL median {itl_b * 1000:.1f} ms; "
-          f"llmhost smoke: TTFT median {ours['ttft_p50_s'] * 1000:.1f} ms, TBT median {ours['tbt_p50_s'] * 1000:.1f} ms")
-    assert abs(ours["tbt_p50_s"] - itl_b) / itl_b <= 0.10, (ours["tbt_p50_s"], itl_b)
-    assert abs(ours["ttft_p50_s"] - ttft_b) / ttft_b <= 0.10, (ours["ttft_p50_s"], ttft_b)
+    assert ours["errors"] == 0 and ours["output_tokens"] == N * OUT, ours
+    print(f"vllm bench serve (direct): TTFT median {b['median_ttft_ms']:.1f} ms, ITL median {b['median_itl_ms']:.1f} ms; "
+          f"llmhost smoke (front door): TTFT median {ours['ttft_p50_s'] * 1000:.1f} ms, "
+          f"TBT median {ours['tbt_p50_s'] * 1000:.1f} ms")
