@@ -25,7 +25,9 @@ import yaml
 from . import host as host_mod
 from .experts import ConfigError
 from .legacy import import_legacy, loads_lenient
-from .plan import DEFAULT_START_BUDGET_S, Shared, build_plan, default_reserved, local_weights, memory_table, parse_shared
+from .model_files import local_weights
+from .plan import DEFAULT_START_BUDGET_S, Shared, build_plan, default_reserved, parse_shared
+from .plan_text import memory_table
 
 DEFAULT_VLLM_VERSION = Shared().vllm_version
 

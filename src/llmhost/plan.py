@@ -1,19 +1,21 @@
 """The host plan: disjoint cores and a memory budget for co-located experts.
 
-Pure functions over validated experts and host facts. `build_plan` ties schema,
+Pure functions over validated experts and host facts; reading the controller's
+files is `model_files`, printing a plan is `plan_text`. `build_plan` ties schema,
 capabilities and translation together; the Ansible filter `llmhost.toolkit.plan`
 and `llmhost plan` both call it, so the CLI shows exactly what a run would do.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, TOOLKIT_PORTS, ConfigError, Expert, LazyLoading,
                       assign_ports, parse_experts)
+from .model_files import reference_for
+from .plan_text import memory_table
 from .systemd import home_sandbox
 from .translate import Translation, translate
 
@@ -96,22 +98,6 @@ class Host:
         return self.memory_bytes / GIB
 
 
-REFERENCE_FILE = "llmhost-reference.json"
-
-
-def reference_for(e: Expert) -> tuple[str | None, str]:
-    """The controller-side reference answers file of an expert, or (None, why there is none).
-
-    An explicit `reference` wins; else the file scripts/build-model leaves beside
-    a model_source. Reads the controller's filesystem (the plan runs there)."""
-    if e.reference:
-        return e.reference, "expert field 'reference'"
-    if e.model_source and os.path.isfile(os.path.join(e.model_source, REFERENCE_FILE)):
-        return os.path.join(e.model_source, REFERENCE_FILE), "beside model_source"
-    return None, ("no reference answers for this model: make them once with "
-                  "`scripts/build-model --reference MODEL_DIR` and set the expert's 'reference'")
-
-
 # A lazily loaded expert's vLLM listens here (port + offset); systemd's socket
 # holds the expert's own port and starts the model on the first connection.
 LAZY_BACKEND_OFFSET = 10000
@@ -186,34 +172,6 @@ class Plan:
                 "warnings": self.warnings}
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-
-
-def model_bytes(folder: str) -> int | None:
-    """Size of the weight files in a model folder, or None when it is not readable here."""
-    if not os.path.isdir(folder):
-        return None
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith(WEIGHT_SUFFIXES))
-    return total or None
-
-
-def local_weights(raw_experts: Any) -> dict[str, int]:
-    """Weights read from the model folder, or from model_source on the controller."""
-    out: dict[str, int] = {}
-    for raw in raw_experts if isinstance(raw_experts, list) else []:
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("expert_id"), str):
-            continue
-        for key in ("model", "model_source"):
-            if isinstance(raw.get(key), str):
-                b = model_bytes(raw[key])
-                if b:
-                    out[raw["expert_id"]] = b
-                    break
-    return out
-
-
 def cpu_list(cores: Sequence[int]) -> str:
     """[0,1,2,5,6] -> "0-2,5-6" (the syntax of CPUAffinity and VLLM_CPU_OMP_THREADS_BIND)."""
     parts: list[str] = []
@@ -286,37 +244,6 @@ def default_reserved(ncpus: int) -> int:
     return 0 if ncpus < 8 else 2
 
 
-def find_results_bytes(experts: Any, results: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Weights per expert from Ansible find results on the host, falling back to the controller."""
-    out = local_weights(experts)
-    for r in results or []:
-        item = r.get("item") or {}
-        files = r.get("files") or []
-        total = sum(int(f.get("size", 0)) for f in files)
-        if isinstance(item, Mapping) and total:
-            out[str(item.get("expert_id"))] = total
-    return out
-
-
-def summary(plan: Mapping[str, Any]) -> list[str]:
-    """Short human lines of a plan dict, for the play output."""
-    lines = [f"budget {plan['budget_gib']} GiB, loaded at once {plan['loaded_at_once_gib']} GiB, "
-             f"reserved CPUs {plan['reserved_cores'] or 'none'}"]
-    if plan.get("folded"):
-        f = plan["folded"]
-        lines.insert(0, f"FOLDED: planned for {f['expected_cpus']} CPUs, running on {f['host_cpus']}; "
-                        "no performance figures from this host")
-    for e in plan["experts"]:
-        lines.append(f"{e['expert_id']}: port {e['port']}, CPUs {e['cpu_list']}, {e['memory_gib']} GiB, "
-                     f"{'preload' if e['preload'] else 'lazy'}; names {', '.join(e['names'])}")
-        if e.get("dtype"):
-            lines.append(f"  dtype {e['dtype']} ({e['dtype_reason']})")
-        lines.append(f"  reference answers: {e['reference'] or 'none'} ({e['reference_why']})")
-        lines += [f"  {r}" for r in e["report"] if ": applied" not in r and not r.startswith("dtype:")]
-    lines += [f"warning: {w}" for w in plan.get("warnings", [])]
-    return lines
-
-
 def build_plan(
     raw_experts: Any,
     raw_lazy: Any,
@@ -331,8 +258,13 @@ def build_plan(
     expect_cpus: int | None = None,
     start_budget_s: Any = DEFAULT_START_BUDGET_S,
     shared: Shared | None = None,
+    reference_lookup: Callable[[Expert], tuple[str | None, str]] = reference_for,
 ) -> Plan:
-    """Everything a deploy needs, or ConfigError listing every problem."""
+    """Everything a deploy needs, or ConfigError listing every problem.
+
+    Pure over its arguments: what the controller's files say (weight sizes, the
+    reference answers) comes in as `weights_bytes` and `reference_lookup`, both
+    read by `llmhost.model_files`."""
     experts, lazy = parse_experts(raw_experts, raw_lazy)
     shared = shared or Shared()
     problems: list[str] = []
@@ -395,9 +327,9 @@ def build_plan(
         t.argv[t.argv.index("--served-model-name") + 1:t.argv.index("--served-model-name") + 2] = names[e.expert_id]
         problems += t.errors(strict)
         warnings += t.warnings
-        ref, ref_why = reference_for(e)
-        if e.reference and not os.path.isfile(e.reference):
-            problems.append(f"expert '{e.expert_id}' field 'reference': {e.reference} is not a file on the controller")
+        ref, ref_why = reference_lookup(e)
+        if e.reference and ref is None:
+            problems.append(f"expert '{e.expert_id}' field 'reference': {ref_why}")
         plans.append(ExpertPlan(
             expert_id=e.expert_id, port=ports[e.expert_id], backend_port=backend, cores=cores[e.expert_id],
             cpu_list=cpu_list(cores[e.expert_id]) if bind else cpu_list(host.cpus),
@@ -474,16 +406,6 @@ def loaded_at_once(plans: Sequence[ExpertPlan], lazy: LazyLoading) -> float:
     pre = [p.memory_gib for p in plans if p.preload]
     lazies = sorted((p.memory_gib for p in plans if not p.preload), reverse=True)
     return sum(pre) + sum(lazies[:max(0, lazy.max_loaded_experts - len(pre))])
-
-
-def memory_table(plan: Plan) -> str:
-    rows = [("expert", "cores", "weights", "kv", "overhead", "total", "loaded")]
-    for p in plan.experts:
-        rows.append((p.expert_id, p.cpu_list, f"{p.weights_gib:.1f}", f"{p.kv_cache_gib:g}",
-                     f"{p.overhead_gib:g}", f"{p.memory_gib:.1f}", "preload" if p.preload else "lazy"))
-    rows.append(("at once", "", "", "", "", f"{plan.loaded_at_once_gib:.1f}", f"budget {plan.budget_gib:.1f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def alert_budgets(plan: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -211,7 +211,7 @@ def test_a_smaller_host_gets_the_expected_split_folded_and_says_so():
     assert planned["e0"].startswith("2-")                       # the production split, reserve kept
     assert all(set(e["cores"]) <= {0, 1} for e in d["experts"])  # ... run on this host's CPUs
     assert any(w.startswith("FOLDED:") and "not reported" in w for w in p.warnings)
-    from llmhost.plan import summary  # noqa: PLC0415
+    from llmhost.plan_text import summary  # noqa: PLC0415
     assert summary(d)[0].startswith("FOLDED: planned for 32 CPUs, running on 2")
 
 

@@ -12,8 +12,10 @@ from llmhost import capabilities, frontdoor, install, systemd, translate
 from llmhost import host as host_mod
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
+from llmhost.model_files import find_results_bytes
 from llmhost.plan import (DEFAULT_START_BUDGET_S, GIB, alert_budgets, build_plan, default_reserved, effective_config,
-                          find_results_bytes, parse_shared, redact_env, summary)
+                          parse_shared, redact_env)
+from llmhost.plan_text import summary
 
 
 def torch_source(arch: str, torch_spec: str, find_results: list, uri_results: list) -> dict:

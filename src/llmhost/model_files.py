@@ -1,0 +1,65 @@
+"""What the controller's filesystem says about the experts' models: the size of
+their weights and where their reference answers are. The only file reads of a
+plan; `plan.build_plan` takes their results as arguments."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+from .experts import Expert
+from .reference import FILE_NAME as REFERENCE_FILE
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def reference_for(e: Expert) -> tuple[str | None, str]:
+    """The controller-side reference answers file of an expert, or (None, why there is none).
+
+    An explicit `reference` wins (and must be a file); else the file
+    scripts/build-model leaves beside a model_source."""
+    if e.reference:
+        if not os.path.isfile(e.reference):
+            return None, f"{e.reference} is not a file on the controller"
+        return e.reference, "expert field 'reference'"
+    if e.model_source and os.path.isfile(os.path.join(e.model_source, REFERENCE_FILE)):
+        return os.path.join(e.model_source, REFERENCE_FILE), "beside model_source"
+    return None, ("no reference answers for this model: make them once with "
+                  "`scripts/build-model --reference MODEL_DIR` and set the expert's 'reference'")
+
+
+def model_bytes(folder: str) -> int | None:
+    """Size of the weight files in a model folder, or None when it is not readable here."""
+    if not os.path.isdir(folder):
+        return None
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.endswith(WEIGHT_SUFFIXES))
+    return total or None
+
+
+def local_weights(raw_experts: Any) -> dict[str, int]:
+    """Weights read from the model folder, or from model_source on the controller."""
+    out: dict[str, int] = {}
+    for raw in raw_experts if isinstance(raw_experts, list) else []:
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("expert_id"), str):
+            continue
+        for key in ("model", "model_source"):
+            if isinstance(raw.get(key), str):
+                b = model_bytes(raw[key])
+                if b:
+                    out[raw["expert_id"]] = b
+                    break
+    return out
+
+
+def find_results_bytes(experts: Any, results: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Weights per expert from Ansible find results on the host, falling back to the controller."""
+    out = local_weights(experts)
+    for r in results or []:
+        item = r.get("item") or {}
+        files = r.get("files") or []
+        total = sum(int(f.get("size", 0)) for f in files)
+        if isinstance(item, Mapping) and total:
+            out[str(item.get("expert_id"))] = total
+    return out

@@ -1,0 +1,38 @@
+"""A plan as people read it: the play's summary lines and the memory table that
+`llmhost plan` prints and a refused plan quotes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+
+def summary(plan: Mapping[str, Any]) -> list[str]:
+    """Short human lines of a plan dict, for the play output."""
+    lines = [f"budget {plan['budget_gib']} GiB, loaded at once {plan['loaded_at_once_gib']} GiB, "
+             f"reserved CPUs {plan['reserved_cores'] or 'none'}"]
+    if plan.get("folded"):
+        f = plan["folded"]
+        lines.insert(0, f"FOLDED: planned for {f['expected_cpus']} CPUs, running on {f['host_cpus']}; "
+                        "no performance figures from this host")
+    for e in plan["experts"]:
+        lines.append(f"{e['expert_id']}: port {e['port']}, CPUs {e['cpu_list']}, {e['memory_gib']} GiB, "
+                     f"{'preload' if e['preload'] else 'lazy'}; names {', '.join(e['names'])}")
+        if e.get("dtype"):
+            lines.append(f"  dtype {e['dtype']} ({e['dtype_reason']})")
+        lines.append(f"  reference answers: {e['reference'] or 'none'} ({e['reference_why']})")
+        lines += [f"  {r}" for r in e["report"] if ": applied" not in r and not r.startswith("dtype:")]
+    lines += [f"warning: {w}" for w in plan.get("warnings", [])]
+    return lines
+
+
+def memory_table(plan: Plan) -> str:
+    rows = [("expert", "cores", "weights", "kv", "overhead", "total", "loaded")]
+    for p in plan.experts:
+        rows.append((p.expert_id, p.cpu_list, f"{p.weights_gib:.1f}", f"{p.kv_cache_gib:g}",
+                     f"{p.overhead_gib:g}", f"{p.memory_gib:.1f}", "preload" if p.preload else "lazy"))
+    rows.append(("at once", "", "", "", "", f"{plan.loaded_at_once_gib:.1f}", f"budget {plan.budget_gib:.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
