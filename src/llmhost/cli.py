@@ -1,6 +1,6 @@
 """The `llmhost` command.
 
-    llmhost import-legacy FILE [--arch aarch64]   legacy config*.json -> inventory YAML (stdout), report (stderr)
+    llmhost import-legacy FILE [--arch aarch64] [--out DIR]   legacy config*.json -> inventory, report (stderr)
     llmhost plan -i INVENTORY [--host H] [--json]  cores, memory, argv and env per expert
     llmhost smoke [--url U] [--config F] [--json R]  TTFT, TBT, tokens/s and coherence per expert
     llmhost capabilities                            the saved capabilities of the pinned vLLM
@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from . import host as host_mod
+from . import site_templates
 from .experts import ConfigError
 from .legacy import import_legacy, loads_lenient
 from .model_files import local_weights
@@ -73,8 +74,22 @@ def load_caps(path: str | None, version: str = DEFAULT_VLLM_VERSION) -> dict[str
     return saved_capabilities(version)
 
 
+def check_new_tree(root: Path) -> None:
+    """A folder to write a new tree in must not exist or be empty: nothing is overwritten."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UsageError(f"--out {root}: exists and is not an empty folder; nothing overwritten")
+
+
+def write_new_tree(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
 def cmd_import_legacy(args: argparse.Namespace) -> int:
     text = read_text(args.file, "file")
+    if args.out:
+        check_new_tree(Path(args.out))
     try:
         data = loads_lenient(text)
     except ValueError as e:
@@ -93,9 +108,13 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    header = (f"# Imported by `llmhost import-legacy {Path(args.file).name} --arch {args.arch}`.\n"
-              "# Every key's verdict went to stderr; rejected keys are left out below.\n")
-    sys.stdout.write(header + yaml.safe_dump(res.inventory(), sort_keys=False, allow_unicode=True))
+    experts_yaml = yaml.safe_dump(res.inventory(), sort_keys=False, allow_unicode=True)
+    files = site_templates.legacy_skeleton(Path(args.file).name, args.arch, args.host, experts_yaml)
+    if args.out:
+        write_new_tree(Path(args.out), files)
+        print(f"inventory: {args.out} ({', '.join(files)}); next: llmhost plan -i {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(files["group_vars/llm_hosts/experts.yml"])
     if res.rejected:
         print(f"\n{len(res.rejected)} rejected:", file=sys.stderr)
         for r in res.rejected:
@@ -243,6 +262,19 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     if args.chart and not folded:
         smoke.chart(results, args.chart)
         print(f"chart: {args.chart}")
+    if args.html:
+        png = None
+        if not folded:
+            png_path = args.chart or str(Path(args.html).with_suffix(".png"))
+            if not args.chart:
+                smoke.chart(results, png_path)
+            png = Path(png_path).read_bytes()
+            if not args.chart:
+                Path(png_path).unlink()
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.html).write_text(site_templates.report_page(rep, smoke.TABLE_HEADER,
+                                                              smoke.table_rows(results, figures=not folded), png))
+        print(f"page: {args.html}")
     misses = [m for r in results for m in r.misses]
     for r in results:
         if r.reference["status"] == "skipped":
@@ -274,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     il.add_argument("--arch", default="aarch64", choices=["aarch64", "x86_64"],
                     help="target architecture for the verdicts (default: production's aarch64)")
     il.add_argument("--caps", help=f"capabilities JSON (default: the saved one for vLLM {DEFAULT_VLLM_VERSION})")
+    il.add_argument("--out", metavar="DIR", help="write a new inventory here (hosts, host_vars, group_vars) "
+                    "instead of the experts YAML on stdout; DIR must not exist or be empty")
+    il.add_argument("--host", default="models-europe", help="the host's name in the new inventory")
     il.set_defaults(func=cmd_import_legacy)
     pl = sub.add_parser("plan", help="print each expert's cores, memory, argv and env")
     pl.add_argument("-i", "--inventory", required=True)
@@ -299,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--api-key-file", help="read the bearer key from this file (mode 0600 or stricter)")
     sm.add_argument("--json", help="write the JSON report here")
     sm.add_argument("--chart", help="write a PNG chart of TTFT and TBT here")
+    sm.add_argument("--html", help="write one HTML page with the table and the chart here")
     sm.set_defaults(func=cmd_smoke)
     cp = sub.add_parser("capabilities", help="print the saved vLLM capabilities")
     cp.add_argument("--caps")

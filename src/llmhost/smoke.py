@@ -379,19 +379,28 @@ def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup:
     return res
 
 
-def table(results: Sequence[ExpertResult], figures: bool = True) -> str:
-    """`figures=False` (a folded staging host): timings are not shown, only answers."""
+TABLE_HEADER = ("expert", "TTFT p50 ms", "TTFT p95 ms", "TBT p50 ms", "TBT p95 ms", "decode tok/s",
+                "E2E p50 s", "req", "err", "probes", "reference", "verdict")
+
+
+def table_rows(results: Sequence[ExpertResult], figures: bool = True) -> list[tuple[str, ...]]:
+    """The report's cells as text, one row per expert (the terminal table and the HTML
+    page both print these). `figures=False` (a folded staging host): no timings."""
     def f(v: float | None, scale: float = 1000, fmt: str = "{:.0f}") -> str:
         return "-" if v is None or not figures else fmt.format(v * scale)
 
-    rows = [("expert", "TTFT p50 ms", "TTFT p95 ms", "TBT p50 ms", "TBT p95 ms", "decode tok/s",
-             "E2E p50 s", "req", "err", "probes", "reference", "verdict")]
+    rows = []
     for r in results:
         s = r.stats
         probes = "".join("+" if p["ok"] else "x" for p in r.probes.values())
         rows.append((r.expert_id, f(s.ttft_p50_s), f(s.ttft_p95_s), f(s.tbt_p50_s), f(s.tbt_p95_s),
                      f(s.decode_tps, 1, "{:.1f}"), f(s.e2e_p50_s, 1, "{:.2f}"), str(s.requests), str(s.errors),
                      probes, reference_cell(r.reference), "PASS" if not r.misses else "FAIL"))
+    return rows
+
+
+def table(results: Sequence[ExpertResult], figures: bool = True) -> str:
+    rows = [TABLE_HEADER, *table_rows(results, figures)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
                      for row in rows)
