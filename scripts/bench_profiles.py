@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from llmhost import smoke  # noqa: E402
+from llmhost import runner, smoke  # noqa: E402
 from llmhost.capabilities import parse_cpuinfo  # noqa: E402
 from llmhost.cli import saved_capabilities  # noqa: E402
 from llmhost.dtype import choose as dtype_choose  # noqa: E402
@@ -113,27 +113,18 @@ def unpartitioned_experts() -> list[dict]:
     return out
 
 
-def deploy(st: dict, experts: list[dict], work: Path) -> None:
-    inv = work / "inventory.yml"
-    inv.write_text(json.dumps({"all": {"children": {"llm_hosts": {"hosts": {HOST: {
-        "ansible_host": st["address"], "ansible_user": "root",
-        "ansible_ssh_private_key_file": st["identity_file"],
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}}}}}}))
-    ev = work / "ev.json"
-    # a throwaway host on a private veth of this machine: anonymous on purpose
-    ev.write_text(json.dumps({"llmhost_experts": experts, "llmhost_reserved_cores": 0,
-                              "frontdoor_allow_anonymous": True,
-                              "vllm_install_find_links": ["/opt/wheels"],
-                              "llmhost_lazy_loading": {"enabled": False, "memory_threshold": 0.9}}))
-    bin_dir = Path(sys.executable).parent
-    t0 = time.monotonic()
-    r = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inv), "playbooks/preflight.yml", "playbooks/tune.yml",
-                        "playbooks/install.yml", "playbooks/experts.yml", "playbooks/frontdoor.yml", "-e", f"@{ev}"],
-                       cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
-    if r.returncode != 0:
+def deploy(inv: Path, experts: list[dict], work: Path) -> None:
+    ev = {"llmhost_experts": experts, "llmhost_reserved_cores": 0,
+          # a throwaway host on a private veth of this machine: anonymous on purpose
+          "frontdoor_allow_anonymous": True, "vllm_install_find_links": ["/opt/wheels"],
+          "llmhost_lazy_loading": {"enabled": False, "memory_threshold": 0.9}}
+    r = runner.run_playbook([f"playbooks/{p}.yml" for p in ("preflight", "tune", "install", "experts", "frontdoor")],
+                            inv, extravars=ev, private_dir=work / "runner", on_line=log)
+    if r.rc != 0:
         print(r.stdout[-5000:])
         raise SystemExit("deploy failed")
-    log(f"deployed in {time.monotonic() - t0:.0f} s")
+    log(f"deployed in {r.seconds:.0f} s: changed {sum(r.changed.values())}; slowest: "
+        + ", ".join(f"{t} {s:.0f} s" for t, _h, s in r.task_times()[:3]))
 
 
 def measure(url: str) -> dict:
@@ -256,19 +247,20 @@ def main() -> int:
     work.mkdir(exist_ok=True)
     subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False,
                    capture_output=True)
-    up = subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "up", HOST], capture_output=True,
-                        text=True, check=True)
+    inv = work / "inventory.yml"
+    up = subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "up", HOST, "--inventory", str(inv)],
+                        capture_output=True, text=True, check=True)
     st = json.loads(up.stdout)[0]
     url = f"http://{st['address']}:8082"
     try:
         log("deploying the legacy settings")
-        deploy(st, legacy_experts(), work)
+        deploy(inv, legacy_experts(), work)
         leg = measure(url)
         log("deploying low_latency's engine settings without the core plan")
-        deploy(st, unpartitioned_experts(), work)
+        deploy(inv, unpartitioned_experts(), work)
         unp = measure(url)
         log("deploying the low_latency profile")
-        deploy(st, tuned_experts(), work)
+        deploy(inv, tuned_experts(), work)
         tun = measure(url)
     finally:
         subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False)

@@ -7,7 +7,8 @@ on a cached debootstrap rootfs, reachable over ssh on a veth pair with a fixed
 way out; the host CA bundle and the machine's torch wheel directory are bound
 read-only.
 
-    testhost.py up NAME [NAME ...] [--json FILE]   boot hosts, print their ssh facts
+    testhost.py up NAME [NAME ...] [--json FILE] [--inventory FILE]
+                                                  boot hosts, print their ssh facts
     testhost.py down NAME [NAME ...] | --all      stop, unmount, remove
     testhost.py status                            list live hosts
     testhost.py rootfs                            build the cached rootfs only
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -45,6 +47,23 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 WHEEL_DIR = Path(os.environ.get("LLMHOST_WHEEL_DIR", "/opt/wheels"))
 PROXY_PORT = 8888
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+FILES = Path(__file__).resolve().parent / "testhost_files"   # what the hosts get, as files
+
+
+def fill(rel: str, **values: object) -> str:
+    """A file of testhost_files/ with its $placeholders filled."""
+    return string.Template((FILES / rel).read_text()).substitute({k: str(v) for k, v in values.items()})
+
+
+def lay(tree: str, dest: Path, **values: object) -> list[str]:
+    """Copy testhost_files/TREE under dest, placeholders filled; the paths laid."""
+    out = []
+    for src in sorted(p for p in (FILES / tree).rglob("*") if p.is_file()):
+        rel = src.relative_to(FILES / tree)
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text(fill(str(src.relative_to(FILES)), **values))
+        out.append(str(rel))
+    return out
 
 
 def machine_name(name: str) -> str:
@@ -137,14 +156,7 @@ def _debootstrap(deb_arch: str, dest: Path) -> Path:
                  "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"):
         run(["systemctl", f"--root={tmp}", "mask", unit], stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
-    (tmp / "etc/ssh/sshd_config.d").mkdir(parents=True, exist_ok=True)
-    (tmp / "etc/ssh/sshd_config.d/llmhost-test.conf").write_text(
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n")
-    (tmp / "etc/apt/apt.conf.d/90llmhost-test").write_text(
-        'APT::Install-Recommends "false";\nAcquire::Retries "3";\n')
-    (tmp / "etc/apt/sources.list").write_text(
-        f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\n"
-        f"deb http://deb.debian.org/debian-security {SUITE}-security main\n")
+    lay("rootfs", tmp, mirror=MIRROR, suite=SUITE)
     (tmp / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
     if deb_arch != arch():
         # qemu-user refuses a clone flag that systemd's credential loading uses
@@ -153,33 +165,17 @@ def _debootstrap(deb_arch: str, dest: Path) -> Path:
                      "systemd-tmpfiles-setup-dev.service", "systemd-tmpfiles-setup-dev-early.service"):
             d = tmp / "etc/systemd/system" / f"{unit}.d"
             d.mkdir(parents=True, exist_ok=True)
-            (d / "llmhost-qemu-user.conf").write_text("[Service]\nLoadCredential=\n")
+            (d / "llmhost-qemu-user.conf").write_text(fill("qemu-user-credentials.conf"))
         # systemd-networkd cannot start under qemu-user ("Could not setup manager: Protocol
-        # not supported": a netlink family qemu does not translate); iproute2 works.
+        # not supported": a netlink family qemu does not translate); iproute2 works
+        # (llmhost-net.service). nspawn mounts /proc and its read-only /sys after its
+        # binds, so the emulated CPU's cpuinfo and sysfs tree are bound at plain paths
+        # and laid over /proc/cpuinfo and /sys/devices/system/cpu early in the boot
+        # (llmhost-cpuinfo.service).
         run(["systemctl", f"--root={tmp}", "mask", "systemd-networkd.service", "systemd-networkd.socket"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        units = {
-            "llmhost-net.service": (
-                "[Unit]\nDescription=host0 address of the test host (iproute2)\n"
-                "Before=network.target ssh.service\nWants=network.target\n"
-                "ConditionPathExists=/etc/llmhost-test/address\n\n[Service]\nType=oneshot\n"
-                "RemainAfterExit=yes\nExecStart=/bin/sh -c 'ip link set host0 up && "
-                "ip addr replace \"$(cat /etc/llmhost-test/address)\" dev host0'\n\n"
-                "[Install]\nWantedBy=multi-user.target\n"),
-            # nspawn mounts /proc and its read-only /sys after its binds, so the emulated
-            # CPU's cpuinfo and sysfs tree are bound at plain paths and laid over
-            # /proc/cpuinfo and /sys/devices/system/cpu early in the boot.
-            "llmhost-cpuinfo.service": (
-                "[Unit]\nDescription=Show the emulated CPU (test host)\n"
-                "DefaultDependencies=no\nBefore=sysinit.target\n"
-                "ConditionPathExists=/etc/llmhost-test/cpuinfo\n\n[Service]\nType=oneshot\n"
-                "RemainAfterExit=yes\nExecStart=/bin/mount --bind /etc/llmhost-test/cpuinfo /proc/cpuinfo\n"
-                "ExecStart=/bin/mount --bind /etc/llmhost-test/cpu /sys/devices/system/cpu\n\n"
-                "[Install]\nWantedBy=sysinit.target\n"),
-        }
-        for unit, text in units.items():
-            (tmp / "etc/systemd/system" / unit).write_text(text)
-            run(["systemctl", f"--root={tmp}", "enable", unit], stdout=subprocess.DEVNULL,
+        for rel in lay("foreign", tmp):
+            run(["systemctl", f"--root={tmp}", "enable", Path(rel).name], stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL)
     (tmp / ".ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
     if dest.exists():
@@ -260,41 +256,23 @@ def comm(pid: int) -> str:
 def write_host_files(upper: Path, name: str, index: int, pubkey: str, peers: dict[str, str]) -> None:
     """Per-host files go into the overlay's upper dir before boot."""
     host_ip, guest_ip = addresses(index)
-    (upper / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
-    (upper / "etc/systemd/network/10-host0.network").write_text(
-        f"[Match]\nName=host0\n\n[Network]\nAddress={guest_ip}/30\nLinkLocalAddressing=no\n"
-        "IPv6AcceptRA=no\n")
+    # pip inside the host: through the proxy, trusting the machine's CA (outbound TLS is
+    # re-signed here), with the machine's wheel directory as find-links for torch.
+    lay("host", upper, guest_ip=guest_ip, proxy=f"http://{host_ip}:{PROXY_PORT}", wheel_dir=WHEEL_DIR)
     (upper / "etc/hostname").write_text(name + "\n")
-    hosts = [f"127.0.0.1\tlocalhost\n", f"127.0.1.1\t{name}\n", "::1\tlocalhost ip6-localhost\n",
+    hosts = ["127.0.0.1\tlocalhost\n", f"127.0.1.1\t{name}\n", "::1\tlocalhost ip6-localhost\n",
              f"{host_ip}\tcontroller\n"]
     hosts += [f"{ip}\t{peer}\n" for peer, ip in sorted(peers.items()) if peer != name]
     (upper / "etc/hosts").write_text("".join(hosts))
     (upper / "root/.ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
     (upper / "root/.ssh/authorized_keys").write_text(pubkey)
     os.chmod(upper / "root/.ssh/authorized_keys", 0o600)
-    proxy = f"http://{host_ip}:{PROXY_PORT}"
-    (upper / "etc/apt/apt.conf.d").mkdir(parents=True, exist_ok=True)
-    (upper / "etc/apt/apt.conf.d/01llmhost-proxy").write_text(
-        f'Acquire::http::Proxy "{proxy}";\nAcquire::https::Proxy "{proxy}";\n')
-    # pip inside the host: through the proxy, trusting the machine's CA (outbound TLS is
-    # re-signed here), with the machine's wheel directory as find-links for torch.
-    (upper / "etc/pip.conf").write_text(
-        f"[global]\nproxy = {proxy}\ncert = /etc/llmhost-test/host-ca.pem\n"
-        f"find-links = {WHEEL_DIR}\ndisable-pip-version-check = true\ndefault-timeout = 180\n")
-    (upper / "etc/llmhost-test").mkdir(parents=True, exist_ok=True)
-    (upper / "etc/llmhost-test/address").write_text(f"{guest_ip}/30\n")
-    (upper / "etc/environment").write_text(
-        f"http_proxy={proxy}\nhttps_proxy={proxy}\nno_proxy=localhost,127.0.0.1,::1\n"
-        "PIP_CERT=/etc/llmhost-test/host-ca.pem\n"
-        "REQUESTS_CA_BUNDLE=/etc/llmhost-test/host-ca.pem\n")
 
 
 def start_proxy(st: dict, host_ip: str, guest_ip: str) -> None:
     d = host_dir(st["name"])
     conf = d / "tinyproxy.conf"
-    conf.write_text(
-        f"Port {PROXY_PORT}\nListen {host_ip}\nTimeout 600\nMaxClients 100\n"
-        f"Allow {guest_ip}\nLogLevel Warning\nDisableViaHeader Yes\n")
+    conf.write_text(fill("tinyproxy.conf", port=PROXY_PORT, host_ip=host_ip, guest_ip=guest_ip))
     logf = open(d / "tinyproxy.log", "w")
     p = subprocess.Popen(["tinyproxy", "-d", "-c", str(conf)], stdout=logf, stderr=logf,
                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -488,6 +466,19 @@ def is_mounted(path: str) -> bool:
         return any(line.split()[1] == path for line in f)
 
 
+SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
+
+
+def inventory_for(instances: list[dict], group: str = "llm_hosts", **host_vars: object) -> dict:
+    """An Ansible inventory (JSON is YAML) of booted hosts: `up`'s instance list, or
+    any host reached with the harness key (the QEMU VM of scripts/vm_reboot_test.py)."""
+    hosts = {i["instance"]: {"ansible_host": i["address"], "ansible_port": i.get("port", 22),
+                             "ansible_user": i.get("user", "root"),
+                             "ansible_ssh_private_key_file": i.get("identity_file", str(ssh_key())),
+                             "ansible_ssh_common_args": SSH_ARGS, **host_vars} for i in instances}
+    return {"all": {"children": {group: {"hosts": hosts}}}}
+
+
 def cmd_up(args) -> int:
     deb_arch = args.arch or arch()
     made: list[str] = []
@@ -528,6 +519,8 @@ def cmd_up(args) -> int:
     text = json.dumps(out, indent=2)
     if args.json:
         Path(args.json).write_text(text)
+    if args.inventory:
+        Path(args.inventory).write_text(json.dumps(inventory_for(out, args.group), indent=2) + "\n")
     print(text)
     return 0
 
@@ -571,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("names", nargs="+")
     u.add_argument("--arch", help="Debian architecture (default: this machine's)")
     u.add_argument("--json", help="also write the instance list here")
+    u.add_argument("--inventory", help="also write an Ansible inventory of the hosts here")
+    u.add_argument("--group", default="llm_hosts", help="the inventory group (default: llm_hosts)")
     u.add_argument("--keep", action="store_true", help="a long-lived host (make local): "
                    "`down --all`, as the test suite runs it, leaves it alone")
     u.add_argument("--index", type=int, help="fixed address index of the first host "

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import ansible_runner
+from llmhost import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -141,25 +141,10 @@ def converge(vm: VM, work: Path):
     """playbooks/tune.yml on the VM through ansible-runner: its events give the
     changed and failed counts and each task's time."""
     inv = work / "inventory.yml"
-    inv.write_text(json.dumps({"all": {"children": {"llm_hosts": {"hosts": {"vm-tune": {
-        "ansible_host": "127.0.0.1", "ansible_port": vm.port, "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(testhost.ssh_key()),
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}}}}}}))
+    inv.write_text(json.dumps(testhost.inventory_for([{"instance": "vm-tune", "address": "127.0.0.1",
+                                                       "port": vm.port}])))
     extra = {"os_tuning_io_schedulers": [{"kernel": "vd[a-z]*", "scheduler": WANT["sched"]}]}
-    (work / "runner").mkdir(exist_ok=True)
-    return ansible_runner.run(private_data_dir=str(work / "runner"), project_dir=str(ROOT),
-                              # with `binary`, the playbook goes on the command line
-                              binary=str(Path(sys.executable).parent / "ansible-playbook"),
-                              cmdline="playbooks/tune.yml", inventory=str(inv), extravars=extra,
-                              envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
-                              quiet=True)
-
-
-def task_times(r) -> list[tuple[str, float]]:
-    """(task, seconds) of every finished task, slowest first."""
-    out = [(e["event_data"].get("task", "?"), float(e["event_data"].get("duration") or 0))
-           for e in r.events if e.get("event") in ("runner_on_ok", "runner_on_failed")]
-    return sorted(out, key=lambda x: -x[1])
+    return runner.run_playbook(["playbooks/tune.yml"], inv, extravars=extra, private_dir=work / "runner")
 
 
 def main() -> int:
@@ -177,10 +162,10 @@ def main() -> int:
         log(f"booted in {t:.0f} s; kernel defaults: {before}")
         r = converge(vm, work)
         if r.rc != 0:
-            print(r.stdout.read()[-4000:])
+            print(r.stdout[-4000:])
             return 1
-        log(f"converged: changed {sum(r.stats['changed'].values())}, failed {sum(r.stats['failures'].values())}; "
-            "slowest: " + ", ".join(f"{t} {s:.1f} s" for t, s in task_times(r)[:3]))
+        log(f"converged: changed {sum(r.changed.values())}, failed {sum(r.failed.values())}; "
+            "slowest: " + ", ".join(f"{t} {s:.1f} s" for t, _h, s in r.task_times()[:3]))
         live = values(vm)
         log(f"after converge: {live}")
         t = vm.reboot()

@@ -3,9 +3,10 @@
     llmhost import-legacy FILE [--arch aarch64] [--out DIR]   legacy config*.json -> inventory, report (stderr)
     llmhost plan -i INVENTORY [--host H] [--json]  cores, memory, argv and env per expert
     llmhost smoke [--url U] [--config F] [--json R]  TTFT, TBT, tokens/s and coherence per expert
+    llmhost deploy -i INVENTORY [-- ANSIBLE ARGS]    site.yml through ansible-runner: a line per stage, counts
     llmhost capabilities                            the saved capabilities of the pinned vLLM
 
-Both run offline. Exit codes: 0 fine, 1 a rejection or a plan that does not fit, 2 usage.
+All but deploy and smoke run offline. Exit codes: 0 fine, 1 a rejection or a plan that does not fit, 2 usage.
 """
 
 from __future__ import annotations
@@ -297,6 +298,23 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from . import runner  # noqa: PLC0415
+
+    if not Path(args.inventory).exists():
+        raise UsageError(f"-i {args.inventory}: no such inventory")
+    extra = [a for a in args.ansible_args if a != "--"]
+    print(f"llmhost deploy: {args.playbook} on {args.inventory}" + (f" {' '.join(extra)}" if extra else ""))
+    r = runner.run_playbook([args.playbook], args.inventory, args=extra, on_line=print)
+    for h in sorted(set(r.changed) | set(r.failed)):
+        print(f"{h}: changed {r.changed.get(h, 0)}, failed {r.failed.get(h, 0)}")
+    slow = r.task_times()[:3]
+    if slow:
+        print("slowest: " + "; ".join(f"{t} on {h} {s:.0f} s" for t, h, s in slow))
+    print(f"{'done' if r.rc == 0 else 'FAILED'} in {r.seconds:.0f} s (ansible-playbook exit {r.rc})")
+    return 0 if r.rc == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="llmhost", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -336,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--chart", help="write a PNG chart of TTFT and TBT here")
     sm.add_argument("--html", help="write one HTML page with the table and the chart here")
     sm.set_defaults(func=cmd_smoke)
+    dp = sub.add_parser("deploy", help="run site.yml (or a stage) with a line per stage and counts at the end")
+    dp.add_argument("-i", "--inventory", required=True)
+    dp.add_argument("--playbook", default="site.yml", help="site.yml or playbooks/STAGE.yml")
+    dp.add_argument("ansible_args", nargs=argparse.REMAINDER,
+                    help="after --: passed to ansible-playbook (--check, --tags, --limit, -e ...)")
+    dp.set_defaults(func=cmd_deploy)
     cp = sub.add_parser("capabilities", help="print the saved vLLM capabilities")
     cp.add_argument("--caps")
     cp.set_defaults(func=cmd_capabilities)

@@ -4,18 +4,17 @@ Not proven here (and not claimed): a vLLM server answering on aarch64. That need
 torch+cpu from the PyTorch CPU index, which this machine cannot reach."""
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import ansible_runner
 import pytest
 import yaml
 
+from llmhost import runner
+
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 NAME = "arm-a"
 # install.yml alone plans the host first (the plan names the venv, the version and the models)
 LOCAL_EXPERTS = ("-e", "@inventories/local/group_vars/llm_hosts/experts.yml", "-e", "llmhost_reserved_cores=0")
@@ -25,15 +24,12 @@ pytestmark = pytest.mark.testhost
 @pytest.fixture(scope="module")
 def arm_host(tmp_path_factory):
     t0 = time.monotonic()
-    up = subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "up", NAME, "--arch", "arm64"],
-                        capture_output=True, text=True, check=False)
+    inv = tmp_path_factory.mktemp("arm") / "inventory.yml"
+    up = subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "up", NAME, "--arch", "arm64",
+                         "--inventory", str(inv)], capture_output=True, text=True, check=False)
     assert up.returncode == 0, up.stderr[-3000:]
     st = json.loads(up.stdout)[0]
     print(f"arm64 host up in {time.monotonic() - t0:.0f} s (rootfs cached)")
-    inv = tmp_path_factory.mktemp("arm") / "inventory.yml"
-    inv.write_text(json.dumps({"all": {"children": {"llm_hosts": {"hosts": {NAME: {
-        "ansible_host": st["address"], "ansible_user": "root", "ansible_ssh_private_key_file": st["identity_file"],
-        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"}}}}}}))
     yield st, inv
     subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", NAME], check=False)
 
@@ -44,10 +40,8 @@ def ssh(st, cmd):
                            f"root@{st['address']}", cmd], capture_output=True, text=True, check=False)
 
 
-def playbook(inv, *args, timeout=1800):
-    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv), *args], cwd=ROOT, capture_output=True,
-                          text=True, check=False, timeout=timeout,
-                          env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
+def playbook(inv, pb, *args, timeout=1800) -> runner.PlaybookRun:
+    return runner.run_playbook([pb], inv, args=args, timeout=timeout)
 
 
 def test_boots_running_as_aarch64_neoverse_v2(arm_host):
@@ -69,7 +63,7 @@ def test_install_stops_clearly_without_a_cpu_torch_source(arm_host):
         "vllm_install_source": "pypi", "vllm_install_find_links": ["/opt/wheels"],
         "vllm_install_extra_index_urls": ["https://pypi.org/simple"]}), *LOCAL_EXPERTS)
     out = " ".join(r.stdout.split())
-    assert r.returncode != 0
+    assert r.rc != 0
     assert "no source of torch 2.13.0+cpu for aarch64" in out and "CUDA build" in out, r.stdout[-3000:]
     # and nothing was downloaded: no venv, no torch anywhere
     assert ssh(st, "test -e /opt/vllm/venv").returncode != 0
@@ -85,7 +79,7 @@ def test_production_pip_command_for_aarch64(arm_host):
     assert ("/opt/vllm/venv/bin/python -m pip install --extra-index-url=https://download.pytorch.org/whl/cpu "
             "torch==2.13.0+cpu https://github.com/vllm-project/vllm/releases/download/v0.32.0/"
             "vllm-0.32.0+cpu-cp38-abi3-manylinux_2_28_aarch64.whl") in out, r.stdout[-3000:]
-    assert r.returncode != 0 and "index https://download.pytorch.org/whl/cpu (unreachable)" in out
+    assert r.rc != 0 and "index https://download.pytorch.org/whl/cpu (unreachable)" in out
 
 
 def test_plan_on_the_arm_host(arm_host, tmp_path):
@@ -93,7 +87,7 @@ def test_plan_on_the_arm_host(arm_host, tmp_path):
     out = tmp_path / "plan.json"
     r = playbook(inv, "tests/render/dump-plan.yml", "-e", f"dump_plan_to={out}", "-e",
                  "@inventories/local/group_vars/llm_hosts/experts.yml", "-e", "llmhost_reserved_cores=0")
-    assert r.returncode == 0, r.stdout[-3000:]
+    assert r.rc == 0, r.stdout[-3000:]
     plan = json.loads(out.read_text())
     binds = [e["env"]["VLLM_CPU_OMP_THREADS_BIND"] for e in plan["experts"]]
     assert binds == ["0", "1"]
@@ -106,7 +100,7 @@ def test_plan_on_the_arm_host(arm_host, tmp_path):
     ev = tmp_path / "bad.json"
     ev.write_text(json.dumps(bad))
     r = playbook(inv, "tests/render/dump-plan.yml", "-e", f"dump_plan_to={out}", "-e", f"@{ev}")
-    assert r.returncode != 0 and "KleidiAI" in r.stdout and "expert 'coder' field 'quantization'" in r.stdout
+    assert r.rc != 0 and "KleidiAI" in r.stdout and "expert 'coder' field 'quantization'" in r.stdout
 
 
 def test_site_check_mode_renders_everything_for_aarch64(arm_host, tmp_path):
@@ -121,20 +115,14 @@ def test_site_check_mode_renders_everything_for_aarch64(arm_host, tmp_path):
     ev.write_text(json.dumps({**prod, "llmhost_plan_cpu_source": "online", "smoke_test_fail_on_miss": False,
                               "llmhost_api_keys": ["sk-llmhost-arm-test"]}))
     # install is skipped: its refusal without a CPU torch source is the test above.
-    # Run through ansible-runner: its events say how often each task ran.
-    (tmp_path / "runner").mkdir()
-    # (with `binary`, ansible-runner leaves the playbook to the command line)
-    r = ansible_runner.run(private_data_dir=str(tmp_path / "runner"), project_dir=str(ROOT),
-                           binary=str(BIN / "ansible-playbook"),
-                           inventory=str(inv), cmdline=f"site.yml --check --diff --skip-tags verify,install -e @{ev}",
-                           envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
-                           quiet=True, timeout=1800)
-    out = r.stdout.read()
+    # ansible-runner's events say how often each task ran.
+    r = runner.run_playbook(["site.yml"], inv, args=["--check", "--diff", "--skip-tags", "verify,install",
+                                                     "-e", f"@{ev}"], private_dir=tmp_path / "runner", timeout=1800)
+    out = r.stdout
     assert r.rc == 0, out[-5000:]
-    probes = [e for e in r.events if e.get("event") == "runner_on_ok"
-              and e["event_data"].get("task", "").startswith("Probe the host CPU and memory")]
-    assert len(probes) == 1, f"the plan's probe ran {len(probes)} times in one site.yml run"
-    assert r.stats["changed"].get(NAME, 0) > 0 and not r.stats["failures"]
+    probes = r.ran("Probe the host CPU and memory")
+    assert probes == 1, f"the plan's probe ran {probes} times in one site.yml run"
+    assert r.changed.get(NAME, 0) > 0 and not r.failed
     assert "--dtype bfloat16" in out and "THP_MEM_ALLOC_ENABLE" in out
     assert "VLLM_CPU_OMP_THREADS_BIND" in out and "bind *:8082" in out
     assert "llmhost-expert-gemma-3" in out and "llmhost:ttft_seconds:p95_5m" in out

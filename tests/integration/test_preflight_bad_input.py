@@ -3,19 +3,20 @@
 A sample of tests/unit/test_bad_input.py's table, through the real
 `ansible-playbook playbooks/preflight.yml` against the controller itself (local
 connection; the preflight only reads). Each run must fail in the plan task, with
-changed=0 in the recap and no traceback.
+nothing changed and no traceback (counted from ansible-runner's events).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from llmhost import runner
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -37,7 +38,7 @@ CASES = [
 ]
 
 
-def run_preflight(tmp_path: Path, experts: list[dict], **extra) -> subprocess.CompletedProcess:
+def run_preflight(tmp_path: Path, experts: list[dict], **extra) -> runner.PlaybookRun:
     inv = tmp_path / "inv"
     (inv / "group_vars").mkdir(parents=True)
     (inv / "hosts.yml").write_text(
@@ -46,30 +47,40 @@ def run_preflight(tmp_path: Path, experts: list[dict], **extra) -> subprocess.Co
     (inv / "group_vars/all.json").write_text(json.dumps({
         "llmhost_experts": experts, "frontdoor_bind": "127.0.0.1",
         "llmhost_host_expect": {"cpus": 8, "memory_gib": 64}, **extra}))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path / "facts"))
-    return subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inv), "playbooks/preflight.yml"], cwd=ROOT,
-                          capture_output=True, text=True, check=False, env=env)
-
-
-def recap_changed(out: str) -> int:
-    m = re.search(r"probe-host\s*:\s*ok=\d+\s+changed=(\d+)", out)
-    assert m, out[-2000:]
-    return int(m.group(1))
+    return runner.run_playbook(["playbooks/preflight.yml"], inv, private_dir=tmp_path / "runner",
+                               envvars={"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp_path / "facts")})
 
 
 def test_the_good_config_passes(tmp_path):
     r = run_preflight(tmp_path, GOOD)
-    assert r.returncode == 0, r.stdout[-3000:]
-    assert recap_changed(r.stdout) == 0
+    assert r.rc == 0, r.stdout[-3000:]
+    assert r.ok.get("probe-host", 0) > 0 and r.changed == {} and r.failed == {}, (r.ok, r.changed, r.failed)
 
 
 @pytest.mark.parametrize("case,change,expect", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_fails_in_the_preflight_before_any_change(tmp_path, case, change, expect):
     experts = [dict(GOOD[0]), {**GOOD[1], **change}]
     r = run_preflight(tmp_path, experts)
-    out = " ".join((r.stdout + r.stderr).split())
-    assert r.returncode != 0, f"{case}: the preflight passed"
+    out = " ".join(r.stdout.split())
+    assert r.rc != 0, f"{case}: the preflight passed"
     assert expect in out, out[-3000:]
     assert "Traceback" not in out
-    assert recap_changed(r.stdout) == 0
+    # from the events: the plan task failed, and nothing changed before it
+    assert r.changed == {} and r.failed == {"probe-host": 1}, (r.changed, r.failed)
+    failed = [e["event_data"]["task"] for e in r.events if e.get("event") == "runner_on_failed"]
+    assert len(failed) == 1 and "plan" in failed[0].lower(), failed
+
+
+def test_llmhost_deploy_says_the_stage_and_the_refusal(tmp_path):
+    """`llmhost deploy`: a line per play, the failing task's reason in one line, counts."""
+    experts = [dict(GOOD[0]), {**GOOD[1], "port": 9090}]
+    run_preflight(tmp_path, experts)   # writes the inventory
+    r = subprocess.run([str(BIN / "llmhost"), "deploy", "-i", str(tmp_path / "inv"), "--playbook",
+                        "playbooks/preflight.yml", "--", "--check"], capture_output=True, text=True, check=False,
+                       env=dict(os.environ, ANSIBLE_CACHE_PLUGIN_CONNECTION=str(tmp_path / "facts")))
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"llmhost deploy: playbooks/preflight.yml on {tmp_path / 'inv'} --check"
+    assert any(l.startswith("  FAILED probe-host: ") and "expert 'coder' field 'port'" in l for l in lines), lines
+    assert "probe-host: changed 0, failed 1" in lines and lines[-1].startswith("FAILED in ")
+    assert "Traceback" not in r.stdout + r.stderr

@@ -35,9 +35,10 @@ def leftovers(names):
     return found
 
 
-def test_two_hosts_boot_talk_and_vanish():
+def test_two_hosts_boot_talk_and_vanish(tmp_path):
     names = ["th-a", "th-b"]
-    up = harness("up", *names)
+    inv = tmp_path / "inventory.yml"
+    up = harness("up", *names, "--inventory", str(inv))
     try:
         hosts = json.loads(up.stdout)
         assert [h["instance"] for h in hosts] == names
@@ -63,6 +64,10 @@ def test_two_hosts_boot_talk_and_vanish():
         assert r.returncode == 0, r.stderr
         r = ssh(hosts[0], "python3 -m pip --version || true; cat /etc/pip.conf")
         assert "proxy = http://" in r.stdout
+        # `up --inventory`: an inventory Ansible reaches both hosts with
+        r = subprocess.run([str(Path(sys.executable).parent / "ansible"), "-i", str(inv), "llm_hosts", "-m",
+                            "ansible.builtin.ping", "-o"], capture_output=True, text=True, check=False, cwd=ROOT)
+        assert r.returncode == 0 and r.stdout.count("SUCCESS") == 2, r.stdout + r.stderr
     finally:
         harness("down", *names)
     assert leftovers(names) == []

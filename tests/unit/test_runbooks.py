@@ -31,7 +31,6 @@ def known_tags():
 
 
 def subcommands():
-    import argparse
     import contextlib
     import io
 

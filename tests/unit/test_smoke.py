@@ -1,6 +1,5 @@
 """The smoke test's arithmetic on a scripted stream (the one place a fake server is right)."""
 
-import io
 
 import pytest
 

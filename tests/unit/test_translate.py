@@ -1,9 +1,6 @@
 """Verdicts against the saved vLLM 0.32.0 capabilities, for every legacy key of the seed."""
 
-import json
 from pathlib import Path
-
-import pytest
 
 from llmhost.cli import saved_capabilities
 from llmhost.experts import Expert

@@ -5,11 +5,11 @@ Also the first checks of the two experts themselves (answers, cores, listeners, 
 import json
 import os
 import re
-import subprocess
 import threading
 import time
 
 from conftest import smoke
+from llmhost import runner
 
 PROJECT = os.environ["MOLECULE_PROJECT_DIRECTORY"]
 QUESTION = "What is the capital of France? Answer in one word."
@@ -29,14 +29,9 @@ def ask(host, expert, port=None, timeout=120):
         return None
 
 
-def playbook(*args, playbooks=("preflight", "install", "experts", "frontdoor")):
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=f"{PROJECT}/roles",
-               ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/collections",
-               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
-    return subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         *[f"{PROJECT}/playbooks/{p}.yml" for p in playbooks], *args],
-        cwd=PROJECT, env=env, capture_output=True, text=True, check=False)
+def playbook(*args, playbooks=("preflight", "install", "experts", "frontdoor")) -> runner.PlaybookRun:
+    return runner.run_playbook([f"playbooks/{p}.yml" for p in playbooks], os.environ["MOLECULE_INVENTORY_FILE"],
+                               args=args, envvars=runner.molecule_envvars())
 
 
 def experts_vars(host, **changes):
@@ -132,8 +127,8 @@ def test_broken_model_rolls_back_while_the_other_expert_serves(host):
     finally:
         stop.set()
         t.join()
-    assert r.returncode != 0
-    out = " ".join((r.stdout + r.stderr).split())
+    assert r.rc != 0
+    out = " ".join(r.stdout.split())
     assert "expert 'coder' did not pass its health gate" in out, out[-3000:]
     assert "Restored: " in out and "llmhost-expert-coder.service" in out, out[-3000:]
     assert "the previous version (service) was started again and is active" in out, out[-3000:]
@@ -148,8 +143,8 @@ def test_removing_two_experts_needs_confirmation_and_changes_nothing(host):
     r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host, general={"expert_id": "general2"},
                                                                   coder={"expert_id": "coder2"})}),
                  playbooks=("preflight", "experts"))
-    assert r.returncode != 0
-    out = " ".join((r.stdout + r.stderr).split())
+    assert r.rc != 0
+    out = " ".join(r.stdout.split())
     assert "2 experts are on the host but not in the list (coder, general); nothing was changed" in out, out[-3000:]
     assert {e: host.file(f"/etc/systemd/system/llmhost-expert-{e}.service").sha256sum for e in PORTS} == before
     assert not host.file("/etc/systemd/system/llmhost-expert-general2.service").exists
@@ -164,8 +159,8 @@ def test_a_renamed_expert_that_fails_gives_the_port_back_to_the_old_one(host):
              "&& head -c 1048576 /dev/urandom > /srv/models/broken/model.safetensors")
     r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(
         host, coder={"expert_id": "coder2", "model": "/srv/models/broken"})}), playbooks=("preflight", "experts"))
-    assert r.returncode != 0
-    out = " ".join((r.stdout + r.stderr).split())
+    assert r.rc != 0
+    out = " ".join(r.stdout.split())
     assert "expert 'coder2' did not pass its health gate" in out, out[-3000:]
     assert "there was no previous version" in out and "started again: coder" in out, out[-3000:]
     assert host.file("/etc/systemd/system/llmhost-expert-coder.service").exists
@@ -191,7 +186,7 @@ def test_a_wrong_chat_template_fails_the_coherence_probes(host, base_url, tmp_pa
     coder["engine"] = dict(coder["engine"], chat_template=path)
     try:
         r = playbook("-e", json.dumps({"llmhost_experts": broken}), playbooks=("preflight", "experts"))
-        assert r.returncode == 0, r.stdout[-3000:]  # nothing a deploy can see is wrong
+        assert r.rc == 0, r.stdout[-3000:]  # nothing a deploy can see is wrong
         assert f"--chat-template {path}" in host.file("/etc/systemd/system/llmhost-expert-coder.service").content_string
         s = smoke(host, base_url, tmp_path, "--repeat", "2")
         print(s.stdout)
@@ -204,7 +199,7 @@ def test_a_wrong_chat_template_fails_the_coherence_probes(host, base_url, tmp_pa
         assert "FAIL general" not in s.stdout  # the healthy expert still passes
     finally:
         r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
-        assert r.returncode == 0, r.stdout[-3000:]
+        assert r.rc == 0, r.stdout[-3000:]
     assert "--chat-template" not in host.file("/etc/systemd/system/llmhost-expert-coder.service").content_string
     assert "Paris" in (ask(host, "coder") or "")
 
@@ -229,12 +224,12 @@ def test_forced_bf16_is_refused_where_emulated_and_stays_on_the_reference(host, 
     try:
         if not native:
             r = playbook("-e", json.dumps({"llmhost_experts": forced}), playbooks=("preflight", "experts"))
-            out = " ".join((r.stdout + r.stderr).split())
-            assert r.returncode != 0 and "expert 'coder' field 'dtype'" in out and "emulated" in out, out[-3000:]
+            out = " ".join(r.stdout.split())
+            assert r.rc != 0 and "expert 'coder' field 'dtype'" in out and "emulated" in out, out[-3000:]
             assert host.file(unit).sha256sum == before  # nothing changed on the host
             [e for e in forced if e["expert_id"] == "coder"][0]["allow_emulated_dtype"] = True
         r = playbook("-e", json.dumps({"llmhost_experts": forced}), playbooks=("preflight", "experts"))
-        assert r.returncode == 0, r.stdout[-3000:]
+        assert r.rc == 0, r.stdout[-3000:]
         assert "--dtype bfloat16" in host.file(unit).content_string
         s = smoke(host, base_url, tmp_path, "--repeat", "2", "--expert", "coder")
         print(s.stdout)
@@ -242,7 +237,7 @@ def test_forced_bf16_is_refused_where_emulated_and_stays_on_the_reference(host, 
         assert re.search(r"^coder .* 4/4 ok ", s.stdout, re.M), s.stdout
     finally:
         r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
-        assert r.returncode == 0, r.stdout[-3000:]
+        assert r.rc == 0, r.stdout[-3000:]
     assert "Paris" in (ask(host, "coder") or "")
 
 
@@ -253,7 +248,7 @@ def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
     # touching the lazy expert's socket (a health check or a scrape would keep it loaded)
     r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host), "llmhost_lazy_loading": lazy}),
                  playbooks=("preflight", "experts", "frontdoor", "monitoring"))
-    assert r.returncode == 0, r.stdout[-3000:]
+    assert r.rc == 0, r.stdout[-3000:]
     cfg = host.file("/etc/haproxy/haproxy.cfg").content_string
     assert "server coder 127.0.0.1:8102 maxconn 8 maxqueue 32\n" in cfg  # lazy: no health check
     # Until the front door stage ran, the old config still health-checked 8102 and may

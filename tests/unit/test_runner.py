@@ -1,0 +1,27 @@
+"""What `llmhost deploy` shows from ansible-runner's events (the events of a real run
+are read in tests/integration/test_preflight_bad_input.py)."""
+
+from llmhost import runner
+
+
+def test_a_line_per_play_and_per_failed_task():
+    assert runner.stage_line({"event": "playbook_on_play_start", "event_data": {"play": "Tune the OS"}}).endswith(
+        "] Tune the OS")
+    msg = ("Task failed: Finalization of task args for 'ansible.builtin.set_fact' failed: Error while resolving "
+           "value for 'llmhost_plan_host': The filter plugin 'llmhost.toolkit.plan' failed: the experts config "
+           "cannot work: expert 'general' field 'priority': required")
+    line = runner.stage_line({"event": "runner_on_failed", "event_data": {
+        "host": "h1", "task": "Plan", "res": {"msg": msg}}})
+    assert line == ("  FAILED h1: Plan: the experts config cannot work: expert 'general' field 'priority': "
+                    "required")
+    assert runner.stage_line({"event": "runner_on_failed", "event_data": {"ignore_errors": True, "res": {}}}) is None
+    assert runner.stage_line({"event": "runner_on_ok", "event_data": {"task": "x"}}) is None
+
+
+def test_task_times_and_counts_come_from_events():
+    ev = [{"event": "runner_on_ok", "event_data": {"task": "Probe the host CPU", "host": "h", "duration": 1.5}},
+          {"event": "runner_on_ok", "event_data": {"task": "Render", "host": "h", "duration": 4}},
+          {"event": "runner_on_failed", "event_data": {"task": "Gate", "host": "h", "duration": 9}}]
+    r = runner.PlaybookRun(rc=2, status="failed", stdout="", events=ev)
+    assert r.task_times() == [("Gate", "h", 9.0), ("Render", "h", 4.0), ("Probe the host CPU", "h", 1.5)]
+    assert r.ran("Probe the host") == 1 and r.ran("Gate") == 0
