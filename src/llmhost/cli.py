@@ -23,9 +23,11 @@ from typing import Any
 
 import yaml
 
+from . import gate
 from . import host as host_mod
 from . import site_templates
 from .experts import ConfigError
+from .gate import DEFAULT_MAX_WORSE
 from .legacy import import_legacy, loads_lenient
 from .model_files import local_weights
 from .plan import DEFAULT_START_BUDGET_S, Shared, build_plan, default_reserved, parse_shared
@@ -219,6 +221,7 @@ def read_key_file(path: str) -> str:
 def cmd_smoke(args: argparse.Namespace) -> int:
     from . import smoke  # noqa: PLC0415
 
+    baseline = read_baseline(args.baseline) if args.baseline else None   # before minutes of measuring
     cfg = json.loads(read_text(args.config, "--config")) if args.config else None
     if cfg is None:
         import urllib.request  # noqa: PLC0415
@@ -264,6 +267,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         smoke.chart(results, args.chart)
         print(f"chart: {args.chart}")
     if args.html:
+        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         png = None
         if not folded:
             png_path = args.chart or str(Path(args.html).with_suffix(".png"))
@@ -272,7 +276,6 @@ def cmd_smoke(args: argparse.Namespace) -> int:
             png = Path(png_path).read_bytes()
             if not args.chart:
                 Path(png_path).unlink()
-        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         Path(args.html).write_text(site_templates.report_page(rep, smoke.TABLE_HEADER,
                                                               smoke.table_rows(results, figures=not folded), png))
         print(f"page: {args.html}")
@@ -282,7 +285,40 @@ def cmd_smoke(args: argparse.Namespace) -> int:
             print(f"SKIP {r.expert_id}: reference probe skipped: {r.reference['why']}")
     for m in misses:
         print(f"FAIL {m}")
-    return 1 if misses else 0
+    gate_failed = False
+    if args.baseline:
+        g = gate.compare(rep, baseline, args.max_worse)
+        print("\n".join(g.lines))
+        gate_failed = not g.passed
+        if g.set_baseline and not misses:
+            Path(args.baseline).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.baseline).write_text(json.dumps(rep, indent=1))
+            print(f"baseline: {args.baseline}")
+    return 1 if misses or gate_failed else 0
+
+
+def read_baseline(path: str) -> dict[str, Any] | None:
+    """The host's baseline report, or None when there is none yet."""
+    if not Path(path).exists():
+        return None
+    try:
+        data = json.loads(read_text(path, "--baseline"))
+    except ValueError as e:
+        raise UsageError(f"--baseline {path}: not JSON ({str(e).splitlines()[0][:120]}); "
+                         "remove it to set a new baseline") from None
+    if not isinstance(data, dict) or not isinstance(data.get("experts"), list):
+        raise UsageError(f"--baseline {path}: not a smoke report; remove it to set a new baseline")
+    return data
+
+
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0 < v <= 10:
+        raise argparse.ArgumentTypeError(f"a share above 0 (0.25 is 25 %), got {text!r}")
+    return v
 
 
 def _threshold(text: str) -> tuple[str, float]:
@@ -353,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--json", help="write the JSON report here")
     sm.add_argument("--chart", help="write a PNG chart of TTFT and TBT here")
     sm.add_argument("--html", help="write one HTML page with the table and the chart here")
+    sm.add_argument("--baseline", metavar="FILE", help="regression gate: compare with this earlier report "
+                    "(written from this run when absent and the run passed)")
+    sm.add_argument("--max-worse", type=_share, default=DEFAULT_MAX_WORSE, metavar="SHARE",
+                    help=f"with --baseline: how much worse TTFT p50 and TBT p95 may get (default "
+                    f"{DEFAULT_MAX_WORSE}, i.e. {DEFAULT_MAX_WORSE:.0%})")
     sm.set_defaults(func=cmd_smoke)
     dp = sub.add_parser("deploy", help="run site.yml (or a stage) with a line per stage and counts at the end")
     dp.add_argument("-i", "--inventory", required=True)

@@ -37,6 +37,21 @@ def test_an_impossible_budget_fails_naming_expert_and_figure(host, base_url, tmp
     assert re.search(r"FAIL coder: ttft_p50 \d+\.\d{3} s > budget 0.0001 s", r.stdout), r.stdout
 
 
+def test_the_regression_gate_sets_a_baseline_then_fails_a_worse_run(host, base_url, tmp_path):
+    base = tmp_path / "mol-site" / "baseline.json"
+    args = ("--expert", "general", "--repeat", "2", "--baseline", str(base))
+    r = smoke(host, base_url, tmp_path, *args)
+    assert r.returncode == 0 and "GATE no baseline yet" in r.stdout and base.exists(), r.stdout + r.stderr
+    b = json.loads(base.read_text())
+    b["experts"][0]["ttft_p50_s"] /= 10   # a baseline ten times faster than this host
+    base.write_text(json.dumps(b))
+    r = smoke(host, base_url, tmp_path, *args)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"^GATE FAIL general: TTFT p50 \d+ ms against baseline \d+ ms \(\+\d+%, limit \+25%\)$",
+                     r.stdout, re.M), r.stdout
+    assert json.loads(base.read_text()) == b   # a failed run never moves the baseline
+
+
 def quiet_probe_timer(host):
     """Stop the answer probe timer (and wait out a run in progress): its probes share the
     experts' cores and would skew the figures printed below."""
