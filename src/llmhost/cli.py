@@ -268,14 +268,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         print(f"chart: {args.chart}")
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        png = None
-        if not folded:
-            png_path = args.chart or str(Path(args.html).with_suffix(".png"))
-            if not args.chart:
-                smoke.chart(results, png_path)
-            png = Path(png_path).read_bytes()
-            if not args.chart:
-                Path(png_path).unlink()
+        png = None if folded else smoke.chart_png(results)
         Path(args.html).write_text(site_templates.report_page(rep, smoke.TABLE_HEADER,
                                                               smoke.table_rows(results, figures=not folded), png))
         print(f"page: {args.html}")
@@ -313,12 +306,9 @@ def read_baseline(path: str) -> dict[str, Any] | None:
 
 def _share(text: str) -> float:
     try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 0 < v <= 10:
-        raise argparse.ArgumentTypeError(f"a share above 0 (0.25 is 25 %), got {text!r}")
-    return v
+        return gate.check_max_worse(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} ({text!r})") from None
 
 
 def _threshold(text: str) -> tuple[str, float]:

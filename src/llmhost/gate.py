@@ -24,10 +24,16 @@ class GateResult:
     lines: list[str] = field(default_factory=list)
 
 
+def check_max_worse(max_worse: float) -> float:
+    """The share itself: above 0 and at most 10 (0.25 is 25 %)."""
+    if not 0 < max_worse <= 10:
+        raise ValueError(f"max_worse: a share above 0 and at most 10 (0.25 is 25 %), got {max_worse}")
+    return max_worse
+
+
 def compare(report: Mapping[str, Any], baseline: Mapping[str, Any] | None,
             max_worse: float = DEFAULT_MAX_WORSE) -> GateResult:
-    if not 0 < max_worse <= 10:
-        raise ValueError(f"max_worse: a share above 0 (0.25 is 25 %), got {max_worse}")
+    check_max_worse(max_worse)
     if baseline is None:
         return GateResult(True, True, ["GATE no baseline yet: this report becomes the baseline"])
     base = {e["expert_id"]: e for e in baseline.get("experts", [])}

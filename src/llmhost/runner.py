@@ -4,7 +4,9 @@ Used by `llmhost deploy`, the benchmark, the VM reboot test and the test harness
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -12,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-# The checkout llmhost is installed from (editable): site.yml, playbooks/, roles/.
-PROJECT = Path(__file__).resolve().parents[2]
+from . import CHECKOUT as PROJECT
+
 FINISHED = ("runner_on_ok", "runner_on_failed", "runner_on_unreachable")
 
 
@@ -63,38 +65,41 @@ def run_playbook(playbooks: Sequence[str], inventory: str | Path, *, extravars: 
     project's ansible.cfg and the ansible-playbook beside this Python."""
     import ansible_runner  # noqa: PLC0415 - the CLI's other commands do not need it
 
-    pdir = Path(private_dir) if private_dir else Path(tempfile.mkdtemp(prefix="llmhost-runner-"))
-    pdir.mkdir(parents=True, exist_ok=True)
-
     def handler(event: dict[str, Any]) -> bool:
         if on_line and (line := stage_line(event)):
             on_line(line)
         return True
 
+    # without a private dir, a temporary one, removed once its events are read
+    pdir = Path(private_dir) if private_dir else Path(tempfile.mkdtemp(prefix="llmhost-runner-"))
+    pdir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    # with `binary`, ansible-runner leaves the playbooks to the command line
-    r = ansible_runner.run(private_data_dir=str(pdir), project_dir=str(PROJECT),
-                           binary=str(Path(sys.executable).parent / "ansible-playbook"),
-                           cmdline=shlex.join([*playbooks, *args]), inventory=str(inventory),
-                           extravars=dict(extravars or {}),
-                           envvars={"ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
-                                    **(envvars or {})},
-                           quiet=True, timeout=timeout, event_handler=handler)
-    stats = r.stats or {}
-    failed: dict[str, int] = {}
-    for key in ("failures", "dark"):
-        for h, n in (stats.get(key) or {}).items():
-            failed[h] = failed.get(h, 0) + n
-    return PlaybookRun(rc=r.rc, status=r.status, stdout=r.stdout.read(), events=list(r.events),
-                       ok=dict(stats.get("ok") or {}), changed=dict(stats.get("changed") or {}), failed=failed, seconds=time.monotonic() - t0)
+    try:
+        # with `binary`, ansible-runner leaves the playbooks to the command line
+        r = ansible_runner.run(private_data_dir=str(pdir), project_dir=str(PROJECT),
+                               binary=str(Path(sys.executable).parent / "ansible-playbook"),
+                               cmdline=shlex.join([*playbooks, *args]), inventory=str(inventory),
+                               extravars=dict(extravars or {}),
+                               envvars={"ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+                                        **(envvars or {})},
+                               quiet=True, timeout=timeout, event_handler=handler)
+        stats = r.stats or {}
+        failed: dict[str, int] = {}
+        for key in ("failures", "dark"):
+            for h, n in (stats.get(key) or {}).items():
+                failed[h] = failed.get(h, 0) + n
+        return PlaybookRun(rc=r.rc, status=r.status, stdout=r.stdout.read(), events=list(r.events),
+                           ok=dict(stats.get("ok") or {}), changed=dict(stats.get("changed") or {}),
+                           failed=failed, seconds=time.monotonic() - t0)
+    finally:
+        if not private_dir:
+            shutil.rmtree(pdir, ignore_errors=True)
 
 
 def molecule_envvars() -> dict[str, str]:
     """What a playbook run from a Molecule verifier needs beyond run_playbook's
     defaults: Molecule's own ansible.cfg (its connection settings) and the project's
     roles and collections."""
-    import os  # noqa: PLC0415
-
     env = {"ANSIBLE_ROLES_PATH": str(PROJECT / "roles"), "ANSIBLE_COLLECTIONS_PATH": str(PROJECT / "collections")}
     if os.environ.get("ANSIBLE_CONFIG"):
         env["ANSIBLE_CONFIG"] = os.environ["ANSIBLE_CONFIG"]

@@ -11,13 +11,14 @@ from typing import Any, Mapping, Sequence
 
 import jinja2
 
+from . import CHECKOUT
 from .experts import ConfigError
 
 
 def template_dir() -> Path:
     """LLMHOST_TEMPLATES, else the checkout llmhost is installed from (editable)."""
     env = os.environ.get("LLMHOST_TEMPLATES")
-    d = Path(env) if env else Path(__file__).resolve().parents[2] / "templates"
+    d = Path(env) if env else CHECKOUT / "templates"
     if not (d / "smoke-report.html.j2").is_file():
         raise ConfigError([f"site templates not found in {d}: run llmhost from its checkout "
                            "(pip install -e .) or set LLMHOST_TEMPLATES"])

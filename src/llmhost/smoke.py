@@ -432,6 +432,14 @@ def report(results: Sequence[ExpertResult], meta: Mapping[str, Any], figures: bo
 
 
 def chart(results: Sequence[ExpertResult], path: str) -> None:
+    with open(path, "wb") as f:
+        f.write(chart_png(results))
+
+
+def chart_png(results: Sequence[ExpertResult]) -> bytes:
+    """TTFT and TBT, p50 and p95, per expert, as PNG bytes."""
+    import io  # noqa: PLC0415
+
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -448,7 +456,10 @@ def chart(results: Sequence[ExpertResult], path: str) -> None:
         ax.set_title(label)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def progress_printer(stream=sys.stderr) -> Callable[[str], None]:
