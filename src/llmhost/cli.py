@@ -177,7 +177,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           reserved_cores=int(reserved), strict=args.strict,
                           weights_bytes=local_weights(hv.get("llmhost_experts")),
                           default_expert=hv.get("llmhost_default_expert") or None, shared=shared,
-                          start_budget_s=hv.get("llmhost_start_budget_s", DEFAULT_START_BUDGET_S))
+                          start_budget_s=hv.get("llmhost_start_budget_s", DEFAULT_START_BUDGET_S),
+                          routing=hv.get("llmhost_routing"))
     except ConfigError as e:
         print(f"{name}: the plan does not work:", file=sys.stderr)
         for p in e.problems:

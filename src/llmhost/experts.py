@@ -34,6 +34,11 @@ TOOLKIT_PORTS = {8082: "the front door", 8405: "HAProxy's metrics endpoint", 909
                  9100: "node exporter"}
 PRIORITY_MAX = 1000
 PROFILES = ("low_latency", "throughput", "legacy")
+# generate: a chat/completions model; pooling: an embedding model (vLLM --runner pooling),
+# such as the sentence-transformer the front door routes "auto" with.
+RUNNERS = ("generate", "pooling")
+ROUTE_EXAMPLES_MAX = 50
+ROUTE_EXAMPLE_CHARS = 2000
 DEFAULT_PORT_BASE = 8101
 
 
@@ -109,6 +114,12 @@ class Expert:
     thresholds: Thresholds = Thresholds()
     allow_emulated_dtype: bool = False
     reference: str | None = None
+    runner: str = "generate"
+    route_examples: tuple[str, ...] = ()
+
+    @property
+    def pooling(self) -> bool:
+        return self.runner == "pooling"
 
     def effective_engine(self) -> dict[str, Any]:
         """Profile defaults, overridden by the expert's own engine keys."""
@@ -134,6 +145,8 @@ EXPERT_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "thresholds": ((dict,), "mapping"),
     "allow_emulated_dtype": ((bool,), "true or false"),
     "reference": ((str,), "path on the controller to a reference answers file"),
+    "runner": ((str,), "one of " + ", ".join(RUNNERS)),
+    "route_examples": ((list,), "list of example prompts"),
 }
 REQUIRED = ("expert_id", "model", "domain", "priority")
 THRESHOLD_FIELDS = ("ttft_p50_s", "ttft_p95_s", "tbt_p95_s", "decode_tps_min")
@@ -273,9 +286,28 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     w = raw.get("weights_gib")
     if w is not None and w <= 0:
         problems.append(f"{who} field 'weights_gib': must be > 0, got {w}")
+    runner = raw.get("runner") or "generate"
+    if runner not in RUNNERS:
+        problems.append(f"{who} field 'runner': must be one of {', '.join(RUNNERS)}, got {runner!r}")
     cores = raw.get("cores")
-    if cores is not None and cores < 1:
-        problems.append(f"{who} field 'cores': must be >= 1, got {cores}")
+    if cores is not None and cores < (0 if runner == "pooling" else 1):
+        problems.append(f"{who} field 'cores': must be >= 1 (0 only for a pooling expert, which then runs on "
+                        f"the reserved CPUs), got {cores}")
+    examples = raw.get("route_examples") or []
+    if examples and runner == "pooling":
+        problems.append(f"{who} field 'route_examples': a pooling expert is never a route target")
+    if len(examples) > ROUTE_EXAMPLES_MAX:
+        problems.append(f"{who} field 'route_examples': at most {ROUTE_EXAMPLES_MAX}, got {len(examples)}")
+    for x in examples:
+        if not isinstance(x, str) or not x.strip() or len(x) > ROUTE_EXAMPLE_CHARS:
+            problems.append(f"{who} field 'route_examples': each is a non-empty prompt of at most "
+                            f"{ROUTE_EXAMPLE_CHARS} characters, got {x!r:.80}")
+            break
+    if runner == "pooling" and raw.get("thresholds"):
+        problems.append(f"{who} field 'thresholds': a pooling expert makes no tokens; latency budgets apply to "
+                        "generate experts")
+    if runner == "pooling" and raw.get("reference"):
+        problems.append(f"{who} field 'reference': reference answers are for generate experts")
     aliases = raw.get("aliases") or []
     for a in aliases:
         if not isinstance(a, str) or not ALIAS_RE.match(a):
@@ -308,6 +340,7 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
         thresholds=Thresholds(**{k: float(v) for k, v in thr.items()}),
         allow_emulated_dtype=bool(raw.get("allow_emulated_dtype", False)),
         reference=raw.get("reference") or None,
+        runner=runner, route_examples=tuple(x.strip() for x in examples),
     ), []
 
 

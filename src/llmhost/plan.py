@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, TOOLKIT_PORTS, ConfigError, Expert, LazyLoading,
                       assign_ports, parse_experts)
 from .model_files import reference_for
+from . import routing as routing_mod
 from .plan_text import memory_table
 from .systemd import home_sandbox
 from .translate import Translation, translate
@@ -138,6 +139,7 @@ class Plan:
     folded: dict[str, Any] | None = None   # set when planned for more CPUs than this host has
     start_budget_s: int = DEFAULT_START_BUDGET_S
     shared: Shared = Shared()
+    routing: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = []
@@ -146,7 +148,7 @@ class Plan:
             out.append({
                 "expert_id": e.expert_id, "port": e.port, "backend_port": e.backend_port,
                 "domain": x.domain, "priority": x.priority, "profile": x.profile, "model": x.model,
-                "model_source": x.model_source,
+                "model_source": x.model_source, "runner": x.runner, "route_examples": list(x.route_examples),
                 "thresholds": {k: v for k, v in asdict(x.thresholds).items() if v is not None},
                 "preload_tcmalloc": PROFILE_TABLE[x.profile].preload_tcmalloc,
                 "cores": e.cores, "cpu_list": e.cpu_list,
@@ -168,7 +170,7 @@ class Plan:
                 "loaded_at_once_gib": round(self.loaded_at_once_gib, 2),
                 "memory_gib": round(self.memory_gib, 2), "lazy_loading": asdict(self.lazy),
                 "default_expert": self.default_expert, "folded": self.folded,
-                "start_budget_s": self.start_budget_s, "shared": asdict(self.shared),
+                "start_budget_s": self.start_budget_s, "shared": asdict(self.shared), "routing": self.routing,
                 "warnings": self.warnings}
 
 
@@ -195,6 +197,10 @@ def split_cores(experts: Sequence[Expert], cpus: Sequence[int], reserved: int) -
     if reserved < 0 or reserved >= len(cpus):
         raise ConfigError([f"host field 'reserved_cores': {reserved} leaves no CPU of {len(cpus)} for experts"])
     pool = list(cpus)[reserved:]
+    # cores: 0 (pooling experts only): no CPUs of its own; it runs on the reserved
+    # ones beside the front door it serves, or on all CPUs when none are reserved.
+    on_reserved = [e for e in experts if e.cores == 0]
+    experts = [e for e in experts if e.cores != 0]
     fixed = {e.expert_id: e.cores for e in experts if e.cores}
     flexible = [e for e in experts if not e.cores]
     need = sum(fixed.values()) + len(flexible)
@@ -225,6 +231,8 @@ def split_cores(experts: Sequence[Expert], cpus: Sequence[int], reserved: int) -
         n = counts[e.expert_id]
         out[e.expert_id] = pool[pos:pos + n]
         pos += n
+    for e in on_reserved:
+        out[e.expert_id] = list(cpus)[:reserved] or list(cpus)
     return out, list(cpus)[:reserved]
 
 
@@ -259,6 +267,7 @@ def build_plan(
     start_budget_s: Any = DEFAULT_START_BUDGET_S,
     shared: Shared | None = None,
     reference_lookup: Callable[[Expert], tuple[str | None, str]] = reference_for,
+    routing: Any = None,
 ) -> Plan:
     """Everything a deploy needs, or ConfigError listing every problem.
 
@@ -266,6 +275,7 @@ def build_plan(
     reference answers) comes in as `weights_bytes` and `reference_lookup`, both
     read by `llmhost.model_files`."""
     experts, lazy = parse_experts(raw_experts, raw_lazy)
+    route = routing_mod.parse_routing(routing)
     shared = shared or Shared()
     problems: list[str] = []
     lo, hi = START_BUDGET_RANGE
@@ -275,8 +285,15 @@ def build_plan(
     ids = [e.expert_id for e in experts]
     if default_expert and default_expert not in ids:
         raise ConfigError([f"llmhost_default_expert: {default_expert!r} is not an expert ({', '.join(ids)})"])
+    if default_expert and next(e for e in experts if e.expert_id == default_expert).pooling:
+        raise ConfigError([f"llmhost_default_expert: {default_expert!r} is a pooling (embedding) expert; the "
+                           "default answers chat, so it must be a generate expert"])
+    generate = [e for e in experts if not e.pooling]
+    if experts and not generate:
+        raise ConfigError(["llmhost_experts: every expert is a pooling (embedding) expert; at least one must "
+                           "generate (runner: generate, the default)"])
     if not default_expert:
-        general = [e for e in experts if e.domain == "general"] or experts
+        general = [e for e in generate if e.domain == "general"] or generate
         default_expert = sorted(general, key=lambda e: (-e.priority, ids.index(e.expert_id)))[0].expert_id
     caps = {**caps, "cpu": {**caps.get("cpu", {}), "arch": host.arch, "isa": dict(host.isa), "model": host.model}}
     ports = assign_ports(experts, avoid=toolkit_ports(shared))
@@ -306,6 +323,15 @@ def build_plan(
         names[default_expert] = [*names[default_expert], AUTO_NAME]
     by_priority = sorted(experts, key=lambda e: (-e.priority, experts.index(e)))
     preload_ids = {e.expert_id for e in (by_priority[:lazy.warmup_pool_size] if lazy.enabled else experts)}
+    route_problems, route_warnings = routing_mod.problems(route, experts, default_expert, preload_ids)
+    problems += route_problems
+    warnings += route_warnings
+    if route is not None:
+        # Routed by meaning, an "auto" request may reach any expert with examples,
+        # which must then accept the name (vLLM answers with its first name).
+        for e in experts:
+            if e.route_examples and AUTO_NAME not in names[e.expert_id]:
+                names[e.expert_id] = [*names[e.expert_id], AUTO_NAME]
     plans: list[ExpertPlan] = []
     for e in experts:
         wb = (weights_bytes or {}).get(e.expert_id)
@@ -348,6 +374,9 @@ def build_plan(
             "stopped to make room); raise it, or lower warmup_pool_size")
     plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert, folded, start_budget_s,
                 shared)
+    if route is not None and not route_problems:
+        emb_bytes = (weights_bytes or {}).get(route.embedder)
+        plan.routing = routing_mod.section(route, plan.to_dict()["experts"], default_expert, emb_bytes)
     if plans and at_once > budget:
         problems.append(
             f"memory: the experts that can be loaded at once need {at_once:.1f} GiB, more than "

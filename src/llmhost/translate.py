@@ -42,7 +42,7 @@ SCHEMA_KEYS = {
     "expert_id": "expert_id", "model_path": "model", "domain": "domain", "priority": "priority",
 }
 # Keys the toolkit owns: set from the schema, never from engine settings.
-OWNED_FLAGS = {"model", "host", "port", "served_model_name"}
+OWNED_FLAGS = {"model", "host", "port", "served_model_name", "runner"}
 AWQ_GPTQ = {"awq", "awq_marlin", "gptq", "gptq_marlin", "gptq_marlin_24"}
 FP8_KV = {"fp8", "fp8_e4m3", "fp8_e5m2"}
 GEMMA3_MARKERS = ("gemma-3", "gemma3", "gemma_3")
@@ -199,10 +199,17 @@ def translate(
     quant = settings.get("quantization")
     kv_dtype = str(settings.get("kv_cache_dtype", "auto") or "auto")
     refused16 = rules.get("float16_refused_models") or ["gemma3"]
+    requested_dtype = settings.pop("dtype", "auto")
+    pooling_f32 = expert.pooling and dtype_mod.normalize(requested_dtype) == "auto"
     choice, why = dtype_mod.choose(
-        settings.pop("dtype", "auto"), arch, isa, cpu_name=str(cpu.get("model") or ""),
+        "float32" if pooling_f32 else requested_dtype, arch, isa, cpu_name=str(cpu.get("model") or ""),
         fp16_refused="Gemma 3" if _is_gemma3(expert) and any("gemma3" in m for m in refused16) else "",
         allow_emulated=expert.allow_emulated_dtype)
+    if choice is not None and pooling_f32:
+        # A small embedding model costs little in float32, and its vectors (so the
+        # routing decisions) are then the same on every CPU.
+        choice = dtype_mod.DtypeChoice("float32", "auto: pooling expert, float32 keeps embeddings the same on "
+                                       "every CPU", False, "auto")
     if choice is None:
         t.report.append(Line("dtype", "rejected", str(why)))
     else:
@@ -237,6 +244,8 @@ def translate(
 
     argv = ["--model", expert.model, "--served-model-name", expert.expert_id,
             "--host", "127.0.0.1", "--port", str(port)]
+    if expert.pooling:
+        argv += ["--runner", "pooling"]
     if t.dtype:
         # Always explicit: vLLM's own "auto" follows config.json (bf16), not the CPU.
         argv += ["--dtype", t.dtype.dtype]

@@ -11,7 +11,7 @@ from llmhost.plan import GIB, Host, build_plan
 TOP = {
     "experts": list, "reserved_cores": list, "budget_gib": float, "loaded_at_once_gib": float, "memory_gib": float,
     "lazy_loading": dict, "default_expert": str, "folded": type(None), "start_budget_s": int, "shared": dict,
-    "warnings": list,
+    "warnings": list, "routing": type(None),
 }
 SHARED = {"vllm_version": str, "venv": str, "config_dir": str, "frontdoor_port": int,
           "frontdoor_metrics_bind": str, "frontdoor_metrics_port": int}
@@ -21,8 +21,12 @@ EXPERT = {
     "cpu_list": str, "weights_gib": float, "kv_cache_gib": float, "overhead_gib": float, "memory_gib": float,
     "memory_high_bytes": int, "memory_max_bytes": int, "preload": bool, "names": list, "argv": list,
     "dtype": str, "dtype_reason": str, "reference": type(None), "reference_why": str, "protect_home": str,
-    "bind_read_only": list, "reference_on_host": type(None), "env": dict, "report": list,
+    "bind_read_only": list, "reference_on_host": type(None), "env": dict, "report": list, "runner": str,
+    "route_examples": list,
 }
+# With llmhost_routing: the front door's Lua and the centroid task read this section.
+ROUTING = {"embedder": str, "embedder_port": int, "embedder_model": str, "timeout_ms": int, "default_expert": str,
+           "domains": list, "max_text_chars": int, "centroids_file": str, "config_file": str, "inputs_sha256": str}
 
 
 def test_the_plan_has_exactly_the_pinned_fields_and_types():
@@ -32,3 +36,13 @@ def test_the_plan_has_exactly_the_pinned_fields_and_types():
     assert {k: type(v) for k, v in d.items()} == TOP
     assert {k: type(v) for k, v in d["shared"].items()} == SHARED
     assert {k: type(v) for k, v in d["experts"][0].items()} == EXPERT
+
+
+def test_the_routing_section_has_exactly_the_pinned_fields():
+    experts = [{"expert_id": "general", "model": "/srv/models/a", "domain": "general", "priority": 1,
+                "weights_gib": 1.0, "kv_cache_gib": 1, "route_examples": ["hi"]},
+               {"expert_id": "router", "runner": "pooling", "model": "/srv/models/e", "domain": "routing",
+                "priority": 1, "weights_gib": 0.1, "kv_cache_gib": 1, "cores": 0}]
+    d = build_plan(experts, None, saved_capabilities(), Host((0, 1), 24 * GIB, "x86_64", {"bf16": True}),
+                   routing={"embedder": "router"}).to_dict()
+    assert {k: type(v) for k, v in d["routing"].items()} == ROUTING

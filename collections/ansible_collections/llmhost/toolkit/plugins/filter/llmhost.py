@@ -8,7 +8,7 @@ from ansible.errors import AnsibleFilterError
 
 from llmhost import tuning
 from llmhost.experts import ConfigError
-from llmhost import capabilities, frontdoor, install, systemd, translate
+from llmhost import capabilities, frontdoor, install, routing, systemd, translate
 from llmhost import host as host_mod
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
@@ -70,6 +70,26 @@ def probe_files(_: Any = None) -> list:
     return [os.path.join(d, f) for f in ("__init__.py", "probe.py", "smoke.py", "reference.py")]
 
 
+def route_centroids(section: dict, response: Any) -> dict:
+    """Adapter: the embedder's JSON answer -> the centroids file (a one-line error otherwise)."""
+    try:
+        return routing.centroids_file(section, response if isinstance(response, dict) else {})
+    except (ValueError, KeyError, TypeError) as e:
+        raise AnsibleFilterError(f"route centroids: {e}") from None
+
+
+def route_centroids_stale(section: dict, slurp_result: Any) -> bool:
+    """Adapter: an Ansible slurp of the host's centroids file -> does it need recomputing?"""
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    try:
+        have = json.loads(base64.b64decode((slurp_result or {}).get("content") or ""))
+    except ValueError:
+        return True
+    return not isinstance(have, dict) or have.get("inputs_sha256") != section.get("inputs_sha256")
+
+
 def preload_env(stat_results: list, tcmalloc: bool, iomp: bool, arch: str) -> dict:
     """Adapter: an Ansible stat loop -> llmhost.systemd.preload_env."""
     found = [r["item"] for r in stat_results or [] if r.get("stat", {}).get("exists")]
@@ -79,7 +99,7 @@ def preload_env(stat_results: list, tcmalloc: bool, iomp: bool, arch: str) -> di
 def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
          weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None,
          cpu_source: str = "affinity", expect_cpus: Any = None, start_budget_s: Any = DEFAULT_START_BUDGET_S,
-         shared: Any = None) -> dict:
+         shared: Any = None, routing: Any = None) -> dict:
     """The host plan as a dict; a config that cannot work fails the task with every problem."""
     host = host_mod.from_probe(cpu, cpu_source)
     expect = int(expect_cpus) if expect_cpus not in (None, "") else None
@@ -95,7 +115,7 @@ def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = N
         p = build_plan(experts, lazy, caps, host, reserved_cores=reserved,
                        weights_bytes=weights_bytes or {}, strict=bool(strict),
                        default_expert=default_expert or None, expect_cpus=expect, start_budget_s=budget,
-                       shared=parse_shared(shared if isinstance(shared, dict) else None))
+                       shared=parse_shared(shared if isinstance(shared, dict) else None), routing=routing or None)
     except ConfigError as e:
         raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     out = p.to_dict()
@@ -140,4 +160,8 @@ class FilterModule:
             "admission": admission,
             "staged": staged,
             "probe_output": capabilities.from_output,
+            "route_lua_config": routing.lua_config,
+            "route_embed_request": routing.embed_request,
+            "route_centroids": route_centroids,
+            "route_centroids_stale": route_centroids_stale,
         }
