@@ -228,8 +228,11 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         import urllib.request  # noqa: PLC0415
 
         with urllib.request.urlopen(args.url.rstrip("/") + "/v1/models", timeout=30) as r:
-            cfg = {"experts": [{"expert_id": m["id"]} for m in json.load(r)["data"]]}
-    experts = [e for e in cfg["experts"] if not args.expert or e["expert_id"] in args.expert]
+            cfg = {"experts": [{"expert_id": m["id"], "runner": (m.get("llmhost") or {}).get("runner", "generate")}
+                               for m in json.load(r)["data"]]}
+    # pooling (embedding) experts make no tokens: nothing to time or to compare with answers
+    experts = [e for e in cfg["experts"] if (not args.expert or e["expert_id"] in args.expert)
+               and e.get("runner", "generate") != "pooling"]
     missing = set(args.expert or []) - {e["expert_id"] for e in experts}
     if missing:
         print(f"no such expert: {', '.join(sorted(missing))}", file=sys.stderr)

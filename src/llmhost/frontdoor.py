@@ -89,7 +89,7 @@ def models_list(plan: Mapping[str, Any], created: int = 0) -> dict[str, Any]:
         {"id": e["expert_id"], "object": "model", "created": created, "owned_by": "llmhost",
          "root": e["expert_id"], "parent": None,  # a name, never the host's model path
          "llmhost": {"domain": e.get("domain"), "aliases": [n for n in e.get("names", []) if n != e["expert_id"]],
-                     "lazy": not e.get("preload", True)}}
+                     "lazy": not e.get("preload", True), "runner": e.get("runner", "generate")}}
         for e in plan["experts"]]}
 
 

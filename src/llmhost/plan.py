@@ -442,6 +442,8 @@ def alert_budgets(plan: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[
     thresholds, else the monitoring defaults."""
     out = []
     for e in plan["experts"]:
+        if e.get("runner") == "pooling":
+            continue  # an embedding model makes no tokens: no TTFT or TBT to budget
         thr = {**dict(defaults), **(e.get("thresholds") or {})}
         out.append({"expert_id": e["expert_id"], "ttft_p95_s": float(thr["ttft_p95_s"]),
                     "tbt_p95_s": float(thr["tbt_p95_s"])})

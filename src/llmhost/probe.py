@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: cannot read the experts config ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
     t0 = time.monotonic()
-    results = [probe_expert(e) for e in experts]
+    results = [probe_expert(e) for e in experts if e.get("runner", "generate") != "pooling"]
     for r in results:
         for n in r.notes:
             print(n)

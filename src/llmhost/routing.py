@@ -29,6 +29,8 @@ TIMEOUT_RANGE_MS = (5, 5000)
 MAX_TEXT_CHARS = 1000
 CENTROIDS_FILE = "/etc/haproxy/llmhost-centroids.json"
 ROUTE_CONFIG_FILE = "/etc/haproxy/llmhost-route.json"
+# Where the front door's metrics listener serves the routing counters (Prometheus text).
+METRICS_PATH = "/llmhost/route-metrics"
 FIELDS = {"embedder": "the expert_id of a pooling expert", "timeout_ms": "whole milliseconds"}
 
 
@@ -114,6 +116,7 @@ def section(routing: Routing | None, experts: Sequence[Mapping[str, Any]], defau
         "embedder": emb["expert_id"], "embedder_port": emb["port"], "embedder_model": emb["names"][0],
         "timeout_ms": routing.timeout_ms, "default_expert": default_expert, "domains": domains,
         "max_text_chars": MAX_TEXT_CHARS, "centroids_file": CENTROIDS_FILE, "config_file": ROUTE_CONFIG_FILE,
+        "metrics_path": METRICS_PATH,
         "inputs_sha256": inputs_sha256(emb["model"], weights_bytes, domains),
     }
 

@@ -22,9 +22,12 @@ def render(tmp_path):
         {"expert_id": "general", "model": "/m/a", "domain": "general", "priority": 5, "weights_gib": 0.3,
          "kv_cache_gib": 1, "thresholds": {"ttft_p95_s": 0.5, "tbt_p95_s": 0.05}},
         {"expert_id": "coder", "model": "/m/b", "domain": "coding", "priority": 3, "weights_gib": 0.3,
-         "kv_cache_gib": 1},
+         "kv_cache_gib": 1, "route_examples": ["Write a Python function"]},
+        {"expert_id": "router", "runner": "pooling", "model": "/m/e", "domain": "routing", "priority": 9,
+         "weights_gib": 0.1, "kv_cache_gib": 1, "cores": 0},
     ]
-    p = build_plan(experts, None, saved_capabilities(), Host((0, 1), 24 * GIB, "x86_64", {"bf16": True}))
+    p = build_plan(experts, None, saved_capabilities(), Host((0, 1), 24 * GIB, "x86_64", {"bf16": True}),
+                   routing={"embedder": "router"})
     out = tmp_path / "prom"
     out.mkdir()
     ev = tmp_path / "ev.json"
@@ -50,7 +53,9 @@ def test_rules_and_config_pass_promtool_and_every_alert_is_tested(tmp_path):
     assert alerts == fired == quiet, (alerts, fired, quiet)
     cfg = yaml.safe_load((out / "prometheus.yml").read_text())
     vllm = [j for j in cfg["scrape_configs"] if j["job_name"] == "vllm"][0]
-    assert [s["labels"]["expert"] for s in vllm["static_configs"]] == ["general", "coder"]
+    assert [s["labels"]["expert"] for s in vllm["static_configs"]] == ["general", "coder", "router"]
+    (route,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "frontdoor_routing"]
+    assert route["metrics_path"] == "/llmhost/route-metrics"
 
 
 def test_every_alert_has_a_runbook_page(tmp_path):

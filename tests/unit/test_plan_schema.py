@@ -26,7 +26,8 @@ EXPERT = {
 }
 # With llmhost_routing: the front door's Lua and the centroid task read this section.
 ROUTING = {"embedder": str, "embedder_port": int, "embedder_model": str, "timeout_ms": int, "default_expert": str,
-           "domains": list, "max_text_chars": int, "centroids_file": str, "config_file": str, "inputs_sha256": str}
+           "domains": list, "max_text_chars": int, "centroids_file": str, "config_file": str, "inputs_sha256": str,
+           "metrics_path": str}
 
 
 def test_the_plan_has_exactly_the_pinned_fields_and_types():
