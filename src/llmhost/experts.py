@@ -122,8 +122,14 @@ class Expert:
         return self.runner == "pooling"
 
     def effective_engine(self) -> dict[str, Any]:
-        """Profile defaults, overridden by the expert's own engine keys."""
-        return {**PROFILE_TABLE[self.profile].engine, **self.engine}
+        """Profile defaults, overridden by the expert's own engine keys. A pooling
+        expert skips the profile's prefix caching: vLLM 0.32 cannot start an
+        encoder-only model with it ("HybridKVCacheCoordinator requires at least one
+        cacheable group", measured with all-MiniLM-L6-v2)."""
+        base = dict(PROFILE_TABLE[self.profile].engine)
+        if self.pooling:
+            base.pop("enable_prefix_caching", None)
+        return {**base, **self.engine}
 
 
 # field -> (accepted python types, description for messages)

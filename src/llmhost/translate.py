@@ -196,6 +196,11 @@ def translate(
                                   "remove it from engine"))
             settings.pop(k)
 
+    if expert.pooling and settings.get("enable_prefix_caching"):
+        t.report.append(Line("enable_prefix_caching", "rejected",
+                             "a pooling expert cannot start with prefix caching in vLLM 0.32 (an encoder-only "
+                             "model has no cacheable KV group); remove it"))
+        settings.pop("enable_prefix_caching")
     quant = settings.get("quantization")
     kv_dtype = str(settings.get("kv_cache_dtype", "auto") or "auto")
     refused16 = rules.get("float16_refused_models") or ["gemma3"]

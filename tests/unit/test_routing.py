@@ -64,6 +64,15 @@ def test_the_plan_routes_auto_through_the_pooling_expert():
     assert routing.embed_request(r)["input"] == GENERAL["route_examples"] + CODER["route_examples"]
 
 
+def test_a_pooling_expert_never_gets_prefix_caching():
+    by = {e.expert_id: e for e in plan().experts}
+    assert "--enable-prefix-caching" in by["general"].translation.argv
+    assert "--enable-prefix-caching" not in by["router"].translation.argv  # the profile's default is dropped
+    got = problems((GENERAL, CODER, dict(ROUTER, engine={"enable_prefix_caching": True})), None, strict=True)
+    assert any("enable_prefix_caching" in p and "pooling expert cannot start with prefix caching" in p
+               for p in got), got
+
+
 def test_centroids_are_redone_only_when_examples_or_model_change():
     sha = plan().routing["inputs_sha256"]
     assert plan().routing["inputs_sha256"] == sha

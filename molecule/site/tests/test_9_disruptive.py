@@ -39,12 +39,16 @@ def experts_vars(host, **changes):
     inv = json.loads(host.check_output("cat /etc/llmhost/experts.json"))
     base = []
     for e in inv["experts"]:
+        pooling = e.get("runner") == "pooling"
         base.append({"expert_id": e["expert_id"], "model": e["model"], "domain": e["domain"],
-                     "priority": e["priority"], "kv_cache_gib": 1, "cores": 1,
-                     "aliases": [n for n in e["names"] if n != e["expert_id"]],
-                     "thresholds": e["thresholds"],
+                     "priority": e["priority"], "kv_cache_gib": 1, "cores": 0 if pooling else 1,
+                     # "auto" is the plan's own name for routed experts, not an alias
+                     "aliases": [n for n in e["names"] if n not in (e["expert_id"], "auto")],
+                     **({"thresholds": e["thresholds"]} if e["thresholds"] else {}),
                      **({"reference": e["reference"]} if e.get("reference") else {}),
-                     "engine": {"max_model_len": 2048, "enforce_eager": True}})
+                     **({"runner": "pooling"} if pooling else {}),
+                     **({"route_examples": e["route_examples"]} if e.get("route_examples") else {}),
+                     "engine": {"max_model_len": 256 if pooling else 2048, "enforce_eager": True}})
     for eid, ch in changes.items():
         [e for e in base if e["expert_id"] == eid][0].update(ch)
     return base
