@@ -18,7 +18,6 @@ from .translate import SCHEMA_KEYS, Line, classify, translate
 # Old-server features that were never engine settings; the toolkit has its own
 # answer for some (noted), none is passed to vLLM.
 TOP_LEVEL_NOT_VLLM = {
-    "embedding_model": "the old router's embedding classifier",
     "rag": "the old router's RAG bridge",
     "speculative_routing": "the old router's speculative routing",
     "enable_consensus": "the old router's consensus mode",
@@ -29,7 +28,12 @@ TOP_LEVEL_NOT_VLLM = {
     "optimization_flags": "labels, not settings",
     "notes": "comments",
 }
-EXPERT_META = {"description", "use_cases"}
+EXPERT_META = {"description"}
+# The old router's sentence-transformer, served here by a pooling expert (docs/routing.md).
+ROUTER = {"expert_id": "router", "runner": "pooling", "aliases": ["all-MiniLM-L6-v2"],
+          "model": "/srv/models/all-MiniLM-L6-v2", "domain": "routing", "priority": 9, "weights_gib": 0.1,
+          "kv_cache_gib": 1, "cores": 0, "engine": {"max_model_len": 256, "enforce_eager": True}}
+ROUTER_MODELS = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 
 
 def strip_comments(text: str) -> str:
@@ -72,12 +76,14 @@ def loads_lenient(text: str) -> Any:
 class Imported:
     experts: list[dict[str, Any]] = field(default_factory=list)
     lazy_loading: dict[str, Any] = field(default_factory=dict)
+    routing: dict[str, Any] = field(default_factory=dict)
     report: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def inventory(self) -> dict[str, Any]:
-        return {"llmhost_lazy_loading": self.lazy_loading, "llmhost_experts": self.experts}
+        return {"llmhost_lazy_loading": self.lazy_loading, **({"llmhost_routing": self.routing} if self.routing else {}),
+                "llmhost_experts": self.experts}
 
 
 def _expert_id(raw: Any) -> str:
@@ -141,7 +147,17 @@ def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> 
     for key, val in data.items():
         if key in ("experts", "performance_tuning", "lazy_loading"):
             continue
-        if key in TOP_LEVEL_NOT_VLLM:
+        if key == "embedding_model":
+            name = str((val or {}).get("model_name", "")) if isinstance(val, Mapping) else str(val or "")
+            if name.lower() in ROUTER_MODELS:
+                res.routing = {"embedder": ROUTER["expert_id"], "timeout_ms": 50}
+                res.report.append(f"{key}: translated ({name} becomes the pooling expert 'router' and "
+                                  "llmhost_routing: the front door routes model auto by meaning; its other keys "
+                                  "(cache_size, use_neon) are not settings of it)")
+            else:
+                res.report.append(f"{key}: dropped: {name or 'no model_name'} is not all-MiniLM-L6-v2, the "
+                                  "embedding model the toolkit ships (docs/routing.md)")
+        elif key in TOP_LEVEL_NOT_VLLM:
             res.report.append(f"{key}: dropped: not a vLLM setting ({TOP_LEVEL_NOT_VLLM[key]})")
         elif key == "server_config":
             res.report.append(f"{key}: translated (the front door listens on {(val or {}).get('port', 8082)!r}; "
@@ -174,7 +190,8 @@ def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> 
         eid = _expert_id(raw["expert_id"])
         if eid != raw["expert_id"]:
             res.report.append(f"{eid}.expert_id: translated ({raw['expert_id']!r} becomes {eid!r})")
-        engine_in = {k: v for k, v in raw.items() if k not in SCHEMA_KEYS and k not in EXPERT_META}
+        engine_in = {k: v for k, v in raw.items() if k not in SCHEMA_KEYS and k not in EXPERT_META
+                     and k != "use_cases"}
         for k, v in perf.items():
             engine_in.setdefault(k, v)
         legacy_dtype = engine_in.pop("dtype", None)
@@ -187,7 +204,10 @@ def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> 
                         profile="legacy")
         t = translate(expert, caps, port=0, legacy_keys=engine_in)
         for k in raw:
-            if k in SCHEMA_KEYS:
+            if k == "use_cases":
+                res.report.append(f"{eid}.use_cases: translated (becomes route_examples, the prompts model "
+                                  "auto is routed by)")
+            elif k in SCHEMA_KEYS:
                 res.report.append(f"{eid}.{k}: translated (becomes '{SCHEMA_KEYS[k]}')")
             elif k in EXPERT_META:
                 res.report.append(f"{eid}.{k}: dropped: not a vLLM setting (documentation)")
@@ -204,12 +224,19 @@ def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> 
             "expert_id": eid, "model": raw.get("model_path"), "domain": raw.get("domain", "general"),
             "priority": raw.get("priority", 1), "profile": "legacy", "engine": applied,
         }
+        cases = raw.get("use_cases")
+        if isinstance(cases, list) and cases:
+            entry["route_examples"] = [str(c) for c in cases]
         w = _estimate_weights(data, eid)
         if w is not None:
             entry["weights_gib"] = w
             res.warnings.append(f"expert '{eid}' field 'weights_gib': {w} taken from the legacy notes; "
                                 "the plan reads the real size from the model files when it can")
         res.experts.append(entry)
+    if res.routing:
+        res.experts.append(dict(ROUTER))
+        res.warnings.append("expert 'router' field 'model_source': set it to the folder `scripts/build-model "
+                            "--embedder` prints, or place all-MiniLM-L6-v2 at /srv/models/all-MiniLM-L6-v2")
     n = len(res.experts)
     for k in ("warmup_pool_size", "max_loaded_experts"):
         v = res.lazy_loading.get(k)
@@ -219,6 +246,10 @@ def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> 
     # The output must be what `llmhost plan` accepts: the same schema checks it.
     try:
         parse_experts(res.experts, res.lazy_loading or None)
+        if res.routing:
+            from .routing import parse_routing  # noqa: PLC0415
+
+            parse_routing(res.routing)
     except ConfigError as ce:
         res.rejected += [p.replace("field 'model'", "field 'model_path'") for p in ce.problems]
     return res

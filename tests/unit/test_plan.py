@@ -82,7 +82,7 @@ def test_no_room_for_a_lazy_expert_is_a_config_error():
         build_plan(experts(3, 2), lazy, CAPS, Host((0, 1), 40 * GIB, "x86_64", {"bf16": True}))
 
 
-def test_production_worst_case_is_the_three_preloaded_plus_gemma():
+def test_production_worst_case_is_the_router_and_three_preloaded_plus_gemma():
     from llmhost.cli import main as cli_main  # noqa: PLC0415
     import contextlib  # noqa: PLC0415
     import io  # noqa: PLC0415
@@ -91,7 +91,9 @@ def test_production_worst_case_is_the_three_preloaded_plus_gemma():
     with contextlib.redirect_stdout(out):
         assert cli_main(["plan", "-i", str(ROOT / "inventories/production"), "--json"]) == 0
     plan = json.loads(out.getvalue())
-    assert plan["loaded_at_once_gib"] == pytest.approx(110.2, abs=0.05) and plan["budget_gib"] == pytest.approx(115.2)
+    assert plan["loaded_at_once_gib"] == pytest.approx(114.3, abs=0.05) and plan["budget_gib"] == pytest.approx(115.2)
+    assert plan["routing"]["embedder"] == "router" and [e["cpu_list"] for e in plan["experts"]
+                                                        if e["expert_id"] == "router"] == ["0-1"]  # the reserved CPUs
 
 
 def test_memory_caps_per_expert_from_the_plan():
@@ -121,11 +123,13 @@ def test_local_plan_on_arm_picks_bf16_binds_disjoint_and_sets_arm_env():
     for e in raw["llmhost_experts"]:
         e["weights_gib"] = 0.3
     host = Host((0, 1), 24 * GIB, "aarch64", NV2["isa"], NV2["model"])
-    p = build_plan(raw["llmhost_experts"], raw["llmhost_lazy_loading"], CAPS, host)
+    p = build_plan(raw["llmhost_experts"], raw["llmhost_lazy_loading"], CAPS, host, routing=raw["llmhost_routing"])
     binds = [e.translation.env["VLLM_CPU_OMP_THREADS_BIND"] for e in p.experts]
-    assert binds == ["0", "1"]
+    assert binds == ["0", "1", "0-1"]   # the router (cores: 0) runs beside both
     for e in p.experts:
-        assert e.translation.argv[e.translation.argv.index("--dtype") + 1] == "bfloat16"
+        # the pooling router stays float32 on every CPU: the same vectors, the same routes
+        want = "float32" if e.expert_id == "router" else "bfloat16"
+        assert e.translation.argv[e.translation.argv.index("--dtype") + 1] == want
         assert e.translation.env["THP_MEM_ALLOC_ENABLE"] == "1"
     assert p.warnings == []
 
@@ -150,11 +154,17 @@ def test_import_legacy_then_plan_32_vcpu_128_gb(tmp_path):
     r = run_cli("plan", "-i", str(inv), "--json")
     assert r.returncode == 0, r.stderr
     plan = json.loads(r.stdout)
-    cores = [set(e["cores"]) for e in plan["experts"]]
+    chat = [e for e in plan["experts"] if e["runner"] == "generate"]
+    cores = [set(e["cores"]) for e in chat]
     assert len(cores) == 5 and all(cores)
     assert sum(len(c) for c in cores) == len(set().union(*cores)) == 30  # disjoint, 2 reserved
     assert all(e["preload"] for e in plan["experts"])
-    assert all(e["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" for e in plan["experts"])  # legacy profile
+    assert all(e["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "nobind" for e in chat)  # legacy profile
+    # the old embedding_model: the router, on the 2 reserved CPUs, and use_cases as route examples
+    (router,) = [e for e in plan["experts"] if e["runner"] == "pooling"]
+    assert router["cores"] == [0, 1] and plan["routing"]["embedder"] == "router"
+    assert [d["examples"][0] for d in plan["routing"]["domains"]][:2] == ["preguntas simples",
+                                                                         "explicaciones técnicas"]
     r = run_cli("plan", "-i", str(inv))
     assert "at once" in r.stdout and "budget" in r.stdout
 

@@ -44,6 +44,21 @@ def test_each_expert_has_its_own_memory_cap(host):
         assert int(props["MemoryMax"]) > int(props["MemoryHigh"]) > 0, (e, props["MemoryMax"], props["MemoryHigh"])
 
 
+def test_auto_is_routed_by_meaning_with_the_production_examples(base_url):
+    """The real embedding expert and the production inventory's route_examples (the
+    chat models are stand-ins; the routing decision does not depend on them)."""
+    import urllib.request
+
+    for question, expert in (("Write a Python function that reverses a string.", "qwen2.5-coder-1.5b"),
+                             ("Hello! Tell me a joke about dogs.", "phi-4-mini"),
+                             ("Traduce esta frase al alemán, por favor.", "aya-expanse")):
+        body = json.dumps({"model": "auto", "max_tokens": 1, "messages": [{"role": "user", "content": question}]})
+        req = urllib.request.Request(f"{base_url}/v1/chat/completions", data=body.encode(),
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(req, timeout=900) as r:   # aya is lazy: its first request starts it
+            assert (r.headers.get("x-llmhost-expert"), json.load(r)["model"]) == (expert, expert), question
+
+
 def test_front_door_is_closed_without_the_vaulted_key(host, base_url):
     code, err = chat(base_url, PRELOADED[0], key=None)
     assert code == 401, (code, err)
