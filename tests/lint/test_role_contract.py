@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "meta/argument_specs.yml").exists())
 # Names that look like variables but are not: HAProxy ACLs, metric names in rules and templates.
-NOT_VARIABLES = re.compile(r"^llmhost_(key_ok|routed|probe|probe_\w+|plan)$|^frontdoor_(errors|responses)$")
+NOT_VARIABLES = re.compile(r"^llmhost_(key_ok|routed|probe|probe_\w+|plan|route|route_\w+_total|route_embed_seconds)$|^frontdoor_(errors|responses|routing)$")
 COMMENT = re.compile(r"^[ \t]*#[^\n]*|\{#.*?#\}", re.M | re.S)
 MAPPING_KEY = re.compile(r"^[ \t]+[a-z_]+:", re.M)   # keys of a mapping value, e.g. the plan's shared fields
 PLAN_FACT = "llmhost_plan_host"
