@@ -324,7 +324,58 @@ def cpu_table(rows_by_cpu: dict) -> str:
     return "\n".join(out)
 
 
+ROUTING_START, ROUTING_END = "<!-- routing:start -->", "<!-- routing:end -->"
+
+
+def routing_section(rout: dict) -> str:
+    return f"""{ROUTING_START}
+## Routing by meaning (model "auto")
+
+Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}.
+A deployment of low_latency plus the local inventory's router (all-MiniLM-L6-v2 on
+vLLM's pooling runner, float32, `cores: 0` so it shares both cores) and route_examples.
+Every prompt of the labelled set is sent as `auto` through the front door; the
+expert that answered is read from `x-llmhost-expert`. TTFT: 20 streamed requests
+each, named `general` and `auto`, alternating, the same prompt (both reach `general`).
+Figures from a shared 2-core host.
+
+{routing_md(rout)}
+{ROUTING_END}"""
+
+
+def routing_only() -> int:
+    """`scripts/bench_profiles.py --routing`: only the routing deployment; replaces the
+    routing section of docs/benchmarks.md and keeps the rest of the page."""
+    work = Path("/tmp/llmhost-bench")
+    work.mkdir(exist_ok=True)
+    subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False,
+                   capture_output=True)
+    inv = work / "inventory.yml"
+    up = subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "up", HOST, "--inventory", str(inv)],
+                        capture_output=True, text=True, check=True)
+    st = json.loads(up.stdout)[0]
+    try:
+        experts, routing = routed_experts()
+        deploy(inv, experts, work, routing)
+        rout = measure_routing(f"http://{st['address']}:8082", st)
+    finally:
+        subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False)
+    log(f"routing: {rout}")
+    page = ROOT / "docs/benchmarks.md"
+    text = page.read_text()
+    new = routing_section(rout)
+    if ROUTING_START in text:
+        text = text[:text.index(ROUTING_START)] + new + text[text.index(ROUTING_END) + len(ROUTING_END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + new + "\n"
+    page.write_text(text)
+    print(routing_md(rout))
+    return 0
+
+
 def main() -> int:
+    if "--routing" in sys.argv[1:]:
+        return routing_only()
     t_all = time.monotonic()
     work = Path("/tmp/llmhost-bench")
     work.mkdir(exist_ok=True)
@@ -413,16 +464,7 @@ must hold on the slowest row measured with dtype auto.
 
 {by_cpu}
 
-## Routing by meaning (model "auto")
-
-A fourth deployment: low_latency plus the local inventory's router (all-MiniLM-L6-v2 on
-vLLM's pooling runner, float32, `cores: 0` so it shares both cores) and route_examples.
-Every prompt of the labelled set is sent as `auto` through the front door; the
-expert that answered is read from `x-llmhost-expert`. TTFT: 20 streamed requests
-each, named `general` and `auto`, alternating, the same prompt (both reach `general`).
-Figures from a shared 2-core host.
-
-{routing_md(rout)}
+{routing_section(rout)}
 
 Total time: {time.monotonic() - t_all:.0f} s.
 """)
