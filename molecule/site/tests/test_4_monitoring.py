@@ -17,7 +17,8 @@ def test_all_targets_up(host):
         if all(h == "up" for h in health.values()) or time.monotonic() > deadline:
             break
         time.sleep(5)
-    assert health == {("vllm", "general"): "up", ("vllm", "coder"): "up", ("frontdoor", ""): "up",
+    assert health == {("vllm", "general"): "up", ("vllm", "coder"): "up", ("vllm", "router"): "up",
+                      ("frontdoor", ""): "up", ("frontdoor_routing", ""): "up",
                       ("node", ""): "up", ("prometheus", ""): "up"}, health
 
 
