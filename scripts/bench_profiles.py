@@ -160,19 +160,31 @@ def measure_routing(url: str, st: dict) -> dict:
     named, auto = [], []
     text = "Name a colour of the rainbow."
     ask_auto(url, text, "general", stream=True)
+    before = route_counters(st)
     for _ in range(20):   # alternating, same prompt, both reach expert general
         named.append(ask_auto(url, text, "general", stream=True)[0])
         auto.append(ask_auto(url, text, stream=True)[0])
+    after = route_counters(st)
+    during = {k: round(after.get(k, 0) - before.get(k, 0), 6) for k in after}
     pct = lambda xs, q: sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
     rss = subprocess.run(ssh(st) + [
         "main=$(systemctl show -p MainPID --value llmhost-expert-router); kids=$(pgrep -P $main); "
         "grand=$(for k in $kids; do pgrep -P $k; done); "
         "ps -o rss= -p $(echo $main $kids $grand | tr ' ' ',') | awk '{s+=$1} END {print s}'"],
         capture_output=True, text=True, check=False).stdout.strip()
+    n = during.get("llmhost_route_embed_seconds_count") or 0
     return {"correct": correct, "total": len(prompts), "by_kind": by_kind,
+            "embed_mean_s": (during.get("llmhost_route_embed_seconds_sum", 0) / n) if n else None,
+            "fallbacks_during_ttft": {k: v for k, v in during.items() if "fallback" in k and v},
             "ttft_named_p50_s": statistics.median(named), "ttft_auto_p50_s": statistics.median(auto),
             "ttft_named_p95_s": pct(named, .95), "ttft_auto_p95_s": pct(auto, .95),
             "embedder_rss_mib": round(int(rss) / 1024) if rss.isdigit() else None}
+
+
+def route_counters(st: dict) -> dict:
+    text = subprocess.run(ssh(st) + ["curl -s 127.0.0.1:8405/llmhost/route-metrics"], capture_output=True,
+                          text=True, check=False).stdout
+    return {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines() if ln and not ln.startswith("#")}
 
 
 def ssh(st: dict) -> list[str]:
@@ -193,6 +205,8 @@ def routing_md(r: dict) -> str:
             f"| added by auto, p50 | {fmt_ms(r['ttft_auto_p50_s'] - r['ttft_named_p50_s'])} ms (target <= 30 ms) |\n"
             f"| TTFT named / auto, p95 | {fmt_ms(r['ttft_named_p95_s'])} / {fmt_ms(r['ttft_auto_p95_s'])} ms |\n"
             f"| added by auto, p95 | {fmt_ms(r['ttft_auto_p95_s'] - r['ttft_named_p95_s'])} ms |\n"
+            f"| time in the embedding call, mean over the auto requests | {fmt_ms(r['embed_mean_s'])} ms |\n"
+            f"| fallbacks to the default expert during the TTFT runs | {r['fallbacks_during_ttft'] or 'none'} |\n"
             f"| embedding expert resident memory (all its processes) | {r['embedder_rss_mib']} MiB |")
 
 
