@@ -68,7 +68,9 @@ def test_units_bind_disjoint_cores_and_kv_cache(host):
         unit = host.file(f"/etc/systemd/system/llmhost-expert-{expert}.service").content_string
         assert f"CPUAffinity={cpu}" in unit and "--host 127.0.0.1" in unit
     cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
-    assert [e["port"] for e in cfg["experts"]] == [8101, 8102]
+    assert [e["port"] for e in cfg["experts"]] == [8101, 8102, 8103]   # 8103: the router
+    router = host.file("/etc/llmhost/experts/router.env").content_string
+    assert 'VLLM_CPU_OMP_THREADS_BIND="0-1"' in router   # cores: 0, no CPU reserved: beside both
 
 
 def test_crash_loops_end_and_env_files_are_private(host):
