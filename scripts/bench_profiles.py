@@ -166,6 +166,10 @@ def measure_routing(url: str, st: dict) -> dict:
         auto.append(ask_auto(url, text, stream=True)[0])
     after = route_counters(st)
     during = {k: round(after.get(k, 0) - before.get(k, 0), 6) for k in after}
+    # HAProxy's own timings of its last calls to the embedder (TR/Tw/Tc/Tr/Ta in ms)
+    log("embedder calls as HAProxy logged them:\n" + subprocess.run(
+        ssh(st) + ["journalctl -t haproxy -o cat --no-pager | grep HTTPCLIENT | tail -4"],
+        capture_output=True, text=True, check=False).stdout)
     pct = lambda xs, q: sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]  # noqa: E731
     rss = subprocess.run(ssh(st) + [
         "main=$(systemctl show -p MainPID --value llmhost-expert-router); kids=$(pgrep -P $main); "
