@@ -24,6 +24,10 @@ GIB = 1024**3
 # Resident memory of one vLLM 0.32 CPU server beyond weights and KV cache
 # (Python, torch, oneDNN scratch, compile workers): about 3 GB measured.
 DEFAULT_OVERHEAD_GIB = 3.0
+# The same for a pooling (embedding) server: all-MiniLM-L6-v2 on vLLM 0.32 measured
+# about 2.1 GB resident over its three processes (API server 0.68, engine 0.62,
+# worker 0.84 GB).
+POOLING_OVERHEAD_GIB = 2.0
 # Seconds an expert may take from start to ready (vLLM load, compile warm-up and the
 # readiness gate). One budget drives systemd's TimeoutStartSec, the lazy proxy's
 # wait, HAProxy's server timeout and the stuck-start alert, so a cold start
@@ -366,7 +370,8 @@ def build_plan(
         plans.append(ExpertPlan(
             expert_id=e.expert_id, port=ports[e.expert_id], backend_port=backend, cores=cores[e.expert_id],
             cpu_list=cpu_list(cores[e.expert_id]) if bind else cpu_list(host.cpus),
-            weights_gib=w_gib, kv_cache_gib=e.kv_cache_gib, overhead_gib=overhead_gib,
+            weights_gib=w_gib, kv_cache_gib=e.kv_cache_gib,
+            overhead_gib=min(overhead_gib, POOLING_OVERHEAD_GIB) if e.pooling else overhead_gib,
             preload=preload, names=names[e.expert_id], translation=t, expert=e,
             reference=ref, reference_why=ref_why))
     problems += port_problems(plans, toolkit_ports(shared))
