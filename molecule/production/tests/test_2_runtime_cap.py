@@ -5,6 +5,7 @@ The cgroup here is v1: MemoryMax is recorded, not enforced (test_1 checks it is 
 So this proves the cap by counting running expert units, not by waiting for the kernel.
 """
 
+import json
 import threading
 import time
 
@@ -23,7 +24,9 @@ def units_running(host):
 
 
 def test_lazy_experts_in_turn_then_together_never_exceed_the_cap(host, base_url):
-    max_loaded = 4
+    # the inventory's cap (the router, three preloaded experts and one lazy one)
+    max_loaded = json.loads(host.file("/etc/llmhost/experts.json").content_string)["lazy_loading"]["max_loaded_experts"]
+    assert max_loaded == 5
     pid = host.check_output(COUNTER)
     steady: list[tuple[int, str]] = []
     stop = threading.Event()
