@@ -44,20 +44,31 @@ def test_each_expert_has_its_own_memory_cap(host):
         assert int(props["MemoryMax"]) > int(props["MemoryHigh"]) > 0, (e, props["MemoryMax"], props["MemoryHigh"])
 
 
-def test_auto_is_routed_by_meaning_with_the_production_examples(base_url):
+def test_auto_is_routed_by_meaning_with_the_production_examples(host, base_url):
     """The real embedding expert and the production inventory's route_examples (the
     chat models are stand-ins; the routing decision does not depend on them). The
     nearest centroid was checked offline for these prompts with the same model."""
+    import time
     import urllib.request
 
     for question, expert in (("Write a Python function that reverses a string.", "qwen2.5-coder-1.5b"),
                              ("Hello! Tell me a joke about dogs.", "phi-4-mini"),
                              ("Explain the difference between TCP and UDP.", "mistral-7b-instruct")):
         body = json.dumps({"model": "auto", "max_tokens": 1, "messages": [{"role": "user", "content": question}]})
-        req = urllib.request.Request(f"{base_url}/v1/chat/completions", data=body.encode(),
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
-        with urllib.request.urlopen(req, timeout=300) as r:   # preloaded experts only: no lazy start here
-            assert (r.headers.get("x-llmhost-expert"), json.load(r)["model"]) == (expert, expert), question
+        got = []
+        # Six experts folded onto 2 cores: after each answer a vLLM worker busy-polls for
+        # about a second, and the router (Nice=10) may miss its 50 ms. That is a fallback
+        # to phi-4-mini (counted, by design), not a routing decision: wait and ask again.
+        for _ in range(4):
+            time.sleep(2)
+            req = urllib.request.Request(f"{base_url}/v1/chat/completions", data=body.encode(),
+                                         headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+            with urllib.request.urlopen(req, timeout=300) as r:   # preloaded experts only: no lazy start
+                got.append((r.headers.get("x-llmhost-expert"), json.load(r)["model"]))
+            if got[-1] == (expert, expert):
+                break
+        assert got[-1] == (expert, expert), (question, got,
+                                             host.run("curl -s 127.0.0.1:8405/llmhost/route-metrics").stdout)
 
 
 def test_front_door_is_closed_without_the_vaulted_key(host, base_url):
