@@ -34,11 +34,6 @@ POOLING_OVERHEAD_GIB = 2.0
 # outlasts none of them. 900 s: an AVX2-only 2-core host took about 4 minutes.
 DEFAULT_START_BUDGET_S = 900
 START_BUDGET_RANGE = (60, 7200)
-# Nice= of an expert with no CPUs of its own (cores: 0, the routing embedder): after
-# each request a vLLM worker busy-polls its queue for a second (SpinCondition in
-# vllm/distributed/device_communicators/shm_broadcast.py, 0.32); on CPUs shared with
-# experts that slowed their next prefill about tenfold (measured on the 2-core site host).
-SHARED_CPU_NICE = 10
 # An expert's hard memory cap (MemoryMax=) over its planned share (MemoryHigh=).
 MEMORY_MAX_HEADROOM = 1.25
 
@@ -168,8 +163,6 @@ class Plan:
                 "memory_high_bytes": int(e.memory_gib * GIB),
                 "memory_max_bytes": int(e.memory_gib * MEMORY_MAX_HEADROOM * GIB),
                 "preload": e.preload, "names": e.names, "argv": e.translation.argv,
-                # no CPUs of its own (cores: 0): it yields to the experts it shares them with
-                "nice": SHARED_CPU_NICE if x.cores == 0 else 0,
                 "dtype": e.translation.dtype.dtype if e.translation.dtype else None,
                 "dtype_reason": e.translation.dtype.reason if e.translation.dtype else None,
                 "reference": e.reference, "reference_why": e.reference_why,

@@ -22,7 +22,7 @@ EXPERT = {
     "memory_high_bytes": int, "memory_max_bytes": int, "preload": bool, "names": list, "argv": list,
     "dtype": str, "dtype_reason": str, "reference": type(None), "reference_why": str, "protect_home": str,
     "bind_read_only": list, "reference_on_host": type(None), "env": dict, "report": list, "runner": str,
-    "route_examples": list, "nice": int,
+    "route_examples": list,
 }
 # With llmhost_routing: the front door's Lua and the centroid task read this section.
 ROUTING = {"embedder": str, "embedder_port": int, "embedder_model": str, "timeout_ms": int, "default_expert": str,

@@ -30,5 +30,3 @@ def test_a_pooling_expert_gets_the_embedding_readiness_gate(tmp_path):
             for e in ("general", "router")}
     assert post["router"][0].endswith(" --pooling") and "--pooling" not in post["general"][0]
     assert "--runner pooling" in (tmp_path / "router.service").read_text()
-    assert "\nNice=10\n" in (tmp_path / "router.service").read_text()        # shares CPUs: yields to experts
-    assert "Nice=" not in (tmp_path / "general.service").read_text()

@@ -57,7 +57,7 @@ def test_auto_is_routed_by_meaning_with_the_production_examples(host, base_url):
         body = json.dumps({"model": "auto", "max_tokens": 1, "messages": [{"role": "user", "content": question}]})
         got = []
         # Six experts folded onto 2 cores: after each answer a vLLM worker busy-polls for
-        # about a second, and the router (Nice=10) may miss its 50 ms. That is a fallback
+        # about a second, and the router beside them may miss its 50 ms. That is a fallback
         # to phi-4-mini (counted, by design), not a routing decision: wait and ask again.
         for _ in range(4):
             time.sleep(2)
