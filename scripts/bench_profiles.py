@@ -361,9 +361,8 @@ Figures from a shared 2-core host.
 {ROUTING_END}"""
 
 
-def routing_only() -> int:
-    """`scripts/bench_profiles.py --routing`: only the routing deployment; replaces the
-    routing section of docs/benchmarks.md and keeps the rest of the page."""
+def boot_host() -> tuple[Path, Path, dict]:
+    """A fresh bench host: (work folder, its Ansible inventory, its ssh facts)."""
     work = Path("/tmp/llmhost-bench")
     work.mkdir(exist_ok=True)
     subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False,
@@ -371,7 +370,13 @@ def routing_only() -> int:
     inv = work / "inventory.yml"
     up = subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "up", HOST, "--inventory", str(inv)],
                         capture_output=True, text=True, check=True)
-    st = json.loads(up.stdout)[0]
+    return work, inv, json.loads(up.stdout)[0]
+
+
+def routing_only() -> int:
+    """`scripts/bench_profiles.py --routing`: only the routing deployment; replaces the
+    routing section of docs/benchmarks.md and keeps the rest of the page."""
+    work, inv, st = boot_host()
     try:
         experts, routing = routed_experts()
         deploy(inv, experts, work, routing)
@@ -395,14 +400,7 @@ def main() -> int:
     if "--routing" in sys.argv[1:]:
         return routing_only()
     t_all = time.monotonic()
-    work = Path("/tmp/llmhost-bench")
-    work.mkdir(exist_ok=True)
-    subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False,
-                   capture_output=True)
-    inv = work / "inventory.yml"
-    up = subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "up", HOST, "--inventory", str(inv)],
-                        capture_output=True, text=True, check=True)
-    st = json.loads(up.stdout)[0]
+    work, inv, st = boot_host()
     url = f"http://{st['address']}:8082"
     try:
         log("deploying the legacy settings")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .experts import ConfigError, Expert
+from .frontdoor import backend
 
 DEFAULT_TIMEOUT_MS = 50
 TIMEOUT_RANGE_MS = (5, 5000)
@@ -173,8 +174,6 @@ def centroids_file(section_: Mapping[str, Any], response: Mapping[str, Any]) -> 
 
 def lua_config(section_: Mapping[str, Any]) -> dict[str, Any]:
     """What the front door's Lua reads at start (llmhost-route.json)."""
-    from .frontdoor import backend  # noqa: PLC0415
-
     return {"embedder_url": f"http://127.0.0.1:{section_['embedder_port']}/v1/embeddings",
             "embedder_backend": backend(section_["embedder"]),
             "embedder_model": section_["embedder_model"], "timeout_ms": section_["timeout_ms"],

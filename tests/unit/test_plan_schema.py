@@ -40,10 +40,11 @@ def test_the_plan_has_exactly_the_pinned_fields_and_types():
 
 
 def test_the_routing_section_has_exactly_the_pinned_fields():
-    experts = [{"expert_id": "general", "model": "/srv/models/a", "domain": "general", "priority": 1,
-                "weights_gib": 1.0, "kv_cache_gib": 1, "route_examples": ["hi"]},
-               {"expert_id": "router", "runner": "pooling", "model": "/srv/models/e", "domain": "routing",
-                "priority": 1, "weights_gib": 0.1, "kv_cache_gib": 1, "cores": 0}]
-    d = build_plan(experts, None, saved_capabilities(), Host((0, 1), 24 * GIB, "x86_64", {"bf16": True}),
-                   routing={"embedder": "router"}).to_dict()
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_routing import plan as routed_plan  # general, coder and the pooling router
+
+    d = routed_plan().to_dict()
     assert {k: type(v) for k, v in d["routing"].items()} == ROUTING

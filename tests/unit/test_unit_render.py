@@ -6,20 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmhost.cli import saved_capabilities
-from llmhost.plan import GIB, Host, build_plan
+sys.path.insert(0, str(Path(__file__).parent))
+from test_routing import plan as routed_plan  # noqa: E402  (general, coder and the pooling router)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
 def test_a_pooling_expert_gets_the_embedding_readiness_gate(tmp_path):
-    experts = [{"expert_id": "general", "model": "/srv/models/a", "domain": "general", "priority": 5,
-                "weights_gib": 0.3, "kv_cache_gib": 1, "route_examples": ["hi"]},
-               {"expert_id": "router", "runner": "pooling", "model": "/srv/models/e", "domain": "routing",
-                "priority": 9, "weights_gib": 0.1, "kv_cache_gib": 1, "cores": 0}]
-    plan = build_plan(experts, None, saved_capabilities(), Host((0, 1), 24 * GIB, "x86_64", {"bf16": True}),
-                      routing={"embedder": "router"}).to_dict()
+    plan = routed_plan().to_dict()
     ev = tmp_path / "ev.json"
     ev.write_text(json.dumps({"plan": plan, "out": str(tmp_path), "ansible_python_interpreter": sys.executable}))
     r = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "tests/render/render-units.yml",
