@@ -77,15 +77,21 @@ def native_flags(dtype: str, arch: str, isa: Mapping[str, bool]) -> list[str]:
 
 
 def choose(requested: object, arch: str, isa: Mapping[str, bool], *, fp16_refused: str = "",
-           allow_emulated: bool = False, cpu_name: str = "") -> tuple[DtypeChoice | None, str | None]:
+           allow_emulated: bool = False, cpu_name: str = "", pooling: bool = False
+           ) -> tuple[DtypeChoice | None, str | None]:
     """(choice, None), or (None, why) when the request cannot work on this host.
 
     `fp16_refused`: the model family's name when vLLM refuses float16 for it (Gemma 3).
+    `pooling`: an embedding model; auto is float32 there (cheap for a small encoder,
+    and its vectors, so the routing decisions, are then the same on every CPU).
     """
     req = normalize(requested)
     where = cpu_name or arch
     if req is None:
         return None, f"{requested!r} is not a dtype (use auto, float32, bfloat16 or float16)"
+    if req == "auto" and pooling:
+        return DtypeChoice("float32", "auto: pooling expert, float32 keeps embeddings the same on every CPU",
+                           False, req), None
     if req == "auto":
         flags = native_flags("bfloat16", arch, isa)
         if flags:

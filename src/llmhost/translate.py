@@ -204,17 +204,10 @@ def translate(
     quant = settings.get("quantization")
     kv_dtype = str(settings.get("kv_cache_dtype", "auto") or "auto")
     refused16 = rules.get("float16_refused_models") or ["gemma3"]
-    requested_dtype = settings.pop("dtype", "auto")
-    pooling_f32 = expert.pooling and dtype_mod.normalize(requested_dtype) == "auto"
     choice, why = dtype_mod.choose(
-        "float32" if pooling_f32 else requested_dtype, arch, isa, cpu_name=str(cpu.get("model") or ""),
+        settings.pop("dtype", "auto"), arch, isa, cpu_name=str(cpu.get("model") or ""), pooling=expert.pooling,
         fp16_refused="Gemma 3" if _is_gemma3(expert) and any("gemma3" in m for m in refused16) else "",
         allow_emulated=expert.allow_emulated_dtype)
-    if choice is not None and pooling_f32:
-        # A small embedding model costs little in float32, and its vectors (so the
-        # routing decisions) are then the same on every CPU.
-        choice = dtype_mod.DtypeChoice("float32", "auto: pooling expert, float32 keeps embeddings the same on "
-                                       "every CPU", False, "auto")
     if choice is None:
         t.report.append(Line("dtype", "rejected", str(why)))
     else:

@@ -132,3 +132,12 @@ def test_cli_cpuinfo_that_is_not_one_is_a_one_line_error(tmp_path):
     bad.write_text("hello\n")
     with pytest.raises(SystemExit, match="not a /proc/cpuinfo"):
         main(["plan", "-i", str(ROOT / "inventories/local"), "--cpuinfo", str(bad)])
+
+
+def test_a_pooling_expert_is_float32_under_auto_on_every_cpu():
+    from llmhost.dtype import choose
+
+    for arch, isa in (("x86_64", {"avx512_bf16": True}), ("x86_64", {"avx2": True}), ("aarch64", {"bf16": True})):
+        c, why = choose("auto", arch, isa, pooling=True)
+        assert why is None and c.dtype == "float32" and "pooling" in c.reason
+    assert choose("bfloat16", "x86_64", {"avx512_bf16": True}, pooling=True)[0].dtype == "bfloat16"  # explicit wins
