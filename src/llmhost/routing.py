@@ -8,8 +8,10 @@ embeds the last user message and takes the nearest centroid, falling back to the
 default expert when the embedder is slow or down.
 
 Pure functions: parsing `llmhost_routing`, checking it against the experts, the
-plan's routing section, centroids and the nearest-centroid choice (the Lua does
-the same arithmetic; the site scenario checks the two agree on live requests).
+plan's routing section, and the centroids the Lua reads. The Lua picks the nearest
+centroid itself (tests/unit/test_routing.py drives it inside a real HAProxy; the site
+scenario measures its accuracy through the real front door); `nearest` here is the
+same rule, for tests and offline checks of route_examples.
 """
 
 from __future__ import annotations
@@ -178,24 +180,3 @@ def lua_config(section_: Mapping[str, Any]) -> dict[str, Any]:
             "embedder_backend": backend(section_["embedder"]),
             "embedder_model": section_["embedder_model"], "timeout_ms": section_["timeout_ms"],
             "max_text_chars": section_["max_text_chars"], "centroids_file": section_["centroids_file"]}
-
-
-def last_user_text(body: Any) -> str | None:
-    """The text the front door embeds: the last user message (its text parts), or a
-    completion's prompt. Mirrors the Lua; used by tests and the benchmark."""
-    if not isinstance(body, Mapping):
-        return None
-    msgs = body.get("messages")
-    if isinstance(msgs, list):
-        for m in reversed(msgs):
-            if isinstance(m, Mapping) and m.get("role") == "user":
-                c = m.get("content")
-                if isinstance(c, str):
-                    return c[:MAX_TEXT_CHARS] or None
-                if isinstance(c, list):
-                    parts = [p["text"] for p in c if isinstance(p, Mapping) and p.get("type") == "text"
-                             and isinstance(p.get("text"), str)]
-                    return "\n".join(parts)[:MAX_TEXT_CHARS] or None
-                return None
-    p = body.get("prompt")
-    return p[:MAX_TEXT_CHARS] or None if isinstance(p, str) else None

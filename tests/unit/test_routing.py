@@ -134,18 +134,6 @@ def test_centroids_and_nearest():
         routing.centroids_file(sec, {"data": resp["data"][:3]})
 
 
-def test_the_text_that_decides_is_the_last_user_message():
-    body = {"messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "first"},
-                         {"role": "assistant", "content": "ok"},
-                         {"role": "user", "content": [{"type": "text", "text": "fix my"}, {"type": "image_url"},
-                                                      {"type": "text", "text": "python"}]}]}
-    assert routing.last_user_text(body) == "fix my\npython"
-    assert routing.last_user_text({"prompt": "def f():"}) == "def f():"
-    assert routing.last_user_text({"messages": [{"role": "system", "content": "x"}]}) is None
-    assert routing.last_user_text("not json") is None
-    assert len(routing.last_user_text({"prompt": "x" * 5000})) == routing.MAX_TEXT_CHARS
-
-
 # --- the Lua inside a real HAProxy ------------------------------------------------------------------
 
 def free_port():
@@ -262,8 +250,8 @@ def door(rendered):
         srv.server_close()
 
 
-def ask(door, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{door['ports']['door']}/v1/chat/completions",
+def ask(door, body, path="/v1/chat/completions"):
+    req = urllib.request.Request(f"http://127.0.0.1:{door['ports']['door']}{path}",
                                  data=json.dumps(body).encode(), headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=5) as r:
         return json.load(r)["model"], r.headers.get("x-llmhost-expert")
@@ -285,9 +273,17 @@ def test_auto_goes_to_the_nearest_domain_and_says_which_expert_answered(door):
     assert ask(door, msgs("What is a good name for a cat?")) == ("general", "general")
     assert ask(door, msgs("Corrige este bug en mi código", model=None)) == ("coder", "coder")  # no model at all
     assert ask(door, msgs("Write python", model="general")) == ("general", "general")  # a named model is obeyed
+    # the text that decides: the last user message, its text parts (not the system prompt or earlier turns)
+    parts = {"model": "auto", "messages": [{"role": "system", "content": "You write python code."},
+                                            {"role": "user", "content": "python bug"},
+                                            {"role": "assistant", "content": "ok"},
+                                            {"role": "user", "content": [{"type": "text", "text": "Name a cat"},
+                                                                         {"type": "image_url"}]}]}
+    assert ask(door, parts) == ("general", "general")
+    assert ask(door, {"model": "auto", "prompt": "def f(): # python"}, "/v1/completions") == ("coder", "coder")
     m = route_metrics(door)
-    assert m['llmhost_route_chosen_total{expert="coder"}'] == 2 and m['llmhost_route_chosen_total{expert="general"}'] == 1
-    assert m["llmhost_route_loaded"] == 1 and m["llmhost_route_embed_seconds_count"] == 3
+    assert m['llmhost_route_chosen_total{expert="coder"}'] == 3 and m['llmhost_route_chosen_total{expert="general"}'] == 2
+    assert m["llmhost_route_loaded"] == 1 and m["llmhost_route_embed_seconds_count"] == 5
 
 
 def test_a_slow_or_dead_embedder_falls_back_to_the_default_expert_and_counts_it(door):
