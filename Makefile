@@ -1,5 +1,5 @@
 # The README's two commands are `make local` and `make test`.
-.PHONY: local test unit lint bench bench-routing vm-test clean-hosts
+.PHONY: local test unit lint bench bench-routing bench-starts vm-test clean-hosts
 
 local:        ## main job: boot models-local, run site.yml, print the smoke report
 	scripts/run-local
@@ -13,11 +13,15 @@ unit:         ## fast tests only (no test hosts, no vLLM)
 lint:
 	scripts/bootstrap && .venv/bin/pytest -q tests/lint
 
-bench:        ## legacy vs low_latency, and routing, on a test host; writes docs/benchmarks.md
-	scripts/bootstrap && scripts/build-model >/dev/null && .venv/bin/python scripts/bench_profiles.py
+bench:        ## legacy vs low_latency, routing, starts and roofline, on test hosts; writes docs/benchmarks.md
+	scripts/bootstrap && scripts/build-model >/dev/null && .venv/bin/python scripts/bench_profiles.py \
+	  && .venv/bin/python scripts/bench_starts.py
 
 bench-routing: ## only the routing figures (accuracy, added TTFT, router memory) -> docs/benchmarks.md
 	scripts/bootstrap && scripts/build-model >/dev/null && .venv/bin/python scripts/bench_profiles.py --routing
+
+bench-starts: ## only cold/warm starts, a lazy expert's first token, decode share of the roofline
+	scripts/bootstrap && scripts/build-model >/dev/null && .venv/bin/python scripts/bench_starts.py
 
 vm-test:      ## os_tuning on a QEMU VM, values proven after a reboot
 	scripts/bootstrap && .venv/bin/python scripts/vm_reboot_test.py

@@ -37,6 +37,8 @@ PROFILES = ("low_latency", "throughput", "legacy")
 # generate: a chat/completions model; pooling: an embedding model (vLLM --runner pooling),
 # such as the sentence-transformer the front door routes "auto" with.
 RUNNERS = ("generate", "pooling")
+# torch.compile or --enforce-eager, per expert (llmhost/compile_mode.py decides auto)
+COMPILE_MODES = ("auto", "eager", "full")
 ROUTE_EXAMPLES_MAX = 50
 ROUTE_EXAMPLE_CHARS = 2000
 DEFAULT_PORT_BASE = 8101
@@ -116,6 +118,7 @@ class Expert:
     reference: str | None = None
     runner: str = "generate"
     route_examples: tuple[str, ...] = ()
+    compile: str = "auto"
 
     @property
     def pooling(self) -> bool:
@@ -153,6 +156,7 @@ EXPERT_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "reference": ((str,), "path on the controller to a reference answers file"),
     "runner": ((str,), "one of " + ", ".join(RUNNERS)),
     "route_examples": ((list,), "list of example prompts"),
+    "compile": ((str,), "one of " + ", ".join(COMPILE_MODES)),
 }
 REQUIRED = ("expert_id", "model", "domain", "priority")
 THRESHOLD_FIELDS = ("ttft_p50_s", "ttft_p95_s", "tbt_p95_s", "decode_tps_min")
@@ -299,6 +303,9 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     if cores is not None and cores < (0 if runner == "pooling" else 1):
         problems.append(f"{who} field 'cores': must be >= 1 (0 only for a pooling expert, which then runs on "
                         f"the reserved CPUs), got {cores}")
+    compile_mode = raw.get("compile") or "auto"
+    if compile_mode not in COMPILE_MODES:
+        problems.append(f"{who} field 'compile': must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
     examples = raw.get("route_examples") or []
     if examples and runner == "pooling":
         problems.append(f"{who} field 'route_examples': a pooling expert is never a route target")
@@ -346,7 +353,7 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
         thresholds=Thresholds(**{k: float(v) for k, v in thr.items()}),
         allow_emulated_dtype=bool(raw.get("allow_emulated_dtype", False)),
         reference=raw.get("reference") or None,
-        runner=runner, route_examples=tuple(x.strip() for x in examples),
+        runner=runner, route_examples=tuple(x.strip() for x in examples), compile=compile_mode,
     ), []
 
 

@@ -32,7 +32,7 @@ EXPERT_META = {"description"}
 # The old router's sentence-transformer, served here by a pooling expert (docs/routing.md).
 ROUTER = {"expert_id": "router", "runner": "pooling", "aliases": ["all-MiniLM-L6-v2"],
           "model": "/srv/models/all-MiniLM-L6-v2", "domain": "routing", "priority": 9, "weights_gib": 0.1,
-          "kv_cache_gib": 1, "cores": 0, "engine": {"max_model_len": 256, "enforce_eager": True}}
+          "kv_cache_gib": 1, "cores": 0, "engine": {"max_model_len": 256}}
 ROUTER_MODELS = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 
 

@@ -165,6 +165,8 @@ class Plan:
                 "preload": e.preload, "names": e.names, "argv": e.translation.argv,
                 "dtype": e.translation.dtype.dtype if e.translation.dtype else None,
                 "dtype_reason": e.translation.dtype.reason if e.translation.dtype else None,
+                "compile": e.translation.compile.mode if e.translation.compile else None,
+                "compile_reason": e.translation.compile.reason if e.translation.compile else None,
                 "reference": e.reference, "reference_why": e.reference_why,
                 **dict(zip(("protect_home", "bind_read_only"), home_sandbox(x.model))),
                 "reference_on_host": f"{self.shared.config_dir}/references/{e.expert_id}.json" if e.reference else None,
@@ -353,7 +355,7 @@ def build_plan(
         bind = cpu_list(cores[e.expert_id]) if PROFILE_TABLE[e.profile].bind_threads else None
         preload = e.expert_id in preload_ids
         backend = ports[e.expert_id] if preload else ports[e.expert_id] + LAZY_BACKEND_OFFSET
-        t = translate(e, caps, port=backend, cores=bind)
+        t = translate(e, caps, port=backend, cores=bind, preload=preload)
         t.argv[t.argv.index("--served-model-name") + 1:t.argv.index("--served-model-name") + 2] = names[e.expert_id]
         problems += t.errors(strict)
         warnings += t.warnings

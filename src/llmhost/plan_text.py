@@ -22,8 +22,10 @@ def summary(plan: Mapping[str, Any]) -> list[str]:
                      f"{'preload' if e['preload'] else 'lazy'}; names {', '.join(e['names'])}")
         if e.get("dtype"):
             lines.append(f"  dtype {e['dtype']} ({e['dtype_reason']})")
+        if e.get("compile"):
+            lines.append(f"  compile {e['compile']} ({e['compile_reason']})")
         lines.append(f"  reference answers: {e['reference'] or 'none'} ({e['reference_why']})")
-        lines += [f"  {r}" for r in e["report"] if ": applied" not in r and not r.startswith("dtype:")]
+        lines += [f"  {r}" for r in e["report"] if ": applied" not in r and not r.startswith(("dtype:", "compile:"))]
     lines += [f"warning: {w}" for w in plan.get("warnings", [])]
     return lines
 

@@ -24,7 +24,8 @@ STAGING_KEYS: dict[str, tuple[str, str]] = {
     "weights_gib": ("expert", "the stand-in model's size"),
     "kv_cache_gib": ("expert", "KV cache sized for the stand-in host"),
     "max_model_len": ("engine", "the stand-in model's context window"),
-    "enforce_eager": ("engine", "start without torch.compile on a test host (compile is tested by make local)"),
+    "compile": ("expert", "start without torch.compile on a test host (compile: eager; compile is tested by "
+                          "make local and the site scenario)"),
 }
 
 

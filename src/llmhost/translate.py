@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import compile_mode as compile_mod
 from . import dtype as dtype_mod
 from .experts import PROFILE_TABLE, Expert
 
@@ -110,6 +111,7 @@ class Translation:
     report: list[Line] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dtype: dtype_mod.DtypeChoice | None = None
+    compile: compile_mod.CompileChoice | None = None
 
     @property
     def rejected(self) -> list[Line]:
@@ -171,8 +173,10 @@ def translate(
     port: int,
     cores: str | None = None,
     legacy_keys: Mapping[str, Any] | None = None,
+    preload: bool = True,
 ) -> Translation:
-    """argv + env for one expert on one host. `cores` is the planned CPU list ("0-7")."""
+    """argv + env for one expert on one host. `cores` is the planned CPU list ("0-7");
+    `preload`: started at boot (False: a lazy expert, started by its first request)."""
     t = Translation(expert.expert_id)
     cpu = caps.get("cpu", {})
     isa = cpu.get("isa", {})
@@ -240,10 +244,24 @@ def translate(
                                  "enable_prefix_caching: false and enable_chunked_prefill: false"))
             settings.pop("kv_cache_dtype")
 
+    eager = settings.pop("enforce_eager", None)
+    comp, comp_why = compile_mod.choose(expert.compile, pooling=expert.pooling, preload=preload,
+                                        enforce_eager=eager)
+    if comp is None:
+        t.report.append(Line("enforce_eager" if eager is not None and not isinstance(eager, bool) else "compile",
+                             "rejected", comp_why))
+    t.compile = comp
+
     argv = ["--model", expert.model, "--served-model-name", expert.expert_id,
             "--host", "127.0.0.1", "--port", str(port)]
     if expert.pooling:
         argv += ["--runner", "pooling"]
+    if comp is not None:
+        if comp.eager:
+            argv += ["--enforce-eager"]
+        t.report.append(Line("compile", "applied", str(comp)))
+        if eager is not None:
+            t.report.append(Line("enforce_eager", "applied", f"as compile: {comp.mode}"))
     if t.dtype:
         # Always explicit: vLLM's own "auto" follows config.json (bf16), not the CPU.
         argv += ["--dtype", t.dtype.dtype]

@@ -15,10 +15,11 @@ EXPERTS = [{"expert_id": "a", "model": "/home/x/a", "domain": "general", "priori
 
 
 def test_star_and_per_expert_overrides_apply_without_touching_the_input():
-    out = apply(EXPERTS, {"experts": {"*": {"weights_gib": 0.3, "enforce_eager": True},
+    out = apply(EXPERTS, {"experts": {"*": {"weights_gib": 0.3, "compile": "eager"},
                                       "a": {"max_model_len": 8192}}})
-    assert out[0]["engine"] == {"max_model_len": 8192, "enforce_eager": True} and out[0]["weights_gib"] == 0.3
-    assert out[1]["engine"] == {"enforce_eager": True} and out[1]["model"] == "/home/x/b"
+    assert out[0]["engine"] == {"max_model_len": 8192} and out[0]["weights_gib"] == 0.3
+    assert out[0]["compile"] == "eager" and out[1]["compile"] == "eager" and out[1]["model"] == "/home/x/b"
+    assert "engine" not in out[1]
     assert EXPERTS[0]["engine"] == {"max_model_len": 16384}
 
 

@@ -48,7 +48,7 @@ def experts_vars(host, **changes):
                      **({"reference": e["reference"]} if e.get("reference") else {}),
                      **({"runner": "pooling"} if pooling else {}),
                      **({"route_examples": e["route_examples"]} if e.get("route_examples") else {}),
-                     "engine": {"max_model_len": 256 if pooling else 2048, "enforce_eager": True}})
+                     "compile": "eager", "engine": {"max_model_len": 256 if pooling else 2048}})
     for eid, ch in changes.items():
         [e for e in base if e["expert_id"] == eid][0].update(ch)
     return base
@@ -223,8 +223,7 @@ def test_forced_bf16_is_refused_where_emulated_and_stays_on_the_reference(host, 
     a near-tie (the France question, 0.10 nats), never a decisive token."""
     unit = "/etc/systemd/system/llmhost-expert-coder.service"
     before = host.file(unit).sha256sum
-    forced = experts_vars(host, coder={"engine": {"max_model_len": 2048, "enforce_eager": True,
-                                                  "dtype": "bfloat16"}})
+    forced = experts_vars(host, coder={"engine": {"max_model_len": 2048, "dtype": "bfloat16"}})
     native = native_bf16(host)
     print(f"host CPU has native bf16: {native}")
     try:
@@ -245,6 +244,42 @@ def test_forced_bf16_is_refused_where_emulated_and_stays_on_the_reference(host, 
         r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
         assert r.rc == 0, r.stdout[-3000:]
     assert "Paris" in (ask(host, "coder") or "")
+
+
+CACHE = "/var/lib/llmhost/coder"
+
+
+def test_a_compiled_expert_restarts_from_its_compile_cache(host):
+    """coder deployed with compile: full: the deploy's start compiles (torch.compile,
+    inductor) and leaves the compiled graphs in the expert's state folder
+    (TORCHINDUCTOR_CACHE_DIR, VLLM_CACHE_ROOT). A restart then writes no new
+    compiled file there: every graph came from the cache. Proof from the folder,
+    not from a time limit; the start times are printed."""
+    unit = "/etc/systemd/system/llmhost-expert-coder.service"
+    try:
+        r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host, coder={"compile": "full"})}),
+                     playbooks=("preflight", "experts"))
+        assert r.rc == 0, r.stdout[-3000:]
+        assert "--enforce-eager" not in host.file(unit).content_string
+        env = host.file(unit).content_string
+        assert f"TORCHINDUCTOR_CACHE_DIR={CACHE}/inductor" in env and f"VLLM_CACHE_ROOT={CACHE}/vllm" in env
+        compiled = host.check_output(f"find {CACHE}/inductor -type f -name '*.so' | wc -l")
+        assert int(compiled) > 0, "the compiled start left no compiled kernels in the cache"
+        since = host.check_output("touch /run/llmhost-cache-mark && sleep 1 && date +%s")
+        t0 = time.monotonic()
+        host.check_output("systemctl restart llmhost-expert-coder")
+        restart_s = time.monotonic() - t0
+        fresh = host.check_output(f"find {CACHE}/inductor {CACHE}/vllm -type f -newer /run/llmhost-cache-mark")
+        assert fresh == "", f"the restart compiled again: {fresh[:2000]}"
+        log = host.check_output(f"journalctl -u llmhost-expert-coder --since @{since} -o cat | "
+                                "grep -o 'enforce_eager=[A-Za-z]*\\|init engine .* took [0-9.]* s' || true")
+        print(f"compiled kernels in the cache: {compiled}; warm restart to ready {restart_s:.1f} s; {log}")
+        assert "enforce_eager=False" in log, log
+        assert "Paris" in (ask(host, "coder") or "")
+    finally:
+        r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
+        assert r.rc == 0, r.stdout[-3000:]
+    assert "--enforce-eager" in host.file(unit).content_string
 
 
 def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Starts, and decode against the memory roofline, per expert.
+
+    make bench-starts    (= .venv/bin/python scripts/bench_starts.py; `make bench` runs it too)
+
+On a fresh nspawn test host it deploys two experts of the small model the way
+the toolkit runs them with lazy loading on: `general` preloaded (compile: auto
+= full) and `coder` lazy (compile: auto = eager), one core each. Then, each
+figure a median of RUNS runs:
+
+- cold start to ready: the unit started with its compile cache removed;
+- warm restart to ready: `systemctl restart` with the cache in place (for an
+  eager expert the same start: there is nothing to cache);
+- a lazy expert's first token: its model stopped, a streamed request through the
+  front door, until the first token;
+- single-stream decode tokens/s (64 tokens, through the front door) as a share
+  of the decode roofline: a memory read-bandwidth probe (torch, a 2 GiB tensor,
+  as many threads as the expert has CPUs, pinned to them) on the expert's own
+  CPUs in the same run, divided by the bytes a decode step reads (every weight
+  once, in the expert's dtype; the KV cache of a short prompt is left out);
+- a re-run of the deploy with nothing to change: its time and changed count.
+
+"Ready" is what the deploy waits for: the unit's readiness gate (/health and one
+real completion). Writes the section between the starts markers of
+docs/benchmarks.md and a raw JSON under reports/.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_profiles import (HOST, MODEL, MODEL_SRC, OUT_TOKENS, ROOT, STARTS_END, STARTS_START,  # noqa: E402
+                            boot_host, deploy, log, machine, run_load, ssh)
+
+RUNS = 3
+STATE = "/var/lib/llmhost"
+START, END = STARTS_START, STARTS_END
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+LAZY = {"enabled": True, "warmup_pool_size": 1, "max_loaded_experts": 2, "memory_threshold": 0.9,
+        "auto_unload_after_s": 600}
+
+PROBE = r"""
+import json, sys, time, torch
+n = int(sys.argv[1])
+torch.set_num_threads(n)
+x = torch.ones(2 * 2**30 // 4, dtype=torch.float32)   # 2 GiB: far beyond any last-level cache
+x.sum()
+best = min((lambda t0: (x.sum(), time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(7))
+print(json.dumps({"threads": n, "read_gbps": x.numel() * 4 / best / 1e9}))
+"""
+
+
+def experts() -> list[dict]:
+    return [{"expert_id": eid, "model": MODEL, "model_source": str(MODEL_SRC), "domain": dom, "priority": pr,
+             "profile": "low_latency", "kv_cache_gib": 1, "cores": 1, "engine": {"max_model_len": 2048}}
+            for eid, dom, pr in (("general", "general", 5), ("coder", "coding", 3))]
+
+
+def sh(st: dict, cmd: str) -> str:
+    r = subprocess.run(ssh(st) + [cmd], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"on the bench host: {cmd}: {r.stderr.strip()[-500:]}")
+    return r.stdout.strip()
+
+
+def timed(st: dict, cmd: str) -> float:
+    """Seconds the command took on the host (its own clock, no ssh overhead)."""
+    return float(sh(st, f"t0=$(date +%s.%N); {cmd} >/dev/null; t1=$(date +%s.%N); awk \"BEGIN {{print $t1 - $t0}}\""))
+
+
+def first_token_s(url: str, expert: str) -> float:
+    import urllib.request  # noqa: PLC0415
+
+    body = {"model": expert, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4,
+            "temperature": 0, "stream": True}
+    req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(),
+                                 {"content-type": "application/json"})
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=900) as r:
+        for line in r:
+            if line.startswith(b"data: ") and b'"content":"' in line and b'"content":""' not in line:
+                return time.perf_counter() - t0
+    raise SystemExit(f"{expert}: no token in the answer")
+
+
+def bytes_per_token(model_dir: Path, dtype: str) -> int:
+    """Bytes of weights one decode step reads: every tensor once in `dtype`. An untied
+    input embedding is read one row per token, so it is left out; a tied one is the
+    LM head and counts once."""
+    raw = (model_dir / "model.safetensors").read_bytes()[:8]
+    n = struct.unpack("<Q", raw)[0]
+    with open(model_dir / "model.safetensors", "rb") as f:
+        f.seek(8)
+        header = json.loads(f.read(n))
+    cfg = json.loads((model_dir / "config.json").read_text())
+    elems = {k: 1 for k in header if k != "__metadata__"}
+    for k in elems:
+        for d in header[k]["shape"]:
+            elems[k] *= d
+    total = sum(elems.values())
+    if not cfg.get("tie_word_embeddings") and "lm_head.weight" in elems:
+        total -= sum(v for k, v in elems.items() if k.endswith("embed_tokens.weight"))
+    return total * DTYPE_BYTES[dtype]
+
+
+def measure(st: dict, url: str, plan: dict) -> dict:
+    out = {}
+    venv_python = sh(st, "grep -o '^ExecStart=[^ ]*python' /etc/systemd/system/llmhost-expert-general.service "
+                         "| cut -d= -f2")
+    for e in plan["experts"]:
+        eid, unit = e["expert_id"], f"llmhost-expert-{e['expert_id']}"
+        r: dict = {"compile": e["compile"], "compile_reason": e["compile_reason"], "dtype": e["dtype"],
+                   "cpus": e["cpu_list"], "preload": e["preload"]}
+        log(f"{eid}: cold starts")
+        stop = f"systemctl stop {unit}-proxy.service {unit}.service" if not e["preload"] else f"systemctl stop {unit}"
+        cold, warm = [], []
+        for _ in range(RUNS):
+            sh(st, f"{stop}; rm -rf {STATE}/{eid}/inductor {STATE}/{eid}/vllm")
+            cold.append(timed(st, f"systemctl start {unit}"))
+        log(f"{eid}: warm restarts")
+        for _ in range(RUNS):
+            warm.append(timed(st, f"systemctl restart {unit}"))
+        r["cold_start_s"], r["warm_restart_s"] = cold, warm
+        r["cache_files"] = int(sh(st, f"find {STATE}/{eid}/inductor -type f 2>/dev/null | wc -l"))
+        if not e["preload"]:
+            log(f"{eid}: first token of the lazy expert, model stopped")
+            ft = []
+            for _ in range(RUNS):
+                sh(st, stop)
+                ft.append(first_token_s(url, eid))
+            r["lazy_first_token_s"] = ft
+        else:
+            sh(st, f"systemctl is-active {unit}")
+        log(f"{eid}: decode")
+        run_load(url, [eid], streams=1, requests_per_stream=1, max_tokens=8, shared_prefix=False)
+        stats = run_load(url, [eid], streams=1, requests_per_stream=8, max_tokens=OUT_TOKENS,
+                         shared_prefix=False).per_expert[eid]
+        r["decode_tps"] = stats.decode_tps
+        r["tbt_p50_s"] = stats.tbt_p50_s
+        ncpu = len(expand(e["cpu_list"]))
+        probes = [json.loads(sh(st, f"taskset -c {e['cpu_list']} {venv_python} - {ncpu} <<'EOF'\n{PROBE}\nEOF"))
+                  for _ in range(RUNS)]
+        r["read_gbps"] = [p["read_gbps"] for p in probes]
+        r["bytes_per_token"] = bytes_per_token(MODEL_SRC, e["dtype"])
+        roof = statistics.median(r["read_gbps"]) * 1e9 / r["bytes_per_token"]
+        r["roofline_tps"] = roof
+        r["roofline_share"] = (r["decode_tps"] or 0) / roof
+        out[eid] = r
+        log(f"{eid}: {r}")
+    return out
+
+
+def expand(cpu_list: str) -> list[int]:
+    cpus = []
+    for part in cpu_list.split(","):
+        a, _, b = part.partition("-")
+        cpus += list(range(int(a), int(b or a) + 1))
+    return cpus
+
+
+def section(res: dict, rerun: dict) -> str:
+    med = statistics.median
+    rows = ["| expert | mode | dtype | CPUs | cold start s | warm restart s | lazy first token s | decode tok/s "
+            "| read GB/s | MB per token | roofline tok/s | share |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for eid, r in res.items():
+        lazy = f"{med(r['lazy_first_token_s']):.1f}" if "lazy_first_token_s" in r else "(preloaded)"
+        rows.append(f"| {eid} ({'preload' if r['preload'] else 'lazy'}) | {r['compile']} | {r['dtype']} | {r['cpus']} "
+                    f"| {med(r['cold_start_s']):.1f} | {med(r['warm_restart_s']):.1f} | {lazy} "
+                    f"| {r['decode_tps'] or 0:.1f} | {med(r['read_gbps']):.1f} | {r['bytes_per_token'] / 1e6:.0f} "
+                    f"| {r['roofline_tps']:.0f} | {r['roofline_share']:.0%} |")
+    runs = "; ".join(f"{eid}: cold {', '.join(f'{x:.0f}' for x in r['cold_start_s'])}, warm "
+                     f"{', '.join(f'{x:.0f}' for x in r['warm_restart_s'])}"
+                     + (f", first token {', '.join(f'{x:.1f}' for x in r['lazy_first_token_s'])}"
+                        if "lazy_first_token_s" in r else "")
+                     + f"; compiled files in its cache {r['cache_files']}" for eid, r in res.items())
+    return f"""{START}
+## Starts, and decode against the memory roofline
+
+Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `make bench-starts` (`scripts/bench_starts.py`)
+on {machine()}.
+Two experts of SmolLM2-135M-Instruct on a fresh test host, lazy loading on: `general`
+preloaded, `coder` lazy, one core each, `compile: auto` ([starts](starts.md)). Medians of {RUNS} runs;
+"ready" is the unit's readiness gate (/health and one real completion). Cold: the compile cache
+removed first. The roofline is a read-bandwidth probe on the expert's own CPUs in the same run
+(torch sum of a 2 GiB tensor, best of 7) divided by the weight bytes one decode step reads.
+
+{chr(10).join(rows)}
+
+Every run (s): {runs}.
+
+Deploy re-run with nothing to change (preflight, tune, install, experts, frontdoor; no verify):
+{rerun['seconds']:.0f} s, changed {rerun['changed']}.
+{END}"""
+
+
+def write(text: str) -> None:
+    page = ROOT / "docs/benchmarks.md"
+    old = page.read_text()
+    if START in old:
+        old = old[:old.index(START)] + text + old[old.index(END) + len(END):]
+    else:
+        old = old.rstrip("\n") + "\n\n" + text + "\n"
+    page.write_text(old)
+
+
+def main() -> int:
+    work, inv, st = boot_host()
+    url = f"http://{st['address']}:8082"
+    try:
+        deploy(inv, experts(), work, lazy=LAZY)
+        plan = json.loads(sh(st, "cat /etc/llmhost/experts.json"))
+        t0 = time.monotonic()
+        again = deploy(inv, experts(), work, lazy=LAZY)
+        rerun = {"seconds": time.monotonic() - t0, "changed": sum(again.changed.values())}
+        res = measure(st, url, plan)
+    finally:
+        subprocess.run([sys.executable, str(ROOT / "scripts/testhost.py"), "down", HOST], check=False)
+    (ROOT / "reports").mkdir(exist_ok=True)
+    raw = ROOT / "reports" / f"bench-starts-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    raw.write_text(json.dumps({"experts": res, "rerun": rerun, "machine": machine()}, indent=1))
+    text = section(res, rerun)
+    write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
