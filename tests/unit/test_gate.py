@@ -21,9 +21,17 @@ def test_within_the_share_passes():
 
 
 def test_worse_ttft_fails_naming_expert_figure_and_both_values():
-    g = compare(rep(ttft=0.140), rep())
-    assert not g.passed
-    assert g.lines == ["GATE FAIL general: TTFT p50 140 ms against baseline 100 ms (+40%, limit +25%)"]
+    assert not compare(rep(ttft=0.160), rep()).passed
+    g = compare(rep(ttft=0.160), rep())
+    assert g.lines == ["GATE FAIL general: TTFT p50 160 ms against baseline 100 ms (+60%, limit +25% and +50 ms)"]
+
+
+def test_a_small_figure_must_also_be_worse_by_an_absolute_floor():
+    # +40 % but only 40 ms: within a scheduler hiccup on a small model
+    assert compare(rep(ttft=0.140), rep()).passed
+    # TBT: +50 % and 20 ms (floor 10 ms) fails; +50 % of 10 ms (5 ms) does not
+    assert not compare(rep(tbt=0.060), rep()).passed
+    assert compare(rep(tbt=0.015), rep(tbt=0.010)).passed
 
 
 def test_worse_tbt_fails_and_the_share_is_a_setting():
