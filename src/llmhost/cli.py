@@ -195,6 +195,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"\n[{p.expert_id}] port {p.port}, CPUs {p.cpu_list}, names {', '.join(p.names)}")
         if p.translation.dtype:
             print(f"  dtype {p.translation.dtype}")
+        if p.translation.compile:
+            print(f"  compile {p.translation.compile}")
         print(f"  reference answers: {p.reference or 'none'} ({p.reference_why})")
         print("  argv: " + " ".join(p.translation.argv))
         print("  env:  " + " ".join(f"{k}={v}" for k, v in sorted(p.translation.env.items())))

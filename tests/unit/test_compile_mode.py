@@ -75,3 +75,17 @@ def test_choose_is_a_plain_function():
     assert compile_mode.choose("auto", pooling=False, preload=False)[0].mode == "eager"
     choice, why = compile_mode.choose("eager", pooling=False, preload=True, enforce_eager=False)
     assert choice is None and "contradicts" in why
+
+
+def test_llmhost_plan_prints_each_experts_mode(capsys):
+    from pathlib import Path
+
+    from llmhost.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    assert main(["plan", "-i", str(root / "inventories/production")]) == 0
+    out = capsys.readouterr().out
+    # three preloaded chat experts compiled; gemma-3 and aya-expanse lazy and the router eager
+    assert out.count("\n  compile full (auto: preloaded") == 3, out
+    assert out.count("\n  compile eager (auto: lazy expert") == 2, out
+    assert out.count("\n  compile eager (auto: pooling expert") == 1, out
