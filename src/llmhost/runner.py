@@ -83,17 +83,27 @@ def run_playbook(playbooks: Sequence[str], inventory: str | Path, *, extravars: 
                                envvars={"ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
                                         **(envvars or {})},
                                quiet=True, timeout=timeout, event_handler=handler)
-        stats = r.stats or {}
+        events = list(r.events)
+        stats = final_stats(events) if events else (r.stats or {})
         failed: dict[str, int] = {}
         for key in ("failures", "dark"):
             for h, n in (stats.get(key) or {}).items():
                 failed[h] = failed.get(h, 0) + n
-        return PlaybookRun(rc=r.rc, status=r.status, stdout=r.stdout.read(), events=list(r.events),
+        return PlaybookRun(rc=r.rc, status=r.status, stdout=r.stdout.read(), events=events,
                            ok=dict(stats.get("ok") or {}), changed=dict(stats.get("changed") or {}),
                            failed=failed, seconds=time.monotonic() - t0)
     finally:
         if not private_dir:
             shutil.rmtree(pdir, ignore_errors=True)
+
+
+def final_stats(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The run's totals: the last `playbook_on_stats` event. ansible-playbook with
+    several playbooks sends one after each, each a running total; ansible-runner's
+    own `stats` returns the first, i.e. the first playbook's counts only."""
+    last = max((e for e in events if e.get("event") == "playbook_on_stats"), key=lambda e: e.get("counter", 0),
+               default=None)
+    return dict(last.get("event_data") or {}) if last else {}
 
 
 def molecule_envvars() -> dict[str, str]:
