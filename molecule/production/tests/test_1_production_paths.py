@@ -30,7 +30,7 @@ def test_lazy_experts_are_armed_not_loaded(host):
 def test_the_plan_is_folded_and_no_figures_are_reported(host):
     cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
     assert cfg["folded"]["expected_cpus"] == 32 and cfg["folded"]["host_cpus"] == 2
-    reports = sorted(Path(PROJECT, "reports").glob("models-europe-*.json"))
+    reports = sorted(Path(PROJECT, "reports/molecule").glob("models-europe-*.json"))
     assert reports, "the verify stage wrote no report"
     rep = json.loads(reports[-1].read_text())
     assert rep["passed"] and "not reported" in rep["figures"], rep.get("figures")
