@@ -72,7 +72,8 @@ def sh(st: dict, cmd: str) -> str:
 
 def timed(st: dict, cmd: str) -> float:
     """Seconds the command took on the host (its own clock, no ssh overhead)."""
-    return float(sh(st, f"t0=$(date +%s.%N); {cmd} >/dev/null; t1=$(date +%s.%N); awk \"BEGIN {{print $t1 - $t0}}\""))
+    return float(sh(st, f"t0=$(date +%s.%N); {cmd} >/dev/null || exit 1; t1=$(date +%s.%N); "
+                        f"awk \"BEGIN {{print $t1 - $t0}}\""))
 
 
 def first_token_s(url: str, expert: str) -> float:
@@ -119,14 +120,18 @@ def measure(st: dict, url: str, plan: dict) -> dict:
         r: dict = {"compile": e["compile"], "compile_reason": e["compile_reason"], "dtype": e["dtype"],
                    "cpus": e["cpu_list"], "preload": e["preload"]}
         log(f"{eid}: cold starts")
-        stop = f"systemctl stop {unit}-proxy.service {unit}.service" if not e["preload"] else f"systemctl stop {unit}"
+        # reset-failed: this many starts in a row would otherwise hit the unit's StartLimitBurst
+        stop = (f"systemctl stop {unit}-proxy.service {unit}.service" if not e["preload"] else
+                f"systemctl stop {unit}") + f"; systemctl reset-failed {unit}"
         cold, warm = [], []
         for _ in range(RUNS):
             sh(st, f"{stop}; rm -rf {STATE}/{eid}/inductor {STATE}/{eid}/vllm")
             cold.append(timed(st, f"systemctl start {unit}"))
-        log(f"{eid}: warm restarts")
+            log(f"{eid}: cold start {cold[-1]:.1f} s")
         for _ in range(RUNS):
+            sh(st, f"systemctl reset-failed {unit}")
             warm.append(timed(st, f"systemctl restart {unit}"))
+            log(f"{eid}: warm restart {warm[-1]:.1f} s")
         r["cold_start_s"], r["warm_restart_s"] = cold, warm
         r["cache_files"] = int(sh(st, f"find {STATE}/{eid}/inductor -type f 2>/dev/null | wc -l"))
         if not e["preload"]:
@@ -135,6 +140,7 @@ def measure(st: dict, url: str, plan: dict) -> dict:
             for _ in range(RUNS):
                 sh(st, stop)
                 ft.append(first_token_s(url, eid))
+                log(f"{eid}: first token {ft[-1]:.1f} s")
             r["lazy_first_token_s"] = ft
         else:
             sh(st, f"systemctl is-active {unit}")
