@@ -76,7 +76,22 @@ def timed(st: dict, cmd: str) -> float:
                         f"awk \"BEGIN {{print $t1 - $t0}}\""))
 
 
-def first_token_s(url: str, expert: str) -> float:
+def first_token_s(url: str, expert: str, retry_s: float = 0) -> float:
+    """Seconds to the first streamed token; with retry_s, retries an error answer for that long."""
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return _first_token_s(url, expert)
+        except urllib.error.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def _first_token_s(url: str, expert: str) -> float:
     import urllib.request  # noqa: PLC0415
 
     body = {"model": expert, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4,
@@ -129,7 +144,7 @@ def measure(st: dict, url: str, plan: dict) -> dict:
             cold.append(timed(st, f"systemctl start {unit}"))
             log(f"{eid}: cold start {cold[-1]:.1f} s")
         for _ in range(RUNS):
-            sh(st, f"systemctl reset-failed {unit}")
+            sh(st, f"systemctl reset-failed {unit} 2>/dev/null || true")
             warm.append(timed(st, f"systemctl restart {unit}"))
             log(f"{eid}: warm restart {warm[-1]:.1f} s")
         r["cold_start_s"], r["warm_restart_s"] = cold, warm
@@ -145,9 +160,12 @@ def measure(st: dict, url: str, plan: dict) -> dict:
         else:
             sh(st, f"systemctl is-active {unit}")
         log(f"{eid}: decode")
-        run_load(url, [eid], streams=1, requests_per_stream=1, max_tokens=8, shared_prefix=False)
+        # after the restarts the front door's health check takes a few seconds to see it up again
+        first_token_s(url, eid, retry_s=120)
         stats = run_load(url, [eid], streams=1, requests_per_stream=8, max_tokens=OUT_TOKENS,
                          shared_prefix=False).per_expert[eid]
+        if not stats.decode_tps or stats.errors:
+            raise SystemExit(f"{eid}: decode measurement failed ({stats.errors} errors of {stats.requests})")
         r["decode_tps"] = stats.decode_tps
         r["tbt_p50_s"] = stats.tbt_p50_s
         ncpu = len(expand(e["cpu_list"]))
