@@ -137,7 +137,7 @@ def measure(st: dict, url: str, plan: dict) -> dict:
         log(f"{eid}: cold starts")
         # reset-failed: this many starts in a row would otherwise hit the unit's StartLimitBurst
         stop = (f"systemctl stop {unit}-proxy.service {unit}.service" if not e["preload"] else
-                f"systemctl stop {unit}") + f"; systemctl reset-failed {unit}"
+                f"systemctl stop {unit}") + f"; systemctl reset-failed {unit} 2>/dev/null || true"
         cold, warm = [], []
         for _ in range(RUNS):
             sh(st, f"{stop}; rm -rf {STATE}/{eid}/inductor {STATE}/{eid}/vllm")
