@@ -21,9 +21,13 @@ Python importing vLLM in its three processes (about 10 s each on one core),
 whatever the mode.
 
 `auto`:
-- a preloaded generate expert: full. Its cold compile is paid at deploy, its
-  restarts load the cached kernels (+10-20 s over eager), and where compiling
-  pays (the AVX2 case) every token is faster.
+- a preloaded generate expert: full, except on a CPU with AMX (`amx_bf16`), where
+  compiled decode measured no faster (above, and `make bench-starts`: 14.7
+  against 17.3 tok/s) and every start is 20 s slower: eager there. Elsewhere the
+  cold compile is paid at deploy, restarts load the cached kernels (+10-20 s
+  over eager), and where compiling pays (the AVX2 case) every token is faster.
+  Not measured on Arm (Neoverse V2): full there until `make bench-starts` on
+  such a host says otherwise.
 - a lazy generate expert: eager. Its start is in a client's request path, and
   eager starts 10-20 s sooner than even a warm compiled start.
 - a pooling expert: eager (a few ms per call; nothing to gain).
@@ -37,7 +41,7 @@ its gate fills the cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from .experts import COMPILE_MODES as MODES
 
@@ -55,9 +59,15 @@ class CompileChoice:
         return f"{self.mode} ({self.reason})"
 
 
-def choose(requested: Any, *, pooling: bool, preload: bool, enforce_eager: Any = None) -> tuple[CompileChoice | None, str]:
+# CPU flags (as capabilities.parse_cpuinfo names them) where compiled decode measured
+# no faster than eager: an Intel Xeon with AMX (Emerald Rapids), bf16 and float32.
+NO_COMPILE_GAIN_FLAGS = ("amx_bf16",)
+
+
+def choose(requested: Any, *, pooling: bool, preload: bool, enforce_eager: Any = None,
+           isa: Mapping[str, bool] | None = None) -> tuple[CompileChoice | None, str]:
     """(choice, "") or (None, why it cannot be chosen). `enforce_eager` is the
-    expert's engine.enforce_eager, None when unset."""
+    expert's engine.enforce_eager, None when unset; `isa` the host's CPU features."""
     req = "auto" if requested is None else requested
     if req not in MODES:
         return None, f"must be one of {', '.join(MODES)}, got {requested!r}"
@@ -74,4 +84,8 @@ def choose(requested: Any, *, pooling: bool, preload: bool, enforce_eager: Any =
         return CompileChoice("eager", "auto: pooling expert, a few ms per call"), ""
     if not preload:
         return CompileChoice("eager", "auto: lazy expert, its start is in a request's path"), ""
+    flags = [f for f in NO_COMPILE_GAIN_FLAGS if (isa or {}).get(f)]
+    if flags:
+        return CompileChoice("eager", f"auto: {', '.join(flags)} CPU, compiled decode measured no faster, "
+                                      "its start slower"), ""
     return CompileChoice("full", "auto: preloaded, the deploy compiles, restarts use the cache"), ""

@@ -246,7 +246,7 @@ def translate(
 
     eager = settings.pop("enforce_eager", None)
     comp, comp_why = compile_mod.choose(expert.compile, pooling=expert.pooling, preload=preload,
-                                        enforce_eager=eager)
+                                        enforce_eager=eager, isa=isa)
     if comp is None:
         t.report.append(Line("enforce_eager" if eager is not None and not isinstance(eager, bool) else "compile",
                              "rejected", comp_why))
