@@ -246,42 +246,6 @@ def test_forced_bf16_is_refused_where_emulated_and_stays_on_the_reference(host, 
     assert "Paris" in (ask(host, "coder") or "")
 
 
-CACHE = "/var/lib/llmhost/coder"
-
-
-def test_a_compiled_expert_restarts_from_its_compile_cache(host):
-    """coder deployed with compile: full: the deploy's start compiles (torch.compile,
-    inductor) and leaves the compiled graphs in the expert's state folder
-    (TORCHINDUCTOR_CACHE_DIR, VLLM_CACHE_ROOT). A restart then writes no new
-    compiled file there: every graph came from the cache. Proof from the folder,
-    not from a time limit; the start times are printed."""
-    unit = "/etc/systemd/system/llmhost-expert-coder.service"
-    try:
-        r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host, coder={"compile": "full"})}),
-                     playbooks=("preflight", "experts"))
-        assert r.rc == 0, r.stdout[-3000:]
-        assert "--enforce-eager" not in host.file(unit).content_string
-        env = host.file(unit).content_string
-        assert f"TORCHINDUCTOR_CACHE_DIR={CACHE}/inductor" in env and f"VLLM_CACHE_ROOT={CACHE}/vllm" in env
-        compiled = host.check_output(f"find {CACHE}/inductor -type f -name '*.so' | wc -l")
-        assert int(compiled) > 0, "the compiled start left no compiled kernels in the cache"
-        since = host.check_output("touch /run/llmhost-cache-mark && sleep 1 && date +%s")
-        t0 = time.monotonic()
-        host.check_output("systemctl restart llmhost-expert-coder")
-        restart_s = time.monotonic() - t0
-        fresh = host.check_output(f"find {CACHE}/inductor {CACHE}/vllm -type f -newer /run/llmhost-cache-mark")
-        assert fresh == "", f"the restart compiled again: {fresh[:2000]}"
-        log = host.check_output(f"journalctl -u llmhost-expert-coder --since @{since} -o cat | "
-                                "grep -o 'enforce_eager=[A-Za-z]*\\|init engine .* took [0-9.]* s' || true")
-        print(f"compiled kernels in the cache: {compiled}; warm restart to ready {restart_s:.1f} s; {log}")
-        assert "enforce_eager=False" in log, log
-        assert "Paris" in (ask(host, "coder") or "")
-    finally:
-        r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
-        assert r.rc == 0, r.stdout[-3000:]
-    assert "--enforce-eager" in host.file(unit).content_string
-
-
 def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
     # preloaded by priority: the router (9) and general (5); coder (3) is lazy
     lazy = {"enabled": True, "warmup_pool_size": 2, "max_loaded_experts": 3, "memory_threshold": 0.9,
@@ -321,3 +285,38 @@ def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
     assert 'llmhost_probe_loaded{expert="coder"} 0' in prom and 'llmhost_probe_loaded{expert="general"} 1' in prom
     assert not host.service("llmhost-expert-coder").is_running, "the probe woke the lazy expert"
 
+
+CACHE = "/var/lib/llmhost/coder"
+
+
+def test_a_compiled_expert_restarts_from_its_compile_cache(host):
+    """coder deployed with compile: full: the deploy's start compiles (torch.compile,
+    inductor) and leaves the compiled graphs in the expert's state folder
+    (TORCHINDUCTOR_CACHE_DIR, VLLM_CACHE_ROOT). A restart then writes no new
+    compiled file there: every graph came from the cache. Proof from the folder,
+    not from a time limit; the start times are printed."""
+    unit = "/etc/systemd/system/llmhost-expert-coder.service"
+    try:
+        r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host, coder={"compile": "full"})}),
+                     playbooks=("preflight", "experts"))
+        assert r.rc == 0, r.stdout[-3000:]
+        assert "--enforce-eager" not in host.file(unit).content_string
+        env = host.file(unit).content_string
+        assert f"TORCHINDUCTOR_CACHE_DIR={CACHE}/inductor" in env and f"VLLM_CACHE_ROOT={CACHE}/vllm" in env
+        compiled = host.check_output(f"find {CACHE}/inductor -type f -name '*.so' | wc -l")
+        assert int(compiled) > 0, "the compiled start left no compiled kernels in the cache"
+        since = host.check_output("touch /run/llmhost-cache-mark && sleep 1 && date +%s")
+        t0 = time.monotonic()
+        host.check_output("systemctl restart llmhost-expert-coder")
+        restart_s = time.monotonic() - t0
+        fresh = host.check_output(f"find {CACHE}/inductor {CACHE}/vllm -type f -newer /run/llmhost-cache-mark")
+        assert fresh == "", f"the restart compiled again: {fresh[:2000]}"
+        log = host.check_output(f"journalctl -u llmhost-expert-coder --since @{since} -o cat | "
+                                "grep -o 'enforce_eager=[A-Za-z]*\\|init engine .* took [0-9.]* s' || true")
+        print(f"compiled kernels in the cache: {compiled}; warm restart to ready {restart_s:.1f} s; {log}")
+        assert "enforce_eager=False" in log, log
+        assert "Paris" in (ask(host, "coder") or "")
+    finally:
+        r = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
+        assert r.rc == 0, r.stdout[-3000:]
+    assert "--enforce-eager" in host.file(unit).content_string
