@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_profiles import (HOST, MODEL, MODEL_SRC, OUT_TOKENS, ROOT, STARTS_END, STARTS_START,  # noqa: E402
-                            boot_host, deploy, log, machine, run_load, ssh)
+                            ask_auto, boot_host, deploy, log, machine, run_load, ssh)
 
 RUNS = 3
 STATE = "/var/lib/llmhost"
@@ -94,18 +94,10 @@ def first_token_s(url: str, expert: str, retry_s: float = 0) -> float:
 
 
 def _first_token_s(url: str, expert: str) -> float:
-    import urllib.request  # noqa: PLC0415
-
-    body = {"model": expert, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4,
-            "temperature": 0, "stream": True}
-    req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(),
-                                 {"content-type": "application/json"})
-    t0 = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=900) as r:
-        for line in r:
-            if line.startswith(b"data: ") and b'"content":"' in line and b'"content":""' not in line:
-                return time.perf_counter() - t0
-    raise SystemExit(f"{expert}: no token in the answer")
+    ttft, _ = ask_auto(url, "Say hello.", expert, stream=True)
+    if ttft is None:
+        raise SystemExit(f"{expert}: no token in the answer")
+    return ttft
 
 
 def bytes_per_token(model_dir: Path, dtype: str) -> int:
