@@ -42,6 +42,7 @@ def compare(report: Mapping[str, Any], baseline: Mapping[str, Any] | None,
         return GateResult(True, True, ["GATE no baseline yet: this report becomes the baseline"])
     base = {e["expert_id"]: e for e in baseline.get("experts", [])}
     lines: list[str] = []
+    ok_lines: list[str] = []
     failed = False
     for e in report.get("experts", []):
         eid = e["expert_id"]
@@ -59,11 +60,15 @@ def compare(report: Mapping[str, Any], baseline: Mapping[str, Any] | None,
                 lines.append(f"GATE FAIL {eid}: {label} {now * 1000:.0f} ms against baseline "
                              f"{then * 1000:.0f} ms (+{worse:.0%}, limit +{max_worse:.0%} and "
                              f"+{MIN_WORSE_S[key] * 1000:.0f} ms)")
+            else:   # the decision shows both values when it passes too (after any FAIL line)
+                ok_lines.append(f"GATE ok {eid}: {label} {now * 1000:.0f} ms against baseline "
+                                f"{then * 1000:.0f} ms ({worse:+.0%})")
         for name, p in (e.get("probes") or {}).items():
             if not p.get("ok") and (b.get("probes") or {}).get(name, {}).get("ok"):
                 failed = True
                 lines.append(f"GATE FAIL {eid}: coherence probe '{name}' passed in the baseline and fails now "
                              f"({p.get('why')})")
+    lines += ok_lines
     if not failed:
         lines.append(f"GATE pass: no expert worse than its baseline by more than {max_worse:.0%}")
     return GateResult(not failed, False, lines)

@@ -15,15 +15,19 @@ def test_no_baseline_passes_and_sets_it():
     assert g.passed and g.set_baseline and "becomes the baseline" in g.lines[0]
 
 
-def test_within_the_share_passes():
+def test_within_the_share_passes_and_shows_both_values():
     g = compare(rep(ttft=0.124, tbt=0.049), rep())
     assert g.passed and not g.set_baseline, g.lines
+    assert g.lines == ["GATE ok general: TTFT p50 124 ms against baseline 100 ms (+24%)",
+                       "GATE ok general: TBT p95 49 ms against baseline 40 ms (+23%)",
+                       "GATE pass: no expert worse than its baseline by more than 25%"]
 
 
 def test_worse_ttft_fails_naming_expert_figure_and_both_values():
     assert not compare(rep(ttft=0.160), rep()).passed
     g = compare(rep(ttft=0.160), rep())
-    assert g.lines == ["GATE FAIL general: TTFT p50 160 ms against baseline 100 ms (+60%, limit +25% and +50 ms)"]
+    assert g.lines[0] == "GATE FAIL general: TTFT p50 160 ms against baseline 100 ms (+60%, limit +25% and +50 ms)"
+    assert g.lines[1:] == ["GATE ok general: TBT p95 40 ms against baseline 40 ms (+0%)"]
 
 
 def test_a_small_figure_must_also_be_worse_by_an_absolute_floor():
