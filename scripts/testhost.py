@@ -45,6 +45,12 @@ ROOTFS_PACKAGES = [
 NET_PREFIX = "10.231"  # 10.231.<i//64>.<(i%64)*4 + 1|2>/30, i = host index
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 WHEEL_DIR = Path(os.environ.get("LLMHOST_WHEEL_DIR", "/opt/wheels"))
+# With LLMHOST_TESTHOST_VENV_CACHE=DIR (scripts/test sets a fresh DIR per run and
+# removes it after), every host of this machine's architecture gets DIR bound at the
+# plan's default venv path: the first host of a test run installs vLLM into it, later
+# hosts find it installed, as a second run on one host would. Unset: each host has its own.
+VENV_CACHE = os.environ.get("LLMHOST_TESTHOST_VENV_CACHE", "")
+GUEST_VENV = "/opt/vllm/venv"
 PROXY_PORT = 8888
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 FILES = Path(__file__).resolve().parent / "testhost_files"   # what the hosts get, as files
@@ -335,6 +341,12 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int, keep: bo
     pip_cache = CACHE / "pip-cache"
     pip_cache.mkdir(parents=True, exist_ok=True)
     cmd.append(f"--bind={pip_cache}:/root/.cache/pip")
+    if VENV_CACHE and deb_arch == arch():
+        Path(VENV_CACHE).mkdir(parents=True, exist_ok=True)
+        Path(VENV_CACHE).chmod(0o755)   # mktemp -d makes it 0700; the experts' user reads the venv
+        cmd.append(f"--bind={VENV_CACHE}:{GUEST_VENV}")
+        st["venv_cache"] = VENV_CACHE
+        write_state(st)
     logf = open(d / "console.log", "w")
     p = subprocess.Popen(cmd, stdout=logf, stderr=logf, stdin=subprocess.DEVNULL,
                          start_new_session=True)
