@@ -10,7 +10,11 @@ experts,frontdoor,verify`, default batches: fleet-a is the canary, then fleet-b)
 2. a change vLLM refuses fails on fleet-a, which is rolled back to the unit it had
    and serves again, and the rollout stops there: fleet-b runs no task, its files
    are unchanged and it answers every request made during the run;
-3. the re-run after the fix (the bad change reverted) completes on both hosts and
+3. a change that vLLM accepts but that makes fleet-a slow (prefill in chunks of 16
+   tokens) fails fleet-a's regression gate, naming the figure and both values;
+   site.yml reverts fleet-a's expert to its previous unit, which serves again, and
+   the rollout stops there: fleet-b untouched, as in 2;
+4. the re-run after the fix (the bad change reverted) completes on both hosts and
    changes nothing.
 
 Each run prints its time per batch and the gate's decision with both values.
@@ -18,6 +22,7 @@ Each run prints its time per batch and the gate's decision with both values.
 
 import json
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -43,18 +48,18 @@ WATCHED = ("/etc/systemd/system/llmhost-expert-general.service", "/etc/llmhost/e
 GOOD_LEN, BAD_LEN = 1024, 100000   # SmolLM2 knows 8192 positions: vLLM refuses 100000 at start
 
 
-def expert(max_model_len: int) -> dict:
-    """The scenario's expert (molecule.yml) with another context window."""
+def expert(max_model_len: int, **engine) -> dict:
+    """The scenario's expert (molecule.yml) with another context window (and engine keys)."""
     return {"expert_id": "general", "model": "/srv/models/SmolLM2-135M-Instruct",
             "model_source": "/var/cache/llmhost/models/SmolLM2-135M-Instruct", "domain": "general",
             "priority": 5, "kv_cache_gib": 1, "cores": 1, "compile": "eager",
-            "engine": {"max_model_len": max_model_len},
+            "engine": {"max_model_len": max_model_len, **engine},
             "thresholds": {"ttft_p50_s": 2.0, "ttft_p95_s": 5.0, "tbt_p95_s": 0.25, "decode_tps_min": 5}}
 
 
-def rollout(max_model_len: int) -> runner.PlaybookRun:
+def rollout(max_model_len: int, **engine) -> runner.PlaybookRun:
     """site.yml over both hosts, as the runbook says for an expert change."""
-    extra = {"llmhost_experts": [expert(max_model_len)],
+    extra = {"llmhost_experts": [expert(max_model_len, **engine)],
              # the scenario's reports and baselines (as converge.yml sets them)
              "smoke_test_report_dir": str(PROJECT / "reports" / "molecule")}
     return runner.run_playbook(["site.yml"], INVENTORY, args=["--tags", "experts,frontdoor,verify",
@@ -104,7 +109,7 @@ def batch_span(run: runner.PlaybookRun, host: str) -> tuple[datetime, datetime] 
 def gate_lines(run: runner.PlaybookRun, host: str) -> list[str]:
     for e in rollout_events(run, host):
         data = e["event_data"]
-        if e["event"] == "runner_on_ok" and data.get("task", "").startswith(SMOKE_TASK):
+        if e["event"] in ("runner_on_ok", "runner_on_failed") and data.get("task", "").startswith(SMOKE_TASK):
             return [ln for ln in (data.get("res") or {}).get("stdout_lines", []) if ln.startswith("GATE")]
     return []
 
@@ -181,6 +186,27 @@ def test_a_change_vllm_refuses_stops_at_the_canary_and_is_rolled_back(hosts):
     failed = [a for a in answers if not a or "Paris" not in a]
     print(f"  fleet-b during the run: {len(answers)} requests, {len(failed)} failed")
     assert len(answers) >= 10 and not failed, answers
+
+
+def test_a_change_that_makes_the_canary_slow_fails_its_gate_and_is_reverted(hosts):
+    before = {h: files(hosts[h]) for h in HOSTS}
+    run = rollout(GOOD_LEN, max_num_batched_tokens=16)
+    spans = report("slow change (max_num_batched_tokens 16: prefill in chunks of 16 tokens)", run)
+    out = " ".join(run.stdout.split())
+    assert run.rc != 0
+    lines = gate_lines(run, "fleet-a")
+    assert any(re.match(r"GATE FAIL general: TTFT p50 \d+ ms against baseline \d+ ms \(\+\d+%", ln)
+               for ln in lines), lines
+    # site.yml's revert: the previous unit back and serving, the previous effective config back
+    assert "fleet-a failed its verify stage: GATE FAIL general: TTFT p50" in out, out[-4000:]
+    assert re.search(r"Reverted general: restored [^;]*llmhost-expert-general\.service[^;]*; "
+                     r"the previous version \(service\) is active", out), out[-4000:]
+    assert files(hosts["fleet-a"]) == before["fleet-a"]
+    assert "--max-num-batched-tokens 16" not in hosts["fleet-a"].file(WATCHED[0]).content_string
+    assert "Paris" in (ask(hosts["fleet-a"]) or "")
+    # the rollout stopped at the canary
+    assert spans["fleet-b"] is None, rollout_events(run, "fleet-b")[:3]
+    assert files(hosts["fleet-b"]) == before["fleet-b"]
 
 
 def test_the_rerun_after_the_fix_completes_and_changes_nothing(hosts):
