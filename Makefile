@@ -1,14 +1,23 @@
-# The README's two commands are `make local` and `make test`.
-.PHONY: local test unit lint bench bench-routing bench-starts vm-test clean-hosts
+# The README's two commands are `make local` and `make test`. Tiers: docs/testing.md.
+.PHONY: local check test test-all scenario affected lint bench bench-routing bench-starts vm-test clean-hosts
 
 local:        ## main job: boot models-local, run site.yml, print the smoke report
 	scripts/run-local
 
-test:         ## every test (what CI runs)
-	scripts/test
+check:        ## quick tier: unit, lint, rendered configs, preflight bad input; no test host, no model (~2 min)
+	scripts/test check
 
-unit:         ## fast tests only (no test hosts, no vLLM)
-	scripts/bootstrap && .venv/bin/pytest -q tests/unit tests/lint
+test:         ## what CI runs: check, then the main job (site) and the production rehearsal on test hosts
+	scripts/test test
+
+test-all:     ## every scenario, whole: check, site with its disruptive paths, production, fleet, os_tuning, arm64, VM reboot
+	scripts/test all
+
+scenario:     ## one scenario, whole: make scenario S=site (names: scripts/affected_scenarios.py --list)
+	scripts/test scenario $(S)
+
+affected:     ## the scenarios your change touches (against origin/main, or HEAD)
+	@scripts/affected_scenarios.py
 
 lint:
 	scripts/bootstrap && .venv/bin/pytest -q tests/lint

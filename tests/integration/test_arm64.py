@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NAME = "arm-a"
 # install.yml alone plans the host first (the plan names the venv, the version and the models)
 LOCAL_EXPERTS = ("-e", "@inventories/local/group_vars/llm_hosts/experts.yml", "-e", "llmhost_reserved_cores=0")
-pytestmark = pytest.mark.testhost
+pytestmark = [pytest.mark.testhost, pytest.mark.full]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.model
 CACHE = Path(os.environ.get("LLMHOST_CACHE", "/var/cache/llmhost"))
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from affected_scenarios import IN_MAKE_TEST  # scripts/: site and production (full tests deselected)
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = sorted(p.parent.name for p in ROOT.glob("molecule/*/molecule.yml"))
+SCENARIOS = [pytest.param(name, marks=[pytest.mark.model] if name in IN_MAKE_TEST else [pytest.mark.full])
+             for name in sorted(p.parent.name for p in ROOT.glob("molecule/*/molecule.yml"))]
 pytestmark = pytest.mark.testhost
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.testhost
+pytestmark = [pytest.mark.testhost, pytest.mark.full]
 
 
 def test_values_hold_after_reboot():

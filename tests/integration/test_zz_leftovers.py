@@ -9,6 +9,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.testhost
+
 RUN_DIR = Path("/run/llmhost-testhosts")
 
 

@@ -242,9 +242,12 @@ def door(rendered):
             break
         except OSError:
             time.sleep(0.05)
-    yield {"ports": ports, "embedder": emb, "proc": proc, "cfg": cfg}
-    proc.terminate()
-    proc.wait(5)
+    state = {"ports": ports, "embedder": emb, "proc": proc, "cfg": cfg}
+    yield state
+    # a test may replace the HAProxy (state["proc"]): stop the one running now, and the first
+    for p in {id(x): x for x in (proc, state["proc"])}.values():
+        p.terminate()
+        p.wait(5)
     for srv in [emb, *backends]:
         srv.shutdown()
         srv.server_close()

@@ -108,6 +108,7 @@ def test_body_over_the_limit_is_413_with_a_reason(base_url):
     assert code == 413 and "cannot route" in out["error"]["message"]
 
 
+@pytest.mark.full
 def test_a_stopped_expert_gives_503_json_while_the_other_answers(host, client):
     host.run("systemctl stop llmhost-expert-coder")
     try:

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import KEY
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
@@ -102,6 +103,7 @@ def test_added_ttft_of_auto_is_printed(base_url):
           f"p95 {(p(auto, .95) - p(named, .95)) * 1000:.1f} ms (shared 2-core host)")
 
 
+@pytest.mark.full
 def test_stopping_the_embedder_mid_run_fails_no_request(host, base_url):
     before = route_metrics(host)
     results: list = []
@@ -139,6 +141,7 @@ def test_stopping_the_embedder_mid_run_fails_no_request(host, base_url):
     assert fell['llmhost_route_fallback_total{reason="down"}'] >= 1
 
 
+@pytest.mark.full
 def test_routing_comes_back_when_the_embedder_is_up_again(host, base_url):
     deadline = time.monotonic() + 900
     while not host.service("llmhost-expert-router").is_running or \

@@ -8,6 +8,7 @@ import re
 import threading
 import time
 
+import pytest
 from conftest import smoke
 from llmhost import runner
 
@@ -98,6 +99,7 @@ def test_exposure_score_at_most_2_5(host):
     assert score <= 2.5, out
 
 
+@pytest.mark.full
 def test_kill_9_is_followed_by_serving_again(host):
     pid = host.check_output("systemctl show -p MainPID --value llmhost-expert-coder")
     host.run(f"kill -9 {pid}")
@@ -157,6 +159,7 @@ def test_removing_two_experts_needs_confirmation_and_changes_nothing(host):
     assert all(host.service(f"llmhost-expert-{e}").is_running for e in PORTS)
 
 
+@pytest.mark.full
 def test_a_renamed_expert_that_fails_gives_the_port_back_to_the_old_one(host):
     """Renaming coder to coder2 (same port) with a model that cannot load: the old unit
     is stopped to free the port, the new one fails its gate and is removed, and the old
@@ -184,6 +187,7 @@ SCRAMBLED_TEMPLATE = """{% for m in messages %}<|im_start|>{{ m['role'] }}
 """
 
 
+@pytest.mark.full
 def test_a_wrong_chat_template_fails_the_coherence_probes(host, base_url, tmp_path):
     path = "/srv/models/scrambled-chat-template.jinja"
     host.run(f"cat > {path} <<'EOF'\n{SCRAMBLED_TEMPLATE}EOF\nchmod 0644 {path}")
@@ -215,6 +219,7 @@ def native_bf16(host) -> bool:
     return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
 
 
+@pytest.mark.full
 def test_forced_bf16_is_refused_where_emulated_and_stays_on_the_reference(host, base_url, tmp_path):
     """dtype: bfloat16 forced on coder. Where the CPU has no native bf16 (an AVX2-only
     x86) the preflight refuses it, naming expert and field, and nothing changes; with
@@ -246,6 +251,7 @@ def test_forced_bf16_is_refused_where_emulated_and_stays_on_the_reference(host, 
     assert "Paris" in (ask(host, "coder") or "")
 
 
+@pytest.mark.full
 def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
     # preloaded by priority: the router (9) and general (5); coder (3) is lazy
     lazy = {"enabled": True, "warmup_pool_size": 2, "max_loaded_experts": 3, "memory_threshold": 0.9,
@@ -289,6 +295,7 @@ def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
 CACHE = "/var/lib/llmhost/coder"
 
 
+@pytest.mark.full
 def test_a_compiled_expert_restarts_from_its_compile_cache(host):
     """coder deployed with compile: full: the deploy's start compiles (torch.compile,
     inductor) and leaves the compiled graphs in the expert's state folder
