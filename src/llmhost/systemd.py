@@ -149,3 +149,50 @@ def expert_unit(expert_id: str, start_timeout_s: Any, restart_sec: Any, start_li
         "restart_sec": restart, "start_limit_burst": burst, "start_limit_interval_s": burst * (start + restart),
         "environment": [f"{k}={quote_arg(v)}" for k, v in env.items()],
     }
+
+
+UNIT_DIR = "/etc/systemd/system"
+
+
+def unit_names(expert_id: str, unit_dir: str = UNIT_DIR) -> dict[str, str]:
+    """The names and paths of an expert's units: the model's service, and a lazy
+    expert's socket and the proxy that socket starts."""
+    base = f"llmhost-expert-{expert_id}"
+    names = {"service": f"{base}.service", "socket": f"{base}-proxy.socket", "proxy": f"{base}-proxy.service"}
+    return {**names, **{f"{k}_path": f"{unit_dir}/{v}" for k, v in names.items()},
+            # stop order of a new version: the socket first, so nothing starts the model again
+            "all": [names["socket"], names["proxy"], names["service"]],
+            # a lazy expert's two extra files, by their template's name
+            "lazy_paths": {"proxy.socket": f"{unit_dir}/{names['socket']}",
+                           "proxy.service": f"{unit_dir}/{names['proxy']}"}}
+
+
+def restore_spec(expert_id: str, file_results: Iterable[Mapping[str, Any]],
+                 aside_results: Iterable[Mapping[str, Any]] | None = None,
+                 unit_dir: str = UNIT_DIR) -> dict[str, Any]:
+    """What puts an expert back to its previous version, from the deploy's own results.
+
+    file_results: the template tasks' results for the env file, the unit, and a lazy
+    expert's socket and proxy (a result with `backup_file` had a previous version);
+    aside_results: the copies of a formerly lazy expert's socket and proxy kept aside
+    when it became preloaded (`item` is proxy.socket or proxy.service).
+    Used by the start-failure rescue and by the revert after a failed verify stage."""
+    names = unit_names(expert_id, unit_dir)
+    changed = [r for r in file_results if r.get("changed")]
+    copies = [{"src": r["backup_file"], "dest": r["dest"]} for r in changed if r.get("backup_file")]
+    copies += [{"src": a["dest"], "dest": names["lazy_paths"][a["item"]]}
+               for a in aside_results or [] if a.get("dest")]
+    return {"expert_id": expert_id, "units": names, "copies": copies,
+            "remove": [r["dest"] for r in changed if not r.get("backup_file")],
+            "had_previous": bool(copies)}
+
+
+def previous_unit(stat_results: Iterable[Mapping[str, Any]], units: Mapping[str, str]) -> dict[str, str]:
+    """After the files are restored: which unit is the previous version, from a stat of
+    the socket's and the service's paths. A socket means it was lazy (loaded on demand)."""
+    exists = {r.get("item"): bool(r.get("stat", {}).get("exists")) for r in stat_results}
+    if exists.get(units["socket_path"]):
+        return {"unit": units["socket"], "kind": "socket, loaded on demand"}
+    if exists.get(units["service_path"]):
+        return {"unit": units["service"], "kind": "service"}
+    return {"unit": "", "kind": ""}

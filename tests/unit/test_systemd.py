@@ -25,3 +25,42 @@ def test_preload_env_follows_profile_arch_and_what_exists():
     assert preload_env([TC, IOMP], tcmalloc=True, iomp=False, arch="x86_64") == {"LD_PRELOAD": TC}
     assert preload_env([TC, IOMP], tcmalloc=False, iomp=True, arch="x86_64") == {}  # the legacy profile
     assert preload_env([], tcmalloc=True, iomp=True, arch="x86_64") == {}  # nothing installed: no empty LD_PRELOAD
+
+
+def test_unit_names_are_spelled_once():
+    from llmhost.systemd import unit_names
+
+    n = unit_names("coder", "/u")
+    assert n["service"] == "llmhost-expert-coder.service" and n["service_path"] == "/u/llmhost-expert-coder.service"
+    assert n["all"] == ["llmhost-expert-coder-proxy.socket", "llmhost-expert-coder-proxy.service",
+                        "llmhost-expert-coder.service"]
+    assert n["lazy_paths"] == {"proxy.socket": "/u/llmhost-expert-coder-proxy.socket",
+                               "proxy.service": "/u/llmhost-expert-coder-proxy.service"}
+
+
+def test_restore_puts_back_what_had_a_previous_version_and_removes_what_was_new():
+    from llmhost.systemd import restore_spec
+
+    files = [{"dest": "/e/coder.env", "changed": True, "backup_file": "/e/coder.env.1.bak"},
+             {"dest": "/u/llmhost-expert-coder.service", "changed": False},
+             {"dest": "/u/llmhost-expert-coder-proxy.socket", "changed": True},          # new: no backup
+             {"item": "proxy.service", "skipped": True, "changed": False}]
+    aside = [{"item": "proxy.socket", "dest": "/e/.rollback-coder-proxy.socket", "changed": True},
+             {"item": "proxy.service", "skipped": True}]
+    spec = restore_spec("coder", files, aside, "/u")
+    assert spec["copies"] == [{"src": "/e/coder.env.1.bak", "dest": "/e/coder.env"},
+                              {"src": "/e/.rollback-coder-proxy.socket", "dest": "/u/llmhost-expert-coder-proxy.socket"}]
+    assert spec["remove"] == ["/u/llmhost-expert-coder-proxy.socket"] and spec["had_previous"]
+    new = restore_spec("fresh", [{"dest": "/e/fresh.env", "changed": True}], None, "/u")
+    assert new["copies"] == [] and new["remove"] == ["/e/fresh.env"] and not new["had_previous"]
+
+
+def test_the_previous_version_is_the_socket_when_there_is_one():
+    from llmhost.systemd import previous_unit, unit_names
+
+    n = unit_names("x", "/u")
+    stat = lambda sock, svc: [{"item": n["socket_path"], "stat": {"exists": sock}},  # noqa: E731
+                              {"item": n["service_path"], "stat": {"exists": svc}}]
+    assert previous_unit(stat(True, True), n) == {"unit": n["socket"], "kind": "socket, loaded on demand"}
+    assert previous_unit(stat(False, True), n) == {"unit": n["service"], "kind": "service"}
+    assert previous_unit(stat(False, False), n) == {"unit": "", "kind": ""}

@@ -14,7 +14,7 @@ from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
 from llmhost.model_files import find_results_bytes
 from llmhost.plan import (DEFAULT_START_BUDGET_S, GIB, alert_budgets, build_plan, default_reserved, effective_config,
-                          parse_shared, redact_env)
+                          parse_shared)
 from llmhost.plan_text import summary
 
 
@@ -141,13 +141,14 @@ class FilterModule:
             "frontdoor_exposure": frontdoor_exposure,
             "frontdoor_port_problems": frontdoor.port_problems,
             "systemd_exec": systemd.exec_line,
-            "systemd_env": systemd.env_file,
             "stale_experts": systemd.stale_experts,
-            "redact_env": redact_env,
             "alert_budgets": alert_budgets,
             "effective_config": effective_config,
             "expert_env": systemd.expert_env,
             "expert_unit": systemd.expert_unit,
+            "expert_unit_names": systemd.unit_names,
+            "expert_restore": systemd.restore_spec,
+            "expert_previous_unit": systemd.previous_unit,
             "live_caps_problems": translate.live_caps_problems,
             "port_holders": systemd.port_holders,
             "preload_env": preload_env,
