@@ -65,3 +65,24 @@ def test_the_installed_vllm_is_checked_against_what_the_plan_decided():
     live = {**CAPS, "flags": {k: v for k, v in CAPS["flags"].items() if k != "max_num_seqs"}}
     assert any("has no --max-num-seqs" in x for x in live_caps_problems(live, p["experts"]))
     assert any("VLLM_CPU_KVCACHE_SPACE" in x for x in live_caps_problems({**CAPS, "cpu_env_vars": []}, p["experts"]))
+
+
+def test_the_plan_filter_takes_named_arguments_checked_like_a_modules():
+    import importlib.util
+    from pathlib import Path
+
+    from ansible.errors import AnsibleFilterError
+
+    path = Path(__file__).resolve().parents[2] / "collections/ansible_collections/llmhost/toolkit/plugins/filter/llmhost.py"
+    spec = importlib.util.spec_from_file_location("llmhost_filter_plugin", path)
+    f = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(f)
+    cpu = {"cpus": 2, "cpu_ids": [0, 1], "memory_bytes": 24 * GIB, "arch": "x86_64", "isa": {"bf16": True}}
+    ex = [{"expert_id": "general", "model": "/srv/m", "domain": "general", "priority": 5, "kv_cache_gib": 1,
+           "cores": 1, "weights_gib": 0.3, "engine": {"max_model_len": 1024}}]
+    out = f.plan(ex, capabilities=CAPS, cpu=cpu, reserved_cores=0)
+    assert [e["expert_id"] for e in out["experts"]] == ["general"] and out["memory_budget_bytes"] > 0
+    with pytest.raises(AnsibleFilterError, match=r"^llmhost.toolkit.plan: .*reserved_core"):
+        f.plan(ex, capabilities=CAPS, cpu=cpu, reserved_core=0)
+    with pytest.raises(AnsibleFilterError, match=r"^llmhost.toolkit.plan: .*cpu_source"):
+        f.plan(ex, capabilities=CAPS, cpu=cpu, cpu_source="sysfs")

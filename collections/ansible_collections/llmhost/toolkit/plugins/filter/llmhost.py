@@ -96,26 +96,50 @@ def preload_env(stat_results: list, tcmalloc: bool, iomp: bool, arch: str) -> di
     return systemd.preload_env(found, tcmalloc=bool(tcmalloc), iomp=bool(iomp), arch=str(arch))
 
 
-def plan(experts: Any, lazy: Any, caps: dict, cpu: dict, reserved_cores: Any = None,
-         weights_bytes: dict | None = None, strict: bool = False, default_expert: str | None = None,
-         cpu_source: str = "affinity", expect_cpus: Any = None, start_budget_s: Any = DEFAULT_START_BUDGET_S,
-         shared: Any = None, routing: Any = None) -> dict:
-    """The host plan as a dict; a config that cannot work fails the task with every problem."""
-    host = host_mod.from_probe(cpu, cpu_source)
-    expect = int(expect_cpus) if expect_cpus not in (None, "") else None
+# The plan filter's named arguments (roles/llmhost_plan/tasks/main.yml passes each by
+# name), checked like a module's: a wrong name or type fails the task in one line.
+PLAN_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
+    "lazy_loading": {"type": "raw"},                      # llmhost_lazy_loading; None: every expert preloaded
+    "capabilities": {"type": "dict", "required": True},  # the vLLM build's flags and env (probe or saved file)
+    "cpu": {"type": "dict", "required": True},           # the host's CPU and memory (capabilities.py --cpu-only)
+    "reserved_cores": {"type": "raw"},                    # None: the default for the host size
+    "weights_bytes": {"type": "dict", "default": {}},     # expert_id -> bytes of its weights on the host
+    "strict": {"type": "bool", "default": False},
+    "default_expert": {"type": "str"},
+    "cpu_source": {"type": "str", "default": "affinity", "choices": ["affinity", "online"]},
+    "expect_cpus": {"type": "raw"},                       # llmhost_host_expect.cpus: plan for this many
+    "start_budget_s": {"type": "raw", "default": DEFAULT_START_BUDGET_S},
+    "shared": {"type": "dict"},                           # llmhost_plan_shared
+    "routing": {"type": "raw"},                           # llmhost_routing
+}
+
+
+def plan(experts: Any, **kwargs: Any) -> dict:
+    """The host plan as a dict; a config that cannot work fails the task with every problem.
+
+    Adapter only: checks its named arguments (PLAN_ARGUMENT_SPEC), then llmhost.plan.build_plan."""
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator  # noqa: PLC0415
+
+    checked = ArgumentSpecValidator(PLAN_ARGUMENT_SPEC).validate(kwargs)
+    if checked.error_messages:
+        raise AnsibleFilterError("llmhost.toolkit.plan: " + "; ".join(checked.error_messages))
+    a = checked.validated_parameters
+    host = host_mod.from_probe(a["cpu"], a["cpu_source"])
+    expect = int(a["expect_cpus"]) if a["expect_cpus"] not in (None, "") else None
+    reserved_cores = a["reserved_cores"]
     if reserved_cores is None or reserved_cores == "":
         reserved_cores = default_reserved(max(len(host.cpus), expect or 0))
     try:
         reserved = int(str(reserved_cores), 10)
-        budget = int(str(start_budget_s), 10)
+        budget = int(str(a["start_budget_s"]), 10)
     except ValueError:
         raise AnsibleFilterError("the experts config cannot work:\n  llmhost_reserved_cores and llmhost_start_budget_s "
-                                 f"are whole numbers, got {reserved_cores!r} and {start_budget_s!r}") from None
+                                 f"are whole numbers, got {reserved_cores!r} and {a['start_budget_s']!r}") from None
     try:
-        p = build_plan(experts, lazy, caps, host, reserved_cores=reserved,
-                       weights_bytes=weights_bytes or {}, strict=bool(strict),
-                       default_expert=default_expert or None, expect_cpus=expect, start_budget_s=budget,
-                       shared=parse_shared(shared if isinstance(shared, dict) else None), routing=routing or None)
+        p = build_plan(experts, a["lazy_loading"], a["capabilities"], host, reserved_cores=reserved,
+                       weights_bytes=a["weights_bytes"] or {}, strict=a["strict"],
+                       default_expert=a["default_expert"] or None, expect_cpus=expect, start_budget_s=budget,
+                       shared=parse_shared(a["shared"]), routing=a["routing"] or None)
     except ConfigError as e:
         raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     out = p.to_dict()
