@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
-from llmhost import runner, smoke  # noqa: E402
+from llmhost import runner, smoke, stats, stream  # noqa: E402
 from llmhost.capabilities import parse_cpuinfo  # noqa: E402
 from llmhost.cli import saved_capabilities  # noqa: E402
 from llmhost.dtype import choose as dtype_choose  # noqa: E402
@@ -57,7 +57,7 @@ CONC_REQUESTS = 3
 
 @dataclass
 class LoadResult:
-    per_expert: dict[str, smoke.Stats]
+    per_expert: dict[str, stats.Stats]
     wall_s: float
     aggregate_tps: float           # all output tokens / wall time
 
@@ -70,9 +70,9 @@ def run_load(base_url: str, experts: list[str], *, streams: int, requests_per_st
     jobs = [(e, system + [{"role": "user", "content": f"Request {k}-{j}. Describe a tidy desk in detail."}])
             for j in range(requests_per_stream) for e in experts for k in range(streams)]
     t0 = time.monotonic()
-    samples = smoke.stream_pool(base_url, jobs, max_tokens, api_key, workers=len(experts) * streams)
+    samples = stream.stream_pool(base_url, jobs, max_tokens, api_key, workers=len(experts) * streams)
     wall = time.monotonic() - t0
-    stats = {e: smoke.summarize([s for (m, _), s in zip(jobs, samples) if m == e]) for e in experts}
+    stats = {e: stats.summarize([s for (m, _), s in zip(jobs, samples) if m == e]) for e in experts}
     total = sum(st.output_tokens for st in stats.values())
     return LoadResult(stats, wall, total / wall if wall > 0 else 0.0)
 

@@ -222,7 +222,7 @@ def read_key_file(path: str) -> str:
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    from . import smoke  # noqa: PLC0415
+    from . import smoke, smoke_report  # noqa: PLC0415
 
     baseline = read_baseline(args.baseline) if args.baseline else None   # before minutes of measuring
     cfg = json.loads(read_text(args.config, "--config")) if args.config else None
@@ -252,7 +252,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("LLMHOST_API_KEY")
     if args.api_key_file:
         api_key = read_key_file(args.api_key_file)
-    show = smoke.progress_printer()
+    show = smoke_report.progress_printer()
     results = []
     for e in experts:
         results.append(smoke.run_expert(args.url, e, repeat=args.repeat, warmup=args.warmup,
@@ -260,8 +260,8 @@ def cmd_smoke(args: argparse.Namespace) -> int:
                                         shared_prefix=args.shared_prefix, api_key=api_key, progress=show))
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
-    print(smoke.table(results, figures=not folded))
-    rep = smoke.report(results, {"url": args.url, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    print(smoke_report.table(results, figures=not folded))
+    rep = smoke_report.report(results, {"url": args.url, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                  "repeat": args.repeat, "concurrency": args.concurrency,
                                  "max_tokens": args.max_tokens, "shared_prefix": args.shared_prefix},
                        figures=not folded)
@@ -270,13 +270,13 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(rep, indent=1))
         print(f"report: {args.json}")
     if args.chart and not folded:
-        smoke.chart(results, args.chart)
+        smoke_report.chart(results, args.chart)
         print(f"chart: {args.chart}")
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        png = None if folded else smoke.chart_png(results)
-        Path(args.html).write_text(site_templates.report_page(rep, smoke.TABLE_HEADER,
-                                                              smoke.table_rows(results, figures=not folded), png))
+        png = None if folded else smoke_report.chart_png(results)
+        Path(args.html).write_text(site_templates.report_page(rep, smoke_report.TABLE_HEADER,
+                                                              smoke_report.table_rows(results, figures=not folded), png))
         print(f"page: {args.html}")
     misses = [m for r in results for m in r.misses]
     for r in results:

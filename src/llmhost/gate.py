@@ -3,7 +3,7 @@
 A host fails when an expert's TTFT p50 or TBT p95 is worse than the baseline's by
 more than a share (default 25 %), or when a coherence probe that passed in the
 baseline fails now. A host without a baseline passes, and its report becomes the
-baseline. The inventory's thresholds still apply as absolute limits (smoke.py);
+baseline. The inventory's thresholds still apply as absolute limits (stats.check_thresholds);
 this gate is relative. Pure: reading and writing the baseline file is the CLI's.
 """
 

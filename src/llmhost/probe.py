@@ -19,7 +19,7 @@ writes the verdicts for node exporter's textfile collector:
 A lazy expert is never woken: vLLM listens on its backend port only while it is
 loaded, and that is the port probed; the socket that starts it is not touched.
 
-Stdlib only (with smoke.py and reference.py): the monitoring role ships these
+Stdlib only (with coherence.py, stream.py and reference.py): the monitoring role ships these
 files to the host, where llmhost itself is not installed.
 """
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import smoke
+from .coherence import coherence_probes, reference_file, reference_misses, reference_probes
 
 
 @dataclass
@@ -57,8 +57,8 @@ def listening(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
 
 
 def probe_expert(expert: Mapping[str, Any], *, is_listening: Callable[[int], bool] = listening,
-                 coherence: Callable[..., dict[str, dict[str, Any]]] = smoke.coherence_probes,
-                 references: Callable[..., dict[str, Any]] = smoke.reference_probes) -> ExpertProbe:
+                 coherence: Callable[..., dict[str, dict[str, Any]]] = coherence_probes,
+                 references: Callable[..., dict[str, Any]] = reference_probes) -> ExpertProbe:
     eid = str(expert["expert_id"])
     port = int(expert.get("backend_port") or expert["port"])
     if not is_listening(port):
@@ -70,7 +70,7 @@ def probe_expert(expert: Mapping[str, Any], *, is_listening: Callable[[int], boo
         res.probes[name] = bool(p["ok"])
         if not p["ok"]:
             res.notes.append(f"{eid}: probe {name} failed ({p['why']}): {p['answer'][:80]!r}")
-    path, why = smoke.reference_file(expert)
+    path, why = reference_file(expert)
     rep = references(url, eid, path, why, None)
     res.reference_available = rep["status"] != "skipped"
     if rep["status"] == "skipped":
@@ -80,7 +80,7 @@ def probe_expert(expert: Mapping[str, Any], *, is_listening: Callable[[int], boo
             res.probes[f"reference_{r['name']}"] = bool(r["ok"])
     if rep["status"] == "failed" and not rep.get("results"):
         res.probes["reference_file"] = False
-    res.notes += smoke.reference_misses(eid, rep)
+    res.notes += reference_misses(eid, rep)
     return res
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llmhost import reference, smoke
+from llmhost import coherence, reference, smoke_report, stream
 
 
 def test_same_first_words_pass_whatever_the_punctuation_and_case():
@@ -72,7 +72,7 @@ def test_make_roundtrips_through_load(tmp_path):
 
 def fake_stream(answers):
     def stream_chat(base_url, model, messages, max_tokens, api_key=None, **kw):
-        return smoke.Sample(0.1, [0.01], 0.2, 5, 10, answers[messages[-1]["content"]])
+        return stream.Sample(0.1, [0.01], 0.2, 5, 10, answers[messages[-1]["content"]])
     return stream_chat
 
 
@@ -82,19 +82,19 @@ def test_reference_probes_quote_both_answers_and_name_the_expert(tmp_path, monke
     p.write_text(json.dumps(reference.make(ref, model="m", made_with="t")))
     served = {prompt: ref[n] for n, prompt in reference.PROMPTS}
     served["What is the capital of Japan?"] = "Kyoto, la capitale"
-    monkeypatch.setattr(smoke, "stream_chat", fake_stream(served))
-    rep = smoke.reference_probes("http://x", "general", str(p), "", None)
+    monkeypatch.setattr(coherence, "stream_chat", fake_stream(served))
+    rep = coherence.reference_probes("http://x", "general", str(p), "", None)
     assert rep["status"] == "failed" and sum(not r["ok"] for r in rep["results"]) == 1
-    (line,) = smoke.reference_misses("general", rep)
+    (line,) = coherence.reference_misses("general", rep)
     assert line.startswith("general: reference probe 'japan' diverges")
     assert "Right answer to japan" in line and "Kyoto" in line
-    assert smoke.reference_cell(rep) == f"{len(ref) - 1}/{len(ref)} DIFF"
+    assert smoke_report.reference_cell(rep) == f"{len(ref) - 1}/{len(ref)} DIFF"
 
 
 def test_missing_reference_is_skipped_loudly_never_passed():
-    path, why = smoke.reference_file({"expert_id": "x", "reference_why": "no reference answers for this model"})
-    rep = smoke.reference_probes("http://x", "x", path, why, None)
+    path, why = coherence.reference_file({"expert_id": "x", "reference_why": "no reference answers for this model"})
+    rep = coherence.reference_probes("http://x", "x", path, why, None)
     assert rep == {"status": "skipped", "why": "no reference answers for this model"}
-    assert smoke.reference_cell(rep) == "skipped" and smoke.reference_misses("x", rep) == []
-    path, why = smoke.reference_file({"reference": "/nonexistent/r.json"})
+    assert smoke_report.reference_cell(rep) == "skipped" and coherence.reference_misses("x", rep) == []
+    path, why = coherence.reference_file({"reference": "/nonexistent/r.json"})
     assert path is None and "not found here" in why

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from llmhost import site_templates, smoke
+from llmhost import site_templates, smoke, smoke_report, stats, stream
 from llmhost.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,10 +57,10 @@ def test_stdout_is_the_skeletons_experts_file(tmp_path, capsys):
 
 
 def results():
-    stats = smoke.summarize([smoke.Sample(0.12, [0.03, 0.04], 0.3, 3, 20, "Paris")])
-    ok = smoke.ExpertResult("general", stats, probes={"capital": {"ok": True}},
+    st = stats.summarize([stream.Sample(0.12, [0.03, 0.04], 0.3, 3, 20, "Paris")])
+    ok = smoke.ExpertResult("general", st, probes={"capital": {"ok": True}},
                             reference={"status": "passed", "results": [{"ok": True, "compared_words": 5}]})
-    bad = smoke.ExpertResult("coder", stats, probes={"capital": {"ok": False}},
+    bad = smoke.ExpertResult("coder", st, probes={"capital": {"ok": False}},
                              misses=["coder: ttft_p50 0.120 s > budget 0.05 s <script>alert(1)</script>"],
                              reference={"status": "skipped", "why": "no reference file for this model"})
     return [ok, bad]
@@ -68,10 +68,10 @@ def results():
 
 def page(tmp_path: Path) -> Path:
     res = results()
-    rep = smoke.report(res, {"url": "http://127.0.0.1:8082", "time_utc": "2026-11-28T00:00:00Z", "repeat": 1})
-    smoke.chart(res, str(tmp_path / "c.png"))
+    rep = smoke_report.report(res, {"url": "http://127.0.0.1:8082", "time_utc": "2026-11-28T00:00:00Z", "repeat": 1})
+    smoke_report.chart(res, str(tmp_path / "c.png"))
     out = tmp_path / "report.html"
-    out.write_text(site_templates.report_page(rep, smoke.TABLE_HEADER, smoke.table_rows(res),
+    out.write_text(site_templates.report_page(rep, smoke_report.TABLE_HEADER, smoke_report.table_rows(res),
                                               (tmp_path / "c.png").read_bytes()))
     return out
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from conftest import smoke
 import pytest
-from llmhost.smoke import Sample, measured_prompt, summarize
+from llmhost.smoke import measured_prompt
+from llmhost.stats import summarize
+from llmhost.stream import Sample
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 

@@ -67,7 +67,7 @@ def probe_files(_: Any = None) -> list:
     import llmhost  # noqa: PLC0415
 
     d = os.path.dirname(llmhost.__file__)
-    return [os.path.join(d, f) for f in ("__init__.py", "probe.py", "smoke.py", "reference.py")]
+    return [os.path.join(d, f) for f in ("__init__.py", "probe.py", "coherence.py", "stream.py", "reference.py")]
 
 
 def route_centroids(section: dict, response: Any) -> dict:
