@@ -327,7 +327,7 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int, keep: bo
            "--link-journal=no", "-b", "--console=read-only",
            f"--bind-ro={HOST_CA}:/etc/llmhost-test/host-ca.pem"]
     # nspawn leaves parts of /sys/devices writable; a test host must never retune
-    # this machine's disks (a live I/O-scheduler write did, before this bind).
+    # this machine's disks (a live I/O-scheduler write would reach them without this bind).
     cmd.append("--bind-ro=/sys/devices")
     if WHEEL_DIR.is_dir():
         cmd.append(f"--bind-ro={WHEEL_DIR}")

@@ -1,5 +1,5 @@
-"""Where a plan's Host comes from, in one place: a live probe on the host (the
-Ansible stage), the inventory's description (`llmhost_host_expect`), this machine,
+"""Where a plan's Host comes from, in one place: the CPU probe on the host (the preflight
+stage), the inventory's description (`llmhost_host_expect`), this machine,
 or a saved /proc/cpuinfo."""
 
 from __future__ import annotations

@@ -314,7 +314,7 @@ def live_caps_problems(live: Mapping[str, Any], experts: Any) -> list[str]:
     """Where the installed vLLM would not take what the plan decided.
 
     The plan is made before the install, from the capabilities file shipped for the
-    pinned version; the install stage runs this over the live probe: every option in
+    pinned version; the install stage runs this over the capabilities probe: every option in
     an expert's argv must exist with the same kind (and the value among its choices),
     and every VLLM_CPU_* variable must be known."""
     by_option = {spec["option"]: spec for spec in (live.get("flags") or {}).values()}

@@ -137,7 +137,7 @@ def test_broken_model_rolls_back_while_the_other_expert_serves(host):
         t.join()
     assert r.rc != 0
     out = " ".join(r.stdout.split())
-    assert "expert 'coder' did not pass its health gate" in out, out[-3000:]
+    assert "expert 'coder' did not pass its readiness gate" in out, out[-3000:]
     assert "Restored: " in out and "llmhost-expert-coder.service" in out, out[-3000:]
     assert "the previous version (service) was started again and is active" in out, out[-3000:]
     assert host.file("/etc/systemd/system/llmhost-expert-coder.service").sha256sum == before
@@ -170,7 +170,7 @@ def test_a_renamed_expert_that_fails_gives_the_port_back_to_the_old_one(host):
         host, coder={"expert_id": "coder2", "model": "/srv/models/broken"})}), playbooks=("preflight", "experts"))
     assert r.rc != 0
     out = " ".join(r.stdout.split())
-    assert "expert 'coder2' did not pass its health gate" in out, out[-3000:]
+    assert "expert 'coder2' did not pass its readiness gate" in out, out[-3000:]
     assert "there was no previous version" in out and "started again: coder" in out, out[-3000:]
     assert host.file("/etc/systemd/system/llmhost-expert-coder.service").exists
     assert not host.file("/etc/systemd/system/llmhost-expert-coder2.service").exists
@@ -179,7 +179,7 @@ def test_a_renamed_expert_that_fails_gives_the_port_back_to_the_old_one(host):
 
 
 # A chat template that scrambles the conversation (every message reversed): the model
-# loads, the health gate passes, and the answers are fluent nonsense. Only the
+# loads, the readiness gate passes, and the answers are fluent nonsense. Only the
 # coherence probes can tell.
 SCRAMBLED_TEMPLATE = """{% for m in messages %}<|im_start|>{{ m['role'] }}
 {{ m['content'] | reverse | join }}<|im_end|>
@@ -273,8 +273,7 @@ def test_lazy_expert_starts_on_demand_and_stops_when_idle(host):
     t0 = time.monotonic()
     answer = ask(host, "coder", timeout=300)
     print(f"lazy first request: {time.monotonic() - t0:.1f} s")
-    # what the proxy and its gate said, for the failure message (one run of this session
-    # got no answer in 0.3 s after the compile-cache test, cause not found)
+    # what the proxy and its admission gate said, for the failure message when no answer comes
     why = host.run("journalctl -u llmhost-expert-coder-proxy -u llmhost-expert-coder -n 25 --no-pager -o cat; "
                    "cat /run/llmhost-admit/coder.reason; systemctl show -p NRestarts -p Result "
                    "llmhost-expert-coder").stdout
