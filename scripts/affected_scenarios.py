@@ -19,7 +19,7 @@ import sys
 
 # What any deploying scenario runs: the play, its roles, the Python behind them, the harness.
 _DEPLOY = ["site.yml", "playbooks/*", "ansible.cfg", "src/llmhost/*", "collections/*",
-           "scripts/testhost.py", "scripts/testhost_files/*", "molecule/shared/*", "requirements-dev.txt",
+           "scripts/testhost.py", "scripts/testhosts/*", "scripts/testhost_files/*", "molecule/shared/*", "requirements-dev.txt",
            "pyproject.toml", "scripts/bootstrap", "scripts/build-model", "scripts/build_model.py"]
 _ROLES_ALL = ["roles/*"]
 
@@ -33,7 +33,7 @@ SCENARIOS: dict[str, list[str]] = {
                         "roles/frontdoor/*", "roles/smoke_test/*", "molecule/fleet/*"],
     "os_tuning": ["roles/os_tuning/*", "playbooks/tune.yml", "src/llmhost/tuning.py",
                   "collections/*", "molecule/os_tuning/*", "molecule/shared/*",
-                  "scripts/testhost.py", "scripts/testhost_files/*"],
+                  "scripts/testhost.py", "scripts/testhosts/*", "scripts/testhost_files/*"],
     # check mode of site.yml and the install refusal on an arm64 host under qemu-user
     "arm64": _DEPLOY + _ROLES_ALL + ["tests/integration/test_arm64.py"],
     # os_tuning in a QEMU VM, values proven after a reboot

@@ -21,285 +21,25 @@ was made: processes by PID, the overlay by unmount, the veth by name.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
-import re
 import shutil
 import signal
-import string
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-CACHE = Path(os.environ.get("LLMHOST_CACHE", "/var/cache/llmhost"))
-RUN_DIR = Path(os.environ.get("LLMHOST_TESTHOST_RUN", "/run/llmhost-testhosts"))
-SUITE = "bookworm"
-MIRROR = os.environ.get("LLMHOST_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-# What a managed host needs before Ansible can manage it; roles install the rest.
-ROOTFS_PACKAGES = [
-    "systemd", "systemd-sysv", "dbus", "python3", "python3-apt", "openssh-server",
-    "iproute2", "ca-certificates", "sudo",
-]
-NET_PREFIX = "10.231"  # 10.231.<i//64>.<(i%64)*4 + 1|2>/30, i = host index
-HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
-WHEEL_DIR = Path(os.environ.get("LLMHOST_WHEEL_DIR", "/opt/wheels"))
-# With LLMHOST_TESTHOST_VENV_CACHE=DIR (scripts/test sets a fresh DIR per run and
-# removes it after), every host of this machine's architecture gets DIR bound at the
-# plan's default venv path: the first host of a test run installs vLLM into it, later
-# hosts find it installed, as a second run on one host would. Unset: each host has its own.
-VENV_CACHE = os.environ.get("LLMHOST_TESTHOST_VENV_CACHE", "")
-GUEST_VENV = "/opt/vllm/venv"
-PROXY_PORT = 8888
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-FILES = Path(__file__).resolve().parent / "testhost_files"   # what the hosts get, as files
+from testhosts.common import GUEST_VENV, HOST_CA, NAME_RE, VENV_CACHE, WHEEL_DIR, CACHE, arch, log, machine_name, run, wait_for
+from testhosts.cpuview import neoverse_v2_files
+from testhosts.network import addresses, inventory_for, ssh_base, start_proxy, write_host_files
+from testhosts.rootfs import build_rootfs, ssh_key
+from testhosts.state import (children, comm, free_index, host_dir, is_mounted, kept, live_hosts, pid_alive,
+                             read_state, write_state)
 
-
-def fill(rel: str, **values: object) -> str:
-    """A file of testhost_files/ with its $placeholders filled."""
-    return string.Template((FILES / rel).read_text()).substitute({k: str(v) for k, v in values.items()})
-
-
-def lay(tree: str, dest: Path, **values: object) -> list[str]:
-    """Copy testhost_files/TREE under dest, placeholders filled; the paths laid."""
-    out = []
-    for src in sorted(p for p in (FILES / tree).rglob("*") if p.is_file()):
-        rel = src.relative_to(FILES / tree)
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dest / rel).write_text(fill(str(src.relative_to(FILES)), **values))
-        out.append(str(rel))
-    return out
-
-
-def machine_name(name: str) -> str:
-    """nspawn's machine name, which names the veth (ve-NAME must fit IFNAMSIZ, 15):
-    the host name itself up to 12 characters, else a short stable stand-in. The
-    container's hostname stays the full name (--hostname)."""
-    if len(name) <= 12:
-        return name
-    import hashlib  # noqa: PLC0415
-
-    return f"{name[:7]}-{hashlib.sha1(name.encode()).hexdigest()[:4]}"
-
-
-def log(msg: str) -> None:
-    print(f"[testhost] {msg}", file=sys.stderr, flush=True)
-
-
-def run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, text=True, **kw)
-
-
-def arch() -> str:
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
-
-
-def rootfs_dir(deb_arch: str) -> Path:
-    return CACHE / "rootfs" / f"{SUITE}-{deb_arch}"
-
-
-def ssh_key() -> Path:
-    key = CACHE / "ssh" / "id_ed25519"
-    if not key.exists():
-        key.parent.mkdir(parents=True, exist_ok=True)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "llmhost-testhost", "-f", str(key)])
-    return key
-
-
-def build_rootfs(deb_arch: str | None = None) -> Path:
-    """debootstrap once, then prepare the parts that are the same for every host."""
-    deb_arch = deb_arch or arch()
-    dest = rootfs_dir(deb_arch)
-    if (dest / ".ready").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one debootstrap at a time per rootfs
-        if (dest / ".ready").exists():
-            return dest
-        return _debootstrap(deb_arch, dest)
-
-
-def ensure_binfmt(deb_arch: str) -> None:
-    """Foreign architectures run under qemu-user-static through binfmt_misc (F flag:
-    the interpreter is opened at registration, so it works inside containers)."""
-    if deb_arch == arch():
-        return
-    qarch = {"arm64": "aarch64"}.get(deb_arch, deb_arch)
-    bm = Path("/proc/sys/fs/binfmt_misc")
-    if not (bm / "register").exists():
-        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(bm)])
-    entry = bm / f"qemu-{qarch}"
-    if entry.exists():
-        if "flags: " in entry.read_text() and "F" not in entry.read_text().split("flags: ", 1)[1].split()[0]:
-            raise SystemExit(f"{entry} is registered without the F flag; unregister it (echo -1 > {entry})")
-        return
-    conf = Path(f"/usr/lib/binfmt.d/qemu-{qarch}.conf")
-    if not conf.exists():
-        raise SystemExit(f"{conf} missing: install qemu-user-static (scripts/bootstrap does)")
-    (bm / "register").write_text(conf.read_text().strip())
-    log(f"registered qemu-{qarch} in binfmt_misc")
-
-
-def _debootstrap(deb_arch: str, dest: Path) -> Path:
-    ensure_binfmt(deb_arch)
-    tmp = dest.with_name(dest.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    log(f"debootstrap {SUITE} {deb_arch} -> {dest} (about 60 s, once)")
-    t0 = time.monotonic()
-    run(["debootstrap", "--variant=minbase", f"--arch={deb_arch}",
-         "--include=" + ",".join(ROOTFS_PACKAGES), SUITE, str(tmp), MIRROR],
-        stdout=subprocess.DEVNULL)
-    # Network: host0 gets its address from a per-host file written at boot time.
-    for unit in ("systemd-networkd.service", "ssh.service"):
-        run(["systemctl", f"--root={tmp}", "enable", unit], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-    # Nothing in a test host needs these; they only slow the boot or wait on a network.
-    for unit in ("systemd-networkd-wait-online.service", "apt-daily.timer",
-                 "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"):
-        run(["systemctl", f"--root={tmp}", "mask", unit], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-    lay("rootfs", tmp, mirror=MIRROR, suite=SUITE)
-    (tmp / "root/.ssh").mkdir(mode=0o700, exist_ok=True)
-    if deb_arch != arch():
-        # qemu-user refuses a clone flag that systemd's credential loading uses
-        # (243/CREDENTIALS); an empty LoadCredential= lets these units start.
-        for unit in ("systemd-sysctl.service", "systemd-sysusers.service", "systemd-tmpfiles-setup.service",
-                     "systemd-tmpfiles-setup-dev.service", "systemd-tmpfiles-setup-dev-early.service"):
-            d = tmp / "etc/systemd/system" / f"{unit}.d"
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "llmhost-qemu-user.conf").write_text(fill("qemu-user-credentials.conf"))
-        # systemd-networkd cannot start under qemu-user ("Could not setup manager: Protocol
-        # not supported": a netlink family qemu does not translate); iproute2 works
-        # (llmhost-net.service). nspawn mounts /proc and its read-only /sys after its
-        # binds, so the emulated CPU's cpuinfo and sysfs tree are bound at plain paths
-        # and laid over /proc/cpuinfo and /sys/devices/system/cpu early in the boot
-        # (llmhost-cpuinfo.service).
-        run(["systemctl", f"--root={tmp}", "mask", "systemd-networkd.service", "systemd-networkd.socket"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for rel in lay("foreign", tmp):
-            run(["systemctl", f"--root={tmp}", "enable", Path(rel).name], stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)
-    (tmp / ".ready").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    log(f"rootfs ready in {time.monotonic() - t0:.0f} s")
-    return dest
-
-
-def addresses(index: int) -> tuple[str, str]:
-    base = (index % 64) * 4
-    third = index // 64
-    return f"{NET_PREFIX}.{third}.{base + 1}", f"{NET_PREFIX}.{third}.{base + 2}"
-
-
-def host_dir(name: str) -> Path:
-    return RUN_DIR / name
-
-
-def read_state(name: str) -> dict:
-    f = host_dir(name) / "state.json"
-    return json.loads(f.read_text()) if f.exists() else {"name": name}
-
-
-def write_state(st: dict) -> None:
-    d = host_dir(st["name"])
-    d.mkdir(parents=True, exist_ok=True)
-    tmp = d / "state.json.tmp"
-    tmp.write_text(json.dumps(st, indent=2))
-    tmp.replace(d / "state.json")
-
-
-def live_hosts() -> list[str]:
-    if not RUN_DIR.exists():
-        return []
-    return sorted(p.name for p in RUN_DIR.iterdir() if (p / "state.json").exists())
-
-
-def free_index() -> int:
-    """Index 0 is kept for models-local (inventories/local); tests take 1 and up."""
-    used = {read_state(n).get("index") for n in live_hosts()}
-    for i in range(1, 4096):
-        if i not in used:
-            return i
-    raise SystemExit("no free test-host index")
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def write_host_files(upper: Path, name: str, index: int, pubkey: str, peers: dict[str, str]) -> None:
-    """Per-host files go into the overlay's upper dir before boot."""
-    host_ip, guest_ip = addresses(index)
-    # pip inside the host: through the proxy, trusting the machine's CA (outbound TLS is
-    # re-signed here), with the machine's wheel directory as find-links for torch.
-    lay("host", upper, guest_ip=guest_ip, proxy=f"http://{host_ip}:{PROXY_PORT}", wheel_dir=WHEEL_DIR)
-    (upper / "etc/hostname").write_text(name + "\n")
-    hosts = ["127.0.0.1\tlocalhost\n", f"127.0.1.1\t{name}\n", "::1\tlocalhost ip6-localhost\n",
-             f"{host_ip}\tcontroller\n"]
-    hosts += [f"{ip}\t{peer}\n" for peer, ip in sorted(peers.items()) if peer != name]
-    (upper / "etc/hosts").write_text("".join(hosts))
-    (upper / "root/.ssh").mkdir(parents=True, exist_ok=True, mode=0o700)
-    (upper / "root/.ssh/authorized_keys").write_text(pubkey)
-    os.chmod(upper / "root/.ssh/authorized_keys", 0o600)
-
-
-def start_proxy(st: dict, host_ip: str, guest_ip: str) -> None:
-    d = host_dir(st["name"])
-    conf = d / "tinyproxy.conf"
-    conf.write_text(fill("tinyproxy.conf", port=PROXY_PORT, host_ip=host_ip, guest_ip=guest_ip))
-    logf = open(d / "tinyproxy.log", "w")
-    p = subprocess.Popen(["tinyproxy", "-d", "-c", str(conf)], stdout=logf, stderr=logf,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-    st["proxy_pid"] = p.pid
-    write_state(st)
-
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def ssh_base(st: dict) -> list[str]:
-    return ["ssh", "-i", st["identity_file"], "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            "-o", "ConnectTimeout=3", "-o", "BatchMode=yes", f"root@{st['address']}"]
+# ssh_base, ssh_key, build_rootfs and inventory_for are also this module's API
+# (scripts/bench_profiles.py, scripts/vm_reboot_test.py import testhost).
+__all__ = ["build_rootfs", "inventory_for", "main", "ssh_base", "ssh_key"]
 
 
 def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int, keep: bool = False) -> dict:
@@ -384,38 +124,6 @@ def up_one(name: str, deb_arch: str, peers: dict[str, str], index: int, keep: bo
     return st
 
 
-# The /proc/cpuinfo of a C4A-standard-32 that llmhost ships (the plan's unit tests use it too).
-NEOVERSE_V2_CPUINFO = Path(__file__).resolve().parent.parent / "src/llmhost/data/cpuinfo-neoverse-v2.txt"
-
-
-def neoverse_v2_files(ncpu: int = 32) -> tuple[Path, Path]:
-    """A sysfs CPU tree of a C4A-standard-32 (no SMT), made once, and the shipped cpuinfo."""
-    base = CACHE / "neoverse-v2"
-    tree, info = base / "cpu", base / "cpuinfo"
-    if (base / ".ready").exists():
-        return tree, info
-    shutil.rmtree(base, ignore_errors=True)
-    tree.mkdir(parents=True)
-    span = f"0-{ncpu - 1}"
-    for name, val in (("online", span), ("possible", span), ("present", span), ("offline", ""),
-                      ("kernel_max", "511"), ("isolated", "")):
-        (tree / name).write_text(val + "\n")
-    for i in range(ncpu):
-        c = tree / f"cpu{i}"
-        (c / "regs/identification").mkdir(parents=True)
-        (c / "topology").mkdir()
-        (c / "online").write_text("1\n")
-        (c / "regs/identification/midr_el1").write_text("0x00000000410fd4f1\n")
-        (c / "regs/identification/revidr_el1").write_text("0x0000000000000000\n")
-        for k, v in (("core_id", str(i)), ("physical_package_id", "0"), ("cluster_id", "0"), ("die_id", "0"),
-                     ("thread_siblings_list", str(i)), ("core_siblings_list", span), ("cluster_cpus_list", span),
-                     ("package_cpus_list", span), ("core_cpus_list", str(i))):
-            (c / "topology" / k).write_text(v + "\n")
-    shutil.copyfile(NEOVERSE_V2_CPUINFO, info)
-    (base / ".ready").write_text("\n")
-    return tree, info
-
-
 def extra_binds() -> list[str]:
     raw = os.environ.get("LLMHOST_TESTHOST_BIND_RO", "")
     return [b for b in raw.split(",") if b]
@@ -473,24 +181,6 @@ def down_one(name: str) -> None:
     log(f"{name}: down")
 
 
-def is_mounted(path: str) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == path for line in f)
-
-
-SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
-
-
-def inventory_for(instances: list[dict], group: str = "llm_hosts", **host_vars: object) -> dict:
-    """An Ansible inventory (JSON is YAML) of booted hosts: `up`'s instance list, or
-    any host reached with the harness key (the QEMU VM of scripts/vm_reboot_test.py)."""
-    hosts = {i["instance"]: {"ansible_host": i["address"], "ansible_port": i.get("port", 22),
-                             "ansible_user": i.get("user", "root"),
-                             "ansible_ssh_private_key_file": i.get("identity_file", str(ssh_key())),
-                             "ansible_ssh_common_args": SSH_ARGS, **host_vars} for i in instances}
-    return {"all": {"children": {group: {"hosts": hosts}}}}
-
-
 def cmd_up(args) -> int:
     deb_arch = args.arch or arch()
     made: list[str] = []
@@ -535,11 +225,6 @@ def cmd_up(args) -> int:
         Path(args.inventory).write_text(json.dumps(inventory_for(out, args.group), indent=2) + "\n")
     print(text)
     return 0
-
-
-def kept(name: str) -> bool:
-    """Booted with `up --keep` (make local's models-local): `down --all` leaves it alone."""
-    return bool(read_state(name).get("keep"))
 
 
 def cmd_down(args) -> int:
@@ -602,3 +287,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

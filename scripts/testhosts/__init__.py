@@ -1,0 +1,1 @@
+"""The test-host harness behind scripts/testhost.py, by concern (stdlib only)."""
