@@ -154,7 +154,7 @@ def expert_unit(expert_id: str, start_timeout_s: Any, restart_sec: Any, start_li
 UNIT_DIR = "/etc/systemd/system"
 
 
-def unit_names(expert_id: str, unit_dir: str = UNIT_DIR) -> dict[str, str]:
+def unit_names(expert_id: str, unit_dir: str = UNIT_DIR) -> dict[str, Any]:
     """The names and paths of an expert's units: the model's service, and a lazy
     expert's socket and the proxy that socket starts."""
     base = f"llmhost-expert-{expert_id}"
@@ -178,7 +178,8 @@ def restore_spec(expert_id: str, file_results: Iterable[Mapping[str, Any]],
     when it became preloaded (`item` is proxy.socket or proxy.service).
     Used by the start-failure rescue and by the revert after a failed verify stage."""
     names = unit_names(expert_id, unit_dir)
-    changed = [r for r in file_results if r.get("changed")]
+    # a result without dest is check mode's (it would change; nothing was written)
+    changed = [r for r in file_results if r.get("changed") and r.get("dest")]
     copies = [{"src": r["backup_file"], "dest": r["dest"]} for r in changed if r.get("backup_file")]
     copies += [{"src": a["dest"], "dest": names["lazy_paths"][a["item"]]}
                for a in aside_results or [] if a.get("dest")]

@@ -64,3 +64,11 @@ def test_the_previous_version_is_the_socket_when_there_is_one():
     assert previous_unit(stat(True, True), n) == {"unit": n["socket"], "kind": "socket, loaded on demand"}
     assert previous_unit(stat(False, True), n) == {"unit": n["service"], "kind": "service"}
     assert previous_unit(stat(False, False), n) == {"unit": "", "kind": ""}
+
+
+def test_check_mode_results_restore_nothing():
+    """In check mode a template that would change returns {changed: true} and no dest."""
+    from llmhost.systemd import restore_spec
+
+    spec = restore_spec("coder", [{"changed": True, "diff": []}, {"changed": False, "skipped": True}], [], "/u")
+    assert spec["copies"] == [] and spec["remove"] == [] and not spec["had_previous"]
