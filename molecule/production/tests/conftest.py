@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from tiers import pytest_collection_modifyitems  # noqa: E402,F401  (make test deselects the `full` tests)
+
 KEY = "sk-llmhost-rehearsal-key"   # in vault.yml, encrypted with the scenario's test password
 LLMHOST = str(Path(sys.executable).parent / "llmhost")
 PROJECT = os.environ["MOLECULE_PROJECT_DIRECTORY"]

@@ -3,11 +3,13 @@ model under /home and the expert no longer serves."""
 
 import time
 
+import pytest
 from conftest import PRELOADED, chat
 
 DROPIN = "/etc/systemd/system/llmhost-expert-phi-4-mini.service.d/zz-mutation.conf"
 
 
+@pytest.mark.full
 def test_protect_home_yes_with_a_home_model_fails_the_expert(host, base_url):
     host.run(f"mkdir -p {DROPIN.rsplit('/', 1)[0]} && printf '[Service]\\nProtectHome=yes\\nBindReadOnlyPaths=\\n' "
              f"> {DROPIN} && systemctl daemon-reload")

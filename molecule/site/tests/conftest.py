@@ -7,19 +7,10 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "shared"))
+from tiers import pytest_collection_modifyitems  # noqa: E402,F401  (make test deselects the `full` tests)
+
 KEY = "sk-llmhost-test-key"
-
-
-def pytest_collection_modifyitems(config, items):
-    """`make test` (LLMHOST_TEST_TIER=test) deselects the tests marked `full`: the
-    disruptive failure paths, which `make test-all` and `make scenario S=site` run.
-    Run by hand (no tier set), the scenario is whole."""
-    if os.environ.get("LLMHOST_TEST_TIER", "all") == "all":
-        return
-    drop = [i for i in items if i.get_closest_marker("full")]
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = [i for i in items if not i.get_closest_marker("full")]
 LLMHOST = str(Path(sys.executable).parent / "llmhost")
 
 

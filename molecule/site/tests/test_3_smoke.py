@@ -7,8 +7,8 @@ import re
 import time
 from pathlib import Path
 
-from conftest import smoke
 import pytest
+from conftest import smoke
 from llmhost.smoke import measured_prompt
 from llmhost.stats import summarize
 from llmhost.stream import Sample
@@ -70,6 +70,7 @@ def quiet_probe_timer(host):
         time.sleep(1)
 
 
+@pytest.mark.full
 def test_metrics_agree_with_vllm_bench_serve(host, base_url, tmp_path):
     """Same expert, same run: llmhost's arithmetic over vllm bench serve's own per-request
     timings gives vllm's medians and p95s exactly, and both clients get the fixed output

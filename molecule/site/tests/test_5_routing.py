@@ -65,6 +65,7 @@ def test_auto_reaches_the_right_expert_for_a_coding_and_a_general_prompt(host, b
     assert "expert=coder route=embedding" in log and "expert=general route=embedding" in log, log[-2000:]
 
 
+@pytest.mark.full
 def test_accuracy_on_the_labelled_set_stays_at_the_first_measured_figure(base_url):
     by_kind: dict[str, list[int]] = {}
     misses = []
