@@ -29,6 +29,9 @@ ARM_PARTS = {
 }
 
 
+# Compiled ops whose presence decides what the host can serve quantized (llmhost.perf).
+CPU_OPS = ("onednn_scaled_mm", "cpu_gemm_wna16", "int4_scaled_mm_cpu")
+
 BEGIN = "--- llmhost capabilities begin ---"
 END = "--- llmhost capabilities end ---"
 
@@ -189,6 +192,17 @@ def probe_cpu_rules() -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - a probe reports, never fails the install
             pass
     rules.update(fp8_kv_rules("\n".join(texts)))
+    try:  # the quantized-matmul kernels of the library vLLM loads on this CPU (llmhost.perf.QUANT_OPS)
+        import torch  # noqa: PLC0415
+        from vllm.platforms import current_platform  # noqa: PLC0415
+
+        current_platform.import_kernels()
+        ops = [op for op in CPU_OPS if hasattr(torch.ops._C, op)]  # noqa: SLF001
+        if platform.machine() in ("aarch64", "arm64") and hasattr(torch.ops.aten, "_dyn_quant_matmul_4bit"):
+            ops.append("_dyn_quant_matmul_4bit (aarch64)")  # int4 weights through KleidiAI (vLLM's w4a8 on Arm)
+        rules["cpu_ops"] = sorted(ops)
+    except Exception:  # noqa: BLE001
+        pass
     try:
         import vllm.config.model as model_cfg  # noqa: PLC0415
 

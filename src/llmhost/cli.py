@@ -29,9 +29,9 @@ from . import site_templates
 from .experts import ConfigError
 from .gate import DEFAULT_MAX_WORSE
 from .legacy import import_legacy, loads_lenient
-from .model_files import local_weights
+from .model_files import local_shapes, local_weights
 from .plan import DEFAULT_START_BUDGET_S, Shared, build_plan, default_reserved, parse_shared
-from .plan_text import memory_table
+from .plan_text import memory_table, performance_table
 
 DEFAULT_VLLM_VERSION = Shared().vllm_version
 
@@ -178,7 +178,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           weights_bytes=local_weights(hv.get("llmhost_experts")),
                           default_expert=hv.get("llmhost_default_expert") or None, shared=shared,
                           start_budget_s=hv.get("llmhost_start_budget_s", DEFAULT_START_BUDGET_S),
-                          routing=hv.get("llmhost_routing"))
+                          routing=hv.get("llmhost_routing"), host_profile=hv.get("llmhost_host_profile"),
+                          checkpoints=local_shapes(hv.get("llmhost_experts")))
     except ConfigError as e:
         print(f"{name}: the plan does not work:", file=sys.stderr)
         for p in e.problems:
@@ -191,6 +192,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"{host.model or ''} ({source}); "
           f"vLLM {caps.get('vllm_version')}; reserved CPUs: {plan.reserved or 'none'}")
     print(memory_table(plan))
+    print()
+    print(performance_table(plan))
     for p in plan.experts:
         print(f"\n[{p.expert_id}] port {p.port}, CPUs {p.cpu_list}, names {', '.join(p.names)}")
         if p.translation.dtype:

@@ -39,6 +39,8 @@ PROFILES = ("low_latency", "throughput", "legacy")
 RUNNERS = ("generate", "pooling")
 # torch.compile or --enforce-eager, per expert (llmhost/compile_mode.py decides auto)
 COMPILE_MODES = ("auto", "eager", "full")
+# Quantized checkpoints the CPU backend can serve (llmhost/perf.py says which on which CPU)
+QUANTIZATIONS = ("w8a8", "w4a16", "w4a8")
 ROUTE_EXAMPLES_MAX = 50
 ROUTE_EXAMPLE_CHARS = 2000
 DEFAULT_PORT_BASE = 8101
@@ -119,6 +121,8 @@ class Expert:
     runner: str = "generate"
     route_examples: tuple[str, ...] = ()
     compile: str = "auto"
+    quantization: str | None = None
+    accept_miss: str | None = None
 
     @property
     def pooling(self) -> bool:
@@ -157,6 +161,8 @@ EXPERT_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "runner": ((str,), "one of " + ", ".join(RUNNERS)),
     "route_examples": ((list,), "list of example prompts"),
     "compile": ((str,), "one of " + ", ".join(COMPILE_MODES)),
+    "quantization": ((str,), "one of " + ", ".join(QUANTIZATIONS)),
+    "accept_miss": ((str,), "the reason this expert may plan to miss its thresholds"),
 }
 REQUIRED = ("expert_id", "model", "domain", "priority")
 THRESHOLD_FIELDS = ("ttft_p50_s", "ttft_p95_s", "tbt_p95_s", "decode_tps_min")
@@ -306,6 +312,16 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     compile_mode = raw.get("compile") or "auto"
     if compile_mode not in COMPILE_MODES:
         problems.append(f"{who} field 'compile': must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
+    quant = raw.get("quantization")
+    if quant is not None and quant not in QUANTIZATIONS:
+        problems.append(f"{who} field 'quantization': must be one of {', '.join(QUANTIZATIONS)} (or absent), "
+                        f"got {quant!r}")
+    if quant and runner == "pooling":
+        problems.append(f"{who} field 'quantization': quantized checkpoints are for generate experts")
+    accept = raw.get("accept_miss")
+    if accept is not None and len(accept.strip()) < 10:
+        problems.append(f"{who} field 'accept_miss': give the reason in words (at least 10 characters), "
+                        f"got {accept!r}")
     examples = raw.get("route_examples") or []
     if examples and runner == "pooling":
         problems.append(f"{who} field 'route_examples': a pooling expert is never a route target")
@@ -354,6 +370,7 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
         allow_emulated_dtype=bool(raw.get("allow_emulated_dtype", False)),
         reference=raw.get("reference") or None,
         runner=runner, route_examples=tuple(x.strip() for x in examples), compile=compile_mode,
+        quantization=quant or None, accept_miss=(accept or "").strip() or None,
     ), []
 
 

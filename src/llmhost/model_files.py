@@ -4,10 +4,12 @@ plan; `plan.build_plan` takes their results as arguments."""
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping, Sequence
 
 from .experts import Expert
+from .perf import Shape, shape_from_config
 from .reference import FILE_NAME as REFERENCE_FILE
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -62,4 +64,41 @@ def find_results_bytes(experts: Any, results: Sequence[Mapping[str, Any]]) -> di
         total = sum(int(f.get("size", 0)) for f in files)
         if isinstance(item, Mapping) and total:
             out[str(item.get("expert_id"))] = total
+    return out
+
+
+def checkpoint_quantization(cfg: Mapping[str, Any]) -> str | None:
+    """"w8a8", "w4a16", another format's name, or None (not quantized), from config.json."""
+    q = cfg.get("quantization_config")
+    if not isinstance(q, Mapping):
+        return None
+    if q.get("quant_method") != "compressed-tensors":
+        return str(q.get("quant_method") or "unknown")
+    for group in (q.get("config_groups") or {}).values():
+        w = (group or {}).get("weights") or {}
+        a = (group or {}).get("input_activations") or {}
+        bits = (w.get("num_bits"), a.get("num_bits") if a else None)
+        return {(8, 8): "w8a8", (4, None): "w4a16"}.get(bits, f"compressed-tensors w{bits[0]}a{bits[1] or 16}")
+    return "compressed-tensors"
+
+
+def local_shapes(raw_experts: Any) -> dict[str, tuple[Shape | None, str | None]]:
+    """expert_id -> (its model's shape, its checkpoint's quantization) from a config.json
+    the controller can read (model, else model_source); absent when none is readable."""
+    out: dict[str, tuple[Shape | None, str | None]] = {}
+    for raw in raw_experts if isinstance(raw_experts, list) else []:
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("expert_id"), str):
+            continue
+        for key in ("model", "model_source"):
+            path = raw.get(key)
+            if not isinstance(path, str) or not os.path.isfile(os.path.join(path, "config.json")):
+                continue
+            try:
+                with open(os.path.join(path, "config.json")) as f:
+                    cfg = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(cfg, dict):
+                out[raw["expert_id"]] = (shape_from_config(cfg), checkpoint_quantization(cfg))
+                break
     return out

