@@ -5,6 +5,7 @@
     llmhost smoke [--url U] [--config F] [--json R]  TTFT, TBT, tokens/s and coherence per expert
     llmhost deploy -i INVENTORY [-- ANSIBLE ARGS]    site.yml through ansible-runner: a line per stage, counts
     llmhost capabilities                            the saved capabilities of the pinned vLLM
+    llmhost profile -i INVENTORY | --file F | --measure   a host profile (bandwidth, matmul) as inventory YAML
 
 All but deploy and smoke run offline. Exit codes: 0 fine, 1 a rejection or a plan that does not fit, 2 usage.
 """
@@ -268,6 +269,11 @@ def cmd_smoke(args: argparse.Namespace) -> int:
                                  "repeat": args.repeat, "concurrency": args.concurrency,
                                  "max_tokens": args.max_tokens, "shared_prefix": args.shared_prefix},
                        figures=not folded)
+    if not folded:  # a folded host's figures are not performance figures
+        profile = json.loads(read_text(args.host_profile, "--host-profile")) if args.host_profile else None
+        rep["performance"] = smoke_report.performance(results, cfg["experts"], profile)
+        if rep["performance"]["experts"]:
+            print(smoke_report.performance_table(rep["performance"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rep, indent=1))
@@ -278,8 +284,10 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         png = None if folded else smoke_report.chart_png(results)
+        perf_rows = smoke_report.performance_rows(rep["performance"]) if rep.get("performance") else []
         Path(args.html).write_text(site_templates.report_page(rep, smoke_report.TABLE_HEADER,
-                                                              smoke_report.table_rows(results, figures=not folded), png))
+                                                              smoke_report.table_rows(results, figures=not folded), png,
+                                                              smoke_report.PERF_HEADER, perf_rows))
         print(f"page: {args.html}")
     misses = [m for r in results for m in r.misses]
     for r in results:
@@ -330,6 +338,47 @@ def _threshold(text: str) -> tuple[str, float]:
 
 def cmd_capabilities(args: argparse.Namespace) -> int:
     print(json.dumps(load_caps(args.caps), indent=1))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """A host profile: measured here (--measure), read from a file the install stage
+    wrote (--file), or the inventory's (-i); printed as the YAML an inventory records."""
+    from . import hostprofile, perf  # noqa: PLC0415
+
+    if args.measure:
+        try:
+            raw = hostprofile.measure(quick=args.quick)
+        except ImportError:
+            raise UsageError("--measure needs torch in this python (the vLLM venv's); the install stage measures "
+                             "each host into <venv>/llmhost-host-profile.json: read it with --file "
+                             "(docs/performance.md)") from None
+    elif args.file:
+        text = read_text(args.file, "--file")
+        try:
+            raw = json.loads(text) if text.lstrip().startswith("{") else hostprofile.from_output(text)
+        except ValueError as e:
+            raise UsageError(f"--file {args.file}: not a host profile ({e})") from None
+    elif args.inventory:
+        name, hv = inventory_hostvars(args.inventory, args.host)
+        raw = hv.get("llmhost_host_profile")
+        if not raw:
+            print(f"{name}: no llmhost_host_profile in {args.inventory}; the install stage measures the host "
+                  "(docs/performance.md)")
+            return 0
+    else:
+        raise UsageError("give one of --measure, --file FILE or -i INVENTORY")
+    prof = perf.parse_profile({k: v for k, v in raw.items() if k != "cached"}, "host profile")
+    if prof is None:
+        raise UsageError("the profile is empty")
+    n_max = max(n for n, _ in prof.read_gbps)
+    print(f"# {'ASSUMED' if prof.assumed else 'measured'}: {prof.source}")
+    print("# read GB/s by cores: " + ", ".join(f"{n}: {prof.bandwidth_gbps(n):.0f}"
+                                                  for n in sorted({1, 2, 4, 8, 16, n_max}) if n <= n_max))
+    print(yaml.safe_dump({"llmhost_host_profile": {
+        "assumed": prof.assumed, "cpu": prof.cpu, "source": prof.source,
+        "read_gbps": {n: b for n, b in prof.read_gbps}, "matmul_gflops": dict(prof.matmul_gflops)}},
+        sort_keys=False, width=200), end="")
     return 0
 
 
@@ -385,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="override a threshold for every expert")
     sm.add_argument("--api-key", help="bearer key (or LLMHOST_API_KEY); visible in ps, prefer --api-key-file")
     sm.add_argument("--api-key-file", help="read the bearer key from this file (mode 0600 or stricter)")
+    sm.add_argument("--host-profile", metavar="FILE", help="the host's measured profile (JSON, written by the "
+                    "install stage): predicted against measured per expert")
     sm.add_argument("--json", help="write the JSON report here")
     sm.add_argument("--chart", help="write a PNG chart of TTFT and TBT here")
     sm.add_argument("--html", help="write one HTML page with the table and the chart here")
@@ -400,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     dp.add_argument("ansible_args", nargs=argparse.REMAINDER,
                     help="after --: passed to ansible-playbook (--check, --tags, --limit, -e ...)")
     dp.set_defaults(func=cmd_deploy)
+    pr = sub.add_parser("profile", help="a host profile (read bandwidth by cores, matmul per core) as inventory YAML")
+    pr.add_argument("--measure", action="store_true", help="measure this machine (needs torch: the vLLM venv)")
+    pr.add_argument("--quick", action="store_true", help="with --measure: fewer runs per point")
+    pr.add_argument("--file", help="a profile the install stage wrote (<venv>/llmhost-host-profile.json)")
+    pr.add_argument("-i", "--inventory", help="show the inventory's llmhost_host_profile")
+    pr.add_argument("--host")
+    pr.set_defaults(func=cmd_profile)
     cp = sub.add_parser("capabilities", help="print the saved vLLM capabilities")
     cp.add_argument("--caps")
     cp.set_defaults(func=cmd_capabilities)

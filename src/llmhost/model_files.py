@@ -77,8 +77,11 @@ def checkpoint_quantization(cfg: Mapping[str, Any]) -> str | None:
     for group in (q.get("config_groups") or {}).values():
         w = (group or {}).get("weights") or {}
         a = (group or {}).get("input_activations") or {}
+        if "float" in (str(w.get("type", "int")), str(a.get("type", "int"))):
+            return f"compressed-tensors fp{w.get('num_bits')}"  # fp8: not the int8 kernels
         bits = (w.get("num_bits"), a.get("num_bits") if a else None)
-        return {(8, 8): "w8a8", (4, None): "w4a16"}.get(bits, f"compressed-tensors w{bits[0]}a{bits[1] or 16}")
+        return {(8, 8): "w8a8", (4, None): "w4a16", (4, 8): "w4a8"}.get(
+            bits, f"compressed-tensors w{bits[0]}a{bits[1] or 16}")
     return "compressed-tensors"
 
 

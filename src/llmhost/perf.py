@@ -110,6 +110,8 @@ def parse_profile(raw: Any, where: str = "llmhost_host_profile") -> HostProfile 
                                 f"positive GFLOP/s, got {v!r}")
             else:
                 flops[str(k)] = float(v)
+        if not problems and "float32" not in flops:
+            problems.append(f"{where} field 'matmul_gflops.float32': required (the fallback of every other dtype)")
     source = raw.get("source")
     if not isinstance(source, str) or not source.strip():
         problems.append(f"{where} field 'source': say where the figures come from (measured when and how, or "
@@ -119,7 +121,12 @@ def parse_profile(raw: Any, where: str = "llmhost_host_profile") -> HostProfile 
         problems.append(f"{where} field 'assumed': true or false, got {assumed!r}")
     if problems:
         raise ConfigError(problems)
-    return HostProfile(tuple(sorted(points)), flops, str(source), bool(assumed), str(raw.get("cpu") or ""))
+    # More cores never read slower than fewer (a busy run can measure a dip): a running maximum.
+    monotone, top = [], 0.0
+    for n, b in sorted(points):
+        top = max(top, b)
+        monotone.append((n, top))
+    return HostProfile(tuple(monotone), flops, str(source), bool(assumed), str(raw.get("cpu") or ""))
 
 
 def _positive(v: Any) -> bool:
@@ -287,5 +294,5 @@ def quant_support(caps: Mapping[str, Any], arch: str, isa: Mapping[str, bool]) -
     lib = kernel_library(arch, isa)
     probed = (caps.get("cpu_rules") or {}).get("cpu_ops")
     ops = set(probed) if isinstance(probed, list) else SHIPPED_OPS[lib]
-    where = "the installed vLLM's kernels" if isinstance(probed, list) else f"vLLM's {lib} library for this CPU"
-    return {q: "" if op in ops else f"{where} lack {op} ({q} needs it)" for q, op in QUANT_OPS.items()}
+    where = "the installed vLLM's kernel library" if isinstance(probed, list) else f"vLLM's {lib} library for this CPU"
+    return {q: "" if op in ops else f"{where} lacks {op} ({q} needs it)" for q, op in QUANT_OPS.items()}

@@ -384,7 +384,7 @@ def build_plan(
             problems.append(f"expert '{e.expert_id}' field 'reference': {ref_why}")
         if e.quantization and quant_ok.get(e.quantization):
             problems.append(f"expert '{e.expert_id}' field 'quantization': {e.quantization} is not served on this "
-                            f"host ({host.arch} {host.model or ''}): {quant_ok[e.quantization]}; "
+                            f"host ({' '.join(filter(None, (host.arch, host.model)))}): {quant_ok[e.quantization]}; "
                             f"served here: {', '.join(q for q, why in quant_ok.items() if not why) or 'none'}")
         read_shape, stored = (checkpoints or {}).get(e.expert_id, (None, "?"))
         if stored != "?" and stored != e.quantization and not e.pooling:

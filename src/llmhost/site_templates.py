@@ -33,7 +33,8 @@ def render(name: str, **values: Any) -> str:
 
 
 def report_page(report: Mapping[str, Any], header: Sequence[str], rows: Sequence[Sequence[str]],
-                chart_png: bytes | None) -> str:
+                chart_png: bytes | None, perf_header: Sequence[str] = (),
+                perf_rows: Sequence[Sequence[str]] = ()) -> str:
     """One HTML page: the smoke table, the chart (embedded, so the page travels
     alone), and every miss and skipped reference, named by expert."""
     notes = [m for e in report["experts"] for m in e["misses"]]
@@ -45,6 +46,8 @@ def report_page(report: Mapping[str, Any], header: Sequence[str], rows: Sequence
                             if k in report],
                   definitions=report.get("definitions", ""), figures_note=report.get("figures"),
                   header=list(header), rows=[list(r) for r in rows], notes=notes,
+                  perf_header=list(perf_header), perf_rows=[list(r) for r in perf_rows],
+                  perf_source=(report.get("performance") or {}).get("profile", ""),
                   chart=base64.b64encode(chart_png).decode() if chart_png else None)
 
 

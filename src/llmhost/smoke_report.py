@@ -103,3 +103,62 @@ def progress_printer(stream=sys.stderr) -> Callable[[str], None]:
         stream.flush()
 
     return show
+
+
+PERF_HEADER = ("expert", "cores", "decode predicted", "decode measured", "error", "TTFT predicted ms",
+               "TTFT p50 ms", "error")
+
+
+def performance(results: Sequence[ExpertResult], experts: Sequence[Mapping[str, Any]],
+                profile: Any = None) -> dict[str, Any]:
+    """Predicted (llmhost.perf, by the host's measured profile when given, else the plan's
+    prediction) against measured decode tokens/s and TTFT p50, per expert, with the
+    prediction error as measured/predicted - 1."""
+    from . import perf  # noqa: PLC0415
+
+    prof = perf.parse_profile(profile, "host profile") if profile else None
+    by_id = {e["expert_id"]: e for e in experts}
+    rows = []
+    for r in results:
+        e = by_id.get(r.expert_id) or {}
+        pred = e.get("predicted")
+        if prof and e.get("shape"):
+            n = len(e.get("cores") or []) or 1
+            pred = perf.predict(perf.Shape(**e["shape"]), prof, cores=n, dtype=e.get("dtype") or "bfloat16",
+                                quantization=e.get("quantization")).to_dict()
+        if not pred:
+            continue
+
+        def err(measured: float | None, predicted: float) -> float | None:
+            return None if measured is None or not predicted else round(measured / predicted - 1, 3)
+
+        rows.append({"expert_id": r.expert_id, "cores": pred["cores"], "dtype": pred["dtype"],
+                     "quantization": pred["quantization"],
+                     "decode_tps_predicted": round(pred["decode_tps"], 2), "decode_tps_measured": r.stats.decode_tps,
+                     "decode_error": err(r.stats.decode_tps, pred["decode_tps"]),
+                     "ttft_s_predicted": round(pred["ttft_s"], 4), "ttft_p50_s_measured": r.stats.ttft_p50_s,
+                     "ttft_error": err(r.stats.ttft_p50_s, pred["ttft_s"]), "basis": pred["basis"]})
+    source = prof.source if prof else "the plan's prediction"
+    return {"profile": source, "assumed": bool(prof.assumed) if prof else None, "experts": rows}
+
+
+def performance_rows(perf_section: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:+.0%}"
+
+    def num(v: float | None, fmt: str) -> str:
+        return "-" if v is None else fmt.format(v)
+
+    return [(x["expert_id"], str(x["cores"]), num(x["decode_tps_predicted"], "{:.1f}"),
+             num(x["decode_tps_measured"], "{:.1f}"), pct(x["decode_error"]),
+             num(x["ttft_s_predicted"] * 1000, "{:.0f}"),
+             num(None if x["ttft_p50_s_measured"] is None else x["ttft_p50_s_measured"] * 1000, "{:.0f}"),
+             pct(x["ttft_error"])) for x in perf_section["experts"]]
+
+
+def performance_table(perf_section: Mapping[str, Any]) -> str:
+    rows = [PERF_HEADER, *performance_rows(perf_section)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    head = f"predicted (performance model, {perf_section['profile']}) against measured:"
+    return head + "\n" + "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
+                                             enumerate(zip(row, widths))) for row in rows)

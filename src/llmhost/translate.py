@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from . import compile_mode as compile_mod
 from . import dtype as dtype_mod
 from .experts import PROFILE_TABLE, Expert
+from .perf import quant_support
 
 # Flags that existed in older vLLM and are gone. They are dropped (or errors in
 # strict mode) only when the installed vLLM indeed lacks them.
@@ -339,4 +340,10 @@ def live_caps_problems(live: Mapping[str, Any], experts: Any) -> list[str]:
         for k in e.get("env") or {}:
             if k.startswith("VLLM_CPU_") and k not in cpu_env:
                 out.append(f"expert '{e['expert_id']}': the installed vLLM does not know {k}")
+        q = e.get("quantization")
+        cpu = live.get("cpu") or {}
+        if q and isinstance((live.get("cpu_rules") or {}).get("cpu_ops"), list):
+            why = quant_support(live, cpu.get("arch", ""), cpu.get("isa") or {}).get(q, f"unknown format {q}")
+            if why:
+                out.append(f"expert '{e['expert_id']}': {q} cannot be served here: {why}")
     return out

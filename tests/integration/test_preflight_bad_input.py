@@ -35,6 +35,8 @@ CASES = [
     ("max_num_seqs 0", {"engine": {"max_num_seqs": 0}}, "expert 'coder' field 'max_num_seqs'"),
     ("max_num_seqs a word", {"engine": {"max_num_seqs": "many"}}, "expert 'coder' field 'max_num_seqs'"),
     ("negative weights", {"weights_gib": -50}, "expert 'coder' field 'weights_gib'"),
+    ("unknown quantization", {"quantization": "int3"}, "expert 'coder' field 'quantization'"),
+    ("accept_miss without a reason", {"accept_miss": "ok"}, "expert 'coder' field 'accept_miss'"),
 ]
 
 

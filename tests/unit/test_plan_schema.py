@@ -11,7 +11,7 @@ from llmhost.plan import GIB, Host, build_plan
 TOP = {
     "experts": list, "reserved_cores": list, "budget_gib": float, "loaded_at_once_gib": float, "memory_gib": float,
     "lazy_loading": dict, "default_expert": str, "folded": type(None), "start_budget_s": int, "shared": dict,
-    "warnings": list, "routing": type(None),
+    "warnings": list, "routing": type(None), "host_profile": type(None),
 }
 SHARED = {"vllm_version": str, "venv": str, "config_dir": str, "frontdoor_port": int,
           "frontdoor_metrics_bind": str, "frontdoor_metrics_port": int}
@@ -22,7 +22,8 @@ EXPERT = {
     "memory_high_bytes": int, "memory_max_bytes": int, "preload": bool, "names": list, "argv": list,
     "dtype": str, "dtype_reason": str, "compile": str, "compile_reason": str, "reference": type(None), "reference_why": str, "protect_home": str,
     "bind_read_only": list, "reference_on_host": type(None), "env": dict, "report": list, "runner": str,
-    "route_examples": list,
+    "route_examples": list, "quantization": type(None), "accept_miss": type(None), "shape": dict,
+    "predicted": type(None),
 }
 # With llmhost_routing: the front door's Lua and the centroid task read this section.
 ROUTING = {"embedder": str, "embedder_port": int, "embedder_model": str, "timeout_ms": int, "default_expert": str,

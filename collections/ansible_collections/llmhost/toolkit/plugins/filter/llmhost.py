@@ -12,7 +12,8 @@ from llmhost import capabilities, frontdoor, install, routing, systemd, translat
 from llmhost import host as host_mod
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
-from llmhost.model_files import find_results_bytes
+from llmhost import hostprofile
+from llmhost.model_files import find_results_bytes, local_shapes
 from llmhost.plan import (DEFAULT_START_BUDGET_S, GIB, alert_budgets, build_plan, default_reserved, effective_config,
                           parse_shared)
 from llmhost.plan_text import summary
@@ -111,6 +112,8 @@ PLAN_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "start_budget_s": {"type": "raw", "default": DEFAULT_START_BUDGET_S},
     "shared": {"type": "dict"},                           # llmhost_plan_shared
     "routing": {"type": "raw"},                           # llmhost_routing
+    "host_profile": {"type": "raw"},                      # llmhost_host_profile (recorded or assumed)
+    "measured_profile": {"type": "raw"},                  # an Ansible slurp of the host's measured profile
 }
 
 
@@ -139,12 +142,41 @@ def plan(experts: Any, **kwargs: Any) -> dict:
         p = build_plan(experts, a["lazy_loading"], a["capabilities"], host, reserved_cores=reserved,
                        weights_bytes=a["weights_bytes"] or {}, strict=a["strict"],
                        default_expert=a["default_expert"] or None, expect_cpus=expect, start_budget_s=budget,
-                       shared=parse_shared(a["shared"]), routing=a["routing"] or None)
+                       shared=parse_shared(a["shared"]), routing=a["routing"] or None,
+                       host_profile=a["host_profile"] or None, measured_profile=slurped_json(a["measured_profile"]),
+                       checkpoints=local_shapes(experts))
     except ConfigError as e:
         raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     out = p.to_dict()
     out["memory_budget_bytes"] = int(p.budget_gib * GIB)
     return out
+
+
+def slurped_json(result: Any) -> Any:
+    """An Ansible slurp result -> its JSON, or None (no file, not JSON)."""
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    if not isinstance(result, dict) or not result.get("content"):
+        return None
+    try:
+        return json.loads(base64.b64decode(result["content"]))
+    except ValueError:
+        return None
+
+
+def shared_value(shared: Any, name: str) -> Any:
+    """One resolved shared input (llmhost_plan_shared, defaults applied): for tasks that
+    run before the plan exists."""
+    try:
+        return getattr(parse_shared(shared), name)
+    except ConfigError as e:
+        raise AnsibleFilterError("; ".join(e.problems)) from None
+
+
+def host_profile_script(_: Any = None) -> str:
+    """The host-profile measurement (stdlib + torch), shipped by ansible.builtin.script."""
+    return hostprofile.__file__
 
 
 class FilterModule:
@@ -185,6 +217,9 @@ class FilterModule:
             "admission": admission,
             "staged": staged,
             "probe_output": capabilities.from_output,
+            "host_profile_script": host_profile_script,
+            "host_profile_output": hostprofile.from_output,
+            "shared_value": shared_value,
             "route_lua_config": routing.lua_config,
             "route_embed_request": routing.embed_request,
             "route_centroids": route_centroids,
