@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from llmhost import reference  # noqa: E402  (stdlib-only module, no llmhost install needed)
+from llmhost import numerics, reference  # noqa: E402  (stdlib-only modules, no llmhost install needed)
 
 QUESTION = "What is the capital of France? Answer in one word."
 
@@ -70,6 +70,19 @@ def check(folder: Path) -> str:
     return answer
 
 
+def passage_perplexity(tok, model, torch, dtype=None) -> dict[str, float]:
+    """Perplexity of llmhost.numerics' passages (tokenized as vLLM's completions API does),
+    in float32 or in `dtype`: the numerics check's reference."""
+    out = {}
+    for name, text in numerics.PASSAGES.items():
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1].float()
+        lp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
+        out[name] = round(numerics.perplexity([float(x) for x in lp]), 4)
+    return out
+
+
 def make_reference(folder: Path, out: Path) -> None:
     """Greedy float32 answers with transformers, the reference implementation."""
     import torch
@@ -98,7 +111,9 @@ def make_reference(folder: Path, out: Path) -> None:
                                                   gaps[:len(pieces)])
         margins[name] = gaps[:len(pieces)]
         print(f"reference {name}: {answers[name]!r} (decisive words: {decisive[name]})")
-    data = reference.make(answers, model=folder.name, decisive=decisive, margins=margins, made_with=(
+    ppl = passage_perplexity(tok, model, torch)
+    print(f"reference perplexity (float32): {ppl}")
+    data = reference.make(answers, model=folder.name, decisive=decisive, margins=margins, perplexity=ppl, made_with=(
         f"transformers {transformers.__version__}, torch {torch.__version__}, float32, greedy, "
         f"{reference.MAX_TOKENS} new tokens, the model's chat template"))
     tmp = out.with_name(out.name + ".tmp")

@@ -69,6 +69,8 @@ def parse_cpuinfo(text: str, machine: str) -> dict[str, Any]:
             "sve": "sve" in flags,
             "sve2": "sve2" in flags,
             "avx512": False,
+            # int8 dot products (SDOT/UDOT, SMMLA): what int8 matmuls need to run at full precision and speed
+            "int8_dot": "asimddp" in flags or "i8mm" in flags,
         }
     else:
         isa = {
@@ -82,6 +84,9 @@ def parse_cpuinfo(text: str, machine: str) -> dict[str, Any]:
             "avx2": "avx2" in flags,
             "avx512": "avx512f" in flags,
             "amx": "amx_tile" in flags,
+            # VNNI or AMX int8: without them oneDNN's int8 matmul keeps 7 bits of each weight
+            # (AVX2's 16-bit accumulation would overflow) and decodes slower than float32
+            "int8_dot": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags),
             "i8mm": False,
             "sve": False,
             "sve2": False,

@@ -30,7 +30,7 @@ from . import site_templates
 from .experts import ConfigError
 from .gate import DEFAULT_MAX_WORSE
 from .legacy import import_legacy, loads_lenient
-from .model_files import local_shapes, local_weights
+from .model_files import float_sources, local_shapes, local_weights
 from .plan import DEFAULT_START_BUDGET_S, Shared, build_plan, default_reserved, parse_shared
 from .plan_text import memory_table, performance_table
 
@@ -180,7 +180,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           default_expert=hv.get("llmhost_default_expert") or None, shared=shared,
                           start_budget_s=hv.get("llmhost_start_budget_s", DEFAULT_START_BUDGET_S),
                           routing=hv.get("llmhost_routing"), host_profile=hv.get("llmhost_host_profile"),
-                          checkpoints=local_shapes(hv.get("llmhost_experts")))
+                          checkpoints=local_shapes(hv.get("llmhost_experts")),
+                          float_sources=float_sources(hv.get("llmhost_experts")))
     except ConfigError as e:
         print(f"{name}: the plan does not work:", file=sys.stderr)
         for p in e.problems:
@@ -201,6 +202,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"  dtype {p.translation.dtype}")
         if p.translation.compile:
             print(f"  compile {p.translation.compile}")
+        if p.quantization_reason:
+            print(f"  quantization {p.quantization_reason}")
         print(f"  reference answers: {p.reference or 'none'} ({p.reference_why})")
         print("  argv: " + " ".join(p.translation.argv))
         print("  env:  " + " ".join(f"{k}={v}" for k, v in sorted(p.translation.env.items())))
@@ -257,11 +260,20 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     if args.api_key_file:
         api_key = read_key_file(args.api_key_file)
     show = smoke_report.progress_printer()
+    numerics_base: dict[str, Any] = {}
+    if args.numerics_baseline and Path(args.numerics_baseline).exists():
+        try:
+            numerics_base = json.loads(read_text(args.numerics_baseline, "--numerics-baseline"))
+        except ValueError:
+            raise UsageError(f"--numerics-baseline {args.numerics_baseline}: not JSON") from None
+        if not isinstance(numerics_base, dict):
+            raise UsageError(f"--numerics-baseline {args.numerics_baseline}: not a mapping of expert to entry")
     results = []
     for e in experts:
         results.append(smoke.run_expert(args.url, e, repeat=args.repeat, warmup=args.warmup,
                                         concurrency=args.concurrency, max_tokens=args.max_tokens,
-                                        shared_prefix=args.shared_prefix, api_key=api_key, progress=show))
+                                        shared_prefix=args.shared_prefix, api_key=api_key, progress=show,
+                                        numerics_baseline=numerics_base.get(e["expert_id"])))
     if sys.stderr.isatty():
         sys.stderr.write("\r\x1b[K")
     print(smoke_report.table(results, figures=not folded))
@@ -290,6 +302,13 @@ def cmd_smoke(args: argparse.Namespace) -> int:
                                                               smoke_report.PERF_HEADER, perf_rows))
         print(f"page: {args.html}")
     misses = [m for r in results for m in r.misses]
+    print(smoke_report.numerics_line(results))
+    if args.numerics_baseline and not misses:
+        new = smoke.updated_baseline(numerics_base, results)
+        if new != numerics_base:
+            Path(args.numerics_baseline).write_text(json.dumps(new, indent=1, sort_keys=True))
+            print(f"numerics baseline: {args.numerics_baseline} "
+                  f"(recorded: {', '.join(sorted(k for k in new if new[k] != numerics_base.get(k)))})")
     for r in results:
         if r.reference["status"] == "skipped":
             print(f"SKIP {r.expert_id}: reference probe skipped: {r.reference['why']}")
@@ -436,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--api-key-file", help="read the bearer key from this file (mode 0600 or stricter)")
     sm.add_argument("--host-profile", metavar="FILE", help="the host's measured profile (JSON, written by the "
                     "install stage): predicted against measured per expert")
+    sm.add_argument("--numerics-baseline", metavar="FILE", help="the host's perplexity baseline (JSON): judged "
+                    "against, and recorded there for an expert seen the first time or changed, when the run passed")
     sm.add_argument("--json", help="write the JSON report here")
     sm.add_argument("--chart", help="write a PNG chart of TTFT and TBT here")
     sm.add_argument("--html", help="write one HTML page with the table and the chart here")

@@ -107,7 +107,8 @@ def reference_probes(base_url: str, model: str, path: str | None, why_none: str,
     why = (f"{len(failed)} of {len(results)} answers differ from the reference" if failed else
            None if compared else "no prompt of the reference file has a decisive start to compare")
     return {"status": status, "file": path, "model": data.get("model"),
-            "made_with": data.get("made_with"), "results": results, "why": why}
+            "made_with": data.get("made_with"), "results": results, "why": why,
+            "perplexity": data.get("perplexity") if isinstance(data.get("perplexity"), dict) else None}
 
 
 def reference_misses(expert_id: str, rep: Mapping[str, Any]) -> list[str]:

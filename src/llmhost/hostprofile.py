@@ -70,11 +70,38 @@ def matmul_gflops(torch: Any, dtype: str, runs: int) -> float | None:
         if fn is None:
             return None
     else:
-        t = getattr(torch, dtype)
-        a = torch.randn(m, k).to(t)
-        b = torch.randn(k, n).to(t)
-        fn = lambda: a @ b  # noqa: E731
+        fn = float_matmul(torch, getattr(torch, dtype), m, k, n)
     return 2 * m * k * n / best_seconds(fn, runs) / 1e9
+
+
+def vllm_ops() -> Any:
+    """vLLM's compiled CPU ops, loaded as a served expert loads them; None without vLLM."""
+    try:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        from vllm import _custom_ops as ops  # noqa: PLC0415
+        from vllm.platforms import current_platform  # noqa: PLC0415
+
+        current_platform.import_kernels()
+        return ops
+    except Exception:  # noqa: BLE001 - no vLLM in this python
+        return None
+
+
+def float_matmul(torch: Any, dtype: Any, m: int, k: int, n: int) -> Any:
+    """A float linear layer as vLLM runs it (its oneDNN handler, layers.utils.
+    dispatch_cpu_unquantized_gemm), else torch's matmul."""
+    x = torch.randn(m, k).to(dtype)
+    w = torch.randn(n, k).to(dtype)
+    ops = vllm_ops()
+    if ops is not None:
+        try:
+            handler = ops.create_onednn_mm(w.t(), 32)
+            ops.onednn_mm(handler, x, None)
+            return lambda: ops.onednn_mm(handler, x, None)
+        except Exception:  # noqa: BLE001 - a build without oneDNN: torch's path
+            pass
+    wt = w.t()
+    return lambda: x @ wt
 
 
 def int8_matmul(torch: Any, m: int, k: int, n: int) -> Any:
@@ -83,11 +110,7 @@ def int8_matmul(torch: Any, m: int, k: int, n: int) -> Any:
     int8 matmul; None when neither runs here."""
     x = torch.randn(m, k)
     try:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        from vllm import _custom_ops as ops  # noqa: PLC0415
-        from vllm.platforms import current_platform  # noqa: PLC0415
-
-        current_platform.import_kernels()
+        ops = vllm_ops()
         w = torch.randint(-64, 64, (n, k), dtype=torch.int8).t()  # [K, N], as vLLM lays it out
         handler = ops.create_onednn_scaled_mm(w, torch.full((n, 1), 0.01), torch.float32, True, False, 32)
 

@@ -105,3 +105,22 @@ def local_shapes(raw_experts: Any) -> dict[str, tuple[Shape | None, str | None]]
                 out[raw["expert_id"]] = (shape_from_config(cfg), checkpoint_quantization(cfg))
                 break
     return out
+
+
+def float_sources(raw_experts: Any) -> dict[str, tuple[str, int | None]]:
+    """expert_id -> the float model a quantized model_source was made from (its
+    llmhost-quantized.json, written by scripts/quantize_model.py), when that folder is
+    readable here, with its weights' size: what the plan serves on a CPU that cannot run
+    the quantization well."""
+    out: dict[str, tuple[str, int | None]] = {}
+    for raw in raw_experts if isinstance(raw_experts, list) else []:
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("model_source"), str):
+            continue
+        try:
+            with open(os.path.join(raw["model_source"], "llmhost-quantized.json")) as f:
+                src = json.load(f).get("source")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(src, str) and os.path.isfile(os.path.join(src, "config.json")):
+            out[str(raw.get("expert_id"))] = (src, model_bytes(src))
+    return out

@@ -26,15 +26,16 @@ GB = 1e9
 GIB = 1024**3
 # Fixed costs of one decode step and of one request's path to its first token
 # (scheduler, Python, sampling, HTTP and detokenizing), vLLM 0.32 on CPU, eager.
-# Calibrated on SmolLM2-135M, where they dominate (docs/performance.md); on a 7 B
-# model they are a few per cent of a step.
-STEP_S = 0.015
-TTFT_S = 0.030
-# The smoke test's measured request (llmhost.smoke): a cached shared system prompt
-# when --shared-prefix is on, a short distinct user message (about 40 new tokens
-# with the chat template), and 64 generated tokens; the KV cache read per step is
-# that context.
-SMOKE_PREFILL_TOKENS = 40
+# Calibrated on SmolLM2-135M on one core, where they dominate (docs/performance.md:
+# 25 ms on an AVX2-only EPYC, 14 ms on an AMX Xeon, from decode in two dtypes); on a
+# 7 B model they are a few per cent of a step.
+STEP_S = 0.020
+TTFT_S = 0.050
+# The smoke test's measured request (llmhost.smoke, --shared-prefix as the role runs
+# it): 314 prompt tokens of which the shared system prompt's first two 128-token
+# blocks are cached, so about 64 are prefilled; 64 generated tokens; the KV cache
+# read per step is that context.
+SMOKE_PREFILL_TOKENS = 64
 SMOKE_CONTEXT_TOKENS = 400
 DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}
 # Quantized linear layers: bytes per weight (int4: two per byte plus a bf16 scale per
@@ -191,7 +192,8 @@ class Prediction:
 
 
 def bytes_per_token(shape: Shape, dtype: str, quantization: str | None,
-                    context_tokens: int = SMOKE_CONTEXT_TOKENS) -> float:
+                    context_tokens: int | None = None) -> float:
+    context_tokens = SMOKE_CONTEXT_TOKENS if context_tokens is None else context_tokens
     act = DTYPE_BYTES.get(dtype, 2.0)
     linear = QUANT_BYTES[quantization] if quantization else act
     return shape.linear_params * linear + shape.head_params * act + shape.kv_elems_per_token * context_tokens * act
@@ -202,8 +204,11 @@ def compute_dtype(dtype: str, quantization: str | None) -> str:
 
 
 def predict(shape: Shape, profile: HostProfile, *, cores: int, dtype: str, quantization: str | None,
-            prefill_tokens: int = SMOKE_PREFILL_TOKENS, context_tokens: int = SMOKE_CONTEXT_TOKENS) -> Prediction:
-    """Decode tokens/s and TTFT of one expert alone on its cores."""
+            prefill_tokens: int | None = None, context_tokens: int | None = None) -> Prediction:
+    """Decode tokens/s and TTFT of one expert alone on its cores (by default for the
+    smoke test's request)."""
+    prefill_tokens = SMOKE_PREFILL_TOKENS if prefill_tokens is None else prefill_tokens
+    context_tokens = SMOKE_CONTEXT_TOKENS if context_tokens is None else context_tokens
     b = bytes_per_token(shape, dtype, quantization, context_tokens)
     bw = profile.bandwidth_gbps(cores) * GB
     step = STEP_S + b / bw
@@ -279,6 +284,20 @@ SHIPPED_OPS = {
     "_C_AVX2": {"onednn_scaled_mm"},
     "_C (aarch64)": {"onednn_scaled_mm", "_dyn_quant_matmul_4bit (aarch64)"},
 }
+
+
+# Formats whose activations are int8 at run time: they need int8 dot products.
+INT8_ACTIVATIONS = ("w8a8", "w4a8")
+SLOW_INT8 = ("this CPU has no int8 dot-product instructions (x86: AVX512-VNNI, AVX-VNNI or AMX; Arm: dotprod or "
+             "i8mm): oneDNN's int8 path keeps 7 bits per weight and decodes slower than float32 (measured on an "
+             "AVX2-only AMD EPYC with SmolLM2 W8A8: 6.2 tokens/s against 20.2 in float32, perplexity +8 to +21 %)")
+
+
+def quant_native(quantization: str, isa: Mapping[str, bool]) -> str:
+    """"" when the CPU runs the format at full precision and speed, else why not."""
+    if quantization in INT8_ACTIVATIONS and not isa.get("int8_dot"):
+        return SLOW_INT8
+    return ""
 
 
 def kernel_library(arch: str, isa: Mapping[str, bool]) -> str:

@@ -128,6 +128,9 @@ class ExpertPlan:
     reference_why: str = ""
     shape: perf.Shape | None = None
     predicted: perf.Prediction | None = None
+    quantization: str | None = None      # what is served (the expert's request, or None: the float model)
+    quantization_reason: str = ""
+    model_source: str | None = None      # the folder copied to the host (the float one on a fallback)
 
     @property
     def memory_gib(self) -> float:
@@ -157,7 +160,7 @@ class Plan:
             out.append({
                 "expert_id": e.expert_id, "port": e.port, "backend_port": e.backend_port,
                 "domain": x.domain, "priority": x.priority, "profile": x.profile, "model": x.model,
-                "model_source": x.model_source, "runner": x.runner, "route_examples": list(x.route_examples),
+                "model_source": e.model_source, "runner": x.runner, "route_examples": list(x.route_examples),
                 "thresholds": {k: v for k, v in asdict(x.thresholds).items() if v is not None},
                 "preload_tcmalloc": PROFILE_TABLE[x.profile].preload_tcmalloc,
                 "cores": e.cores, "cpu_list": e.cpu_list,
@@ -176,7 +179,8 @@ class Plan:
                 **dict(zip(("protect_home", "bind_read_only"), home_sandbox(x.model))),
                 "reference_on_host": f"{self.shared.config_dir}/references/{e.expert_id}.json" if e.reference else None,
                 "env": e.translation.env, "report": [str(x) for x in e.translation.report],
-                "quantization": x.quantization, "accept_miss": x.accept_miss,
+                "quantization": e.quantization, "quantization_requested": x.quantization,
+                "quantization_reason": e.quantization_reason, "accept_miss": x.accept_miss,
                 "shape": asdict(e.shape) if e.shape else None,
                 "predicted": e.predicted.to_dict() if e.predicted else None,
             })
@@ -286,6 +290,7 @@ def build_plan(
     host_profile: Any = None,
     measured_profile: Any = None,
     checkpoints: Mapping[str, tuple[perf.Shape | None, str | None]] | None = None,
+    float_sources: Mapping[str, tuple[str, int | None]] | None = None,
 ) -> Plan:
     """Everything a deploy needs, or ConfigError listing every problem.
 
@@ -382,22 +387,41 @@ def build_plan(
         ref, ref_why = reference_lookup(e)
         if e.reference and ref is None:
             problems.append(f"expert '{e.expert_id}' field 'reference': {ref_why}")
+        served_q, q_reason, source = e.quantization, "", e.model_source
+        fallback_bytes: int | None = None
         if e.quantization and quant_ok.get(e.quantization):
             problems.append(f"expert '{e.expert_id}' field 'quantization': {e.quantization} is not served on this "
                             f"host ({' '.join(filter(None, (host.arch, host.model)))}): {quant_ok[e.quantization]}; "
                             f"served here: {', '.join(q for q, why in quant_ok.items() if not why) or 'none'}")
+        elif e.quantization and perf.quant_native(e.quantization, host.isa):
+            slow = perf.quant_native(e.quantization, host.isa)
+            fallback, fallback_bytes = (float_sources or {}).get(e.expert_id) or (None, None)
+            if e.allow_emulated_dtype:
+                q_reason = f"{e.quantization}, forced (allow_emulated_dtype) although {slow}"
+                warnings.append(f"expert '{e.expert_id}': {q_reason}")
+            elif fallback:
+                served_q, source = None, fallback
+                q_reason = f"float model {fallback} ({e.quantization} requested, but {slow})"
+            else:
+                problems.append(f"expert '{e.expert_id}' field 'quantization': {e.quantization} on this CPU: {slow}; "
+                                "serve the float model, or set allow_emulated_dtype: true to serve it anyway")
+        elif e.quantization:
+            q_reason = f"{e.quantization} (int8 dot products)" if e.quantization in perf.INT8_ACTIVATIONS \
+                else e.quantization
         read_shape, stored = (checkpoints or {}).get(e.expert_id, (None, "?"))
         if stored != "?" and stored != e.quantization and not e.pooling:
             problems.append(f"expert '{e.expert_id}' field 'quantization': "
                             + (f"the checkpoint is {stored}; declare quantization: {stored}" if not e.quantization
                                else f"declares {e.quantization} but the checkpoint is {stored or 'not quantized'}"))
         shape = None if e.pooling else (read_shape or perf.shape_from_bytes(w_gib * GIB, e.quantization))
+        if source != e.model_source and fallback_bytes:
+            w_gib = fallback_bytes / GIB   # the float model is what the host holds
         predicted = None
         if shape and profile:
             dtype = t.dtype.dtype if t.dtype else "bfloat16"
             n = counts[e.expert_id] if bind else pool
-            predicted = perf.predict(shape, profile, cores=n, dtype=dtype, quantization=e.quantization)
-            served = [q for q, why in quant_ok.items() if not why]
+            predicted = perf.predict(shape, profile, cores=n, dtype=dtype, quantization=served_q)
+            served = [q for q, why in quant_ok.items() if not why and not perf.quant_native(q, host.isa)]
             judge(e, predicted, shape, profile, dtype, served, pool, problems, warnings)
         plans.append(ExpertPlan(
             expert_id=e.expert_id, port=ports[e.expert_id], backend_port=backend, cores=cores[e.expert_id],
@@ -405,7 +429,8 @@ def build_plan(
             weights_gib=w_gib, kv_cache_gib=e.kv_cache_gib,
             overhead_gib=min(overhead_gib, POOLING_OVERHEAD_GIB) if e.pooling else overhead_gib,
             preload=preload, names=names[e.expert_id], translation=t, expert=e,
-            reference=ref, reference_why=ref_why, shape=shape, predicted=predicted))
+            reference=ref, reference_why=ref_why, shape=shape, predicted=predicted,
+            quantization=served_q, quantization_reason=q_reason, model_source=source))
     problems += port_problems(plans, toolkit_ports(shared))
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)

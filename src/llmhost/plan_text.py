@@ -24,6 +24,8 @@ def summary(plan: Mapping[str, Any]) -> list[str]:
             lines.append(f"  dtype {e['dtype']} ({e['dtype_reason']})")
         if e.get("compile"):
             lines.append(f"  compile {e['compile']} ({e['compile_reason']})")
+        if e.get("quantization_reason"):
+            lines.append(f"  quantization {e['quantization_reason']}")
         lines.append(f"  reference answers: {e['reference'] or 'none'} ({e['reference_why']})")
         if e.get("predicted"):
             p = e["predicted"]

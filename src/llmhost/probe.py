@@ -10,7 +10,10 @@ For every expert that is loaded it sends the coherence probes and the reference
 prompts (temperature 0) straight to the expert's own vLLM port on loopback, and
 writes the verdicts for node exporter's textfile collector:
 
-    llmhost_probe_ok{expert, probe}          1 right, 0 wrong (probe: capital, sum, code, reference_<name>)
+    llmhost_probe_ok{expert, probe}          1 right, 0 wrong (probe: capital, sum, code, reference_<name>,
+                                             perplexity: llmhost.numerics against the host's baseline)
+    llmhost_probe_perplexity{expert, passage}  the passage's perplexity (numerics-baseline.json beside
+                                             the config holds the deploy's values)
     llmhost_probe_loaded{expert}             1 probed, 0 a lazy expert that is not loaded (not woken)
     llmhost_probe_reference_available{expert}  0 when the expert has no reference answers
     llmhost_probe_last_run_timestamp_seconds   when this run finished (a stale value alerts)
@@ -19,7 +22,7 @@ writes the verdicts for node exporter's textfile collector:
 A lazy expert is never woken: vLLM listens on its backend port only while it is
 loaded, and that is the port probed; the socket that starts it is not touched.
 
-Stdlib only (with coherence.py, stream.py and reference.py): the monitoring role ships these
+Stdlib only (with coherence.py, stream.py, reference.py and numerics.py): the monitoring role ships these
 files to the host, where llmhost itself is not installed.
 """
 
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from . import numerics
 from .coherence import coherence_probes, reference_file, reference_misses, reference_probes
 
 
@@ -45,6 +49,7 @@ class ExpertProbe:
     probes: dict[str, bool] = field(default_factory=dict)
     reference_available: bool = False
     notes: list[str] = field(default_factory=list)
+    perplexity: dict[str, float] = field(default_factory=dict)
 
 
 def listening(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
@@ -58,7 +63,9 @@ def listening(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
 
 def probe_expert(expert: Mapping[str, Any], *, is_listening: Callable[[int], bool] = listening,
                  coherence: Callable[..., dict[str, dict[str, Any]]] = coherence_probes,
-                 references: Callable[..., dict[str, Any]] = reference_probes) -> ExpertProbe:
+                 references: Callable[..., dict[str, Any]] = reference_probes,
+                 measure: Callable[..., dict[str, float]] = numerics.measure,
+                 baseline: Mapping[str, Any] | None = None) -> ExpertProbe:
     eid = str(expert["expert_id"])
     port = int(expert.get("backend_port") or expert["port"])
     if not is_listening(port):
@@ -81,6 +88,14 @@ def probe_expert(expert: Mapping[str, Any], *, is_listening: Callable[[int], boo
     if rep["status"] == "failed" and not rep.get("results"):
         res.probes["reference_file"] = False
     res.notes += reference_misses(eid, rep)
+    try:
+        res.perplexity = measure(url, eid, None)
+        misses = numerics.judge(res.perplexity, baseline=baseline, fp=numerics.fingerprint(expert),
+                                reference=rep.get("perplexity"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        misses = [f"perplexity not measured: {type(e).__name__}: {e}"]
+    res.probes["perplexity"] = not misses
+    res.notes += [f"{eid}: {m}" for m in misses]
     return res
 
 
@@ -102,6 +117,10 @@ def render(results: Sequence[ExpertProbe], finished: float, duration_s: float) -
             "# TYPE llmhost_probe_reference_available gauge"]
     out += [f'llmhost_probe_reference_available{{expert="{_label(r.expert_id)}"}} {int(r.reference_available)}'
             for r in results if r.loaded]
+    out += ["# HELP llmhost_probe_perplexity Perplexity of a fixed passage (llmhost.numerics) by the expert.",
+            "# TYPE llmhost_probe_perplexity gauge"]
+    out += [f'llmhost_probe_perplexity{{expert="{_label(r.expert_id)}",passage="{_label(k)}"}} {v:g}'
+            for r in results for k, v in sorted(r.perplexity.items())]
     out += ["# HELP llmhost_probe_last_run_timestamp_seconds When the last probe run finished.",
             "# TYPE llmhost_probe_last_run_timestamp_seconds gauge",
             f"llmhost_probe_last_run_timestamp_seconds {finished:.3f}",
@@ -132,8 +151,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{args.config}: cannot read the experts config ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
+    base_path = Path(args.config).with_name("numerics-baseline.json")
+    try:
+        baseline = json.loads(base_path.read_text()) if base_path.exists() else {}
+    except (OSError, ValueError):
+        print(f"{base_path}: unreadable; perplexity judged without the baseline", file=sys.stderr)
+        baseline = {}
+    baseline = baseline if isinstance(baseline, dict) else {}
     t0 = time.monotonic()
-    results = [probe_expert(e) for e in experts if e.get("runner", "generate") != "pooling"]
+    results = [probe_expert(e, baseline=baseline.get(e["expert_id"])) for e in experts
+               if e.get("runner", "generate") != "pooling"]
     for r in results:
         for n in r.notes:
             print(n)

@@ -129,7 +129,8 @@ def load(path: str | Path) -> dict[str, Any]:
 def make(answers: Mapping[str, str], *, model: str, made_with: str,
          prompts: Sequence[tuple[str, str]] = PROMPTS,
          decisive: Mapping[str, int] | None = None,
-         margins: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+         margins: Mapping[str, Sequence[float]] | None = None,
+         perplexity: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The file's content from the reference implementation's answers (and, per
     prompt, how many words it was sure of and its per-token margins)."""
     out = []
@@ -141,4 +142,5 @@ def make(answers: Mapping[str, str], *, model: str, made_with: str,
             item["margins"] = [round(float(m), 2) for m in margins[n]]
         out.append(item)
     return {"format": FORMAT, "model": model, "made_with": made_with, "max_tokens": MAX_TOKENS,
-            "compare_words": COMPARE_WORDS, "min_margin": MIN_MARGIN, "prompts": out}
+            "compare_words": COMPARE_WORDS, "min_margin": MIN_MARGIN, "prompts": out,
+            **({"perplexity": dict(perplexity)} if perplexity else {})}

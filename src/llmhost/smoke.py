@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from . import numerics
 from .coherence import coherence_probes, reference_file, reference_misses, reference_probes
 from .stats import Stats, check_thresholds, summarize
 from .stream import stream_chat, stream_pool
@@ -27,6 +28,8 @@ class ExpertResult:
     misses: list[str] = field(default_factory=list)
     # status: passed | failed | skipped (never silently passed), with why and per-prompt results
     reference: dict[str, Any] = field(default_factory=lambda: {"status": "skipped", "why": "not run"})
+    # perplexity of the fixed passages (llmhost.numerics), its fingerprint and misses
+    numerics: dict[str, Any] = field(default_factory=dict)
 
 
 QUESTIONS = ("Name three primary colours.", "Explain what a CPU cache is in one sentence.",
@@ -42,7 +45,8 @@ def measured_prompt(i: int, label: str | None = None) -> str:
 
 def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup: int, concurrency: int,
                max_tokens: int, shared_prefix: bool, api_key: str | None,
-               progress: Callable[[str], None] = lambda s: None) -> ExpertResult:
+               progress: Callable[[str], None] = lambda s: None,
+               numerics_baseline: Mapping[str, Any] | None = None) -> ExpertResult:
     eid = expert["expert_id"]
     system = [{"role": "system", "content": SHARED_SYSTEM_PROMPT}] if shared_prefix else []
 
@@ -69,6 +73,39 @@ def run_expert(base_url: str, expert: Mapping[str, Any], *, repeat: int, warmup:
     path, why_none = reference_file(expert)
     res.reference = reference_probes(base_url, eid, path, why_none, api_key, progress)
     res.misses += reference_misses(eid, res.reference)
+    progress(f"{eid}: perplexity of {len(numerics.PASSAGES)} passages")
+    res.numerics = numerics_check(base_url, expert, api_key, numerics_baseline, res.reference.get("perplexity"))
+    res.misses += [f"{eid}: {m}" for m in res.numerics["misses"]]
     res.misses += [m for m in check_thresholds(eid, st, expert.get("thresholds") or {})
                    if not m.endswith("requests failed") or not res.misses]
     return res
+
+
+def numerics_check(base_url: str, expert: Mapping[str, Any], api_key: str | None,
+                   baseline: Mapping[str, Any] | None, reference: Mapping[str, float] | None,
+                   measure: Callable[..., dict[str, float]] = numerics.measure) -> dict[str, Any]:
+    """The expert's perplexities judged absolutely, against its float32 reference (when its
+    reference file carries one) and against the host's baseline entry (llmhost.numerics)."""
+    fp = numerics.fingerprint(expert)
+    try:
+        ppl = measure(base_url, expert["expert_id"], api_key)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return {"perplexity": {}, "fingerprint": fp, "misses": [f"perplexity not measured: {type(e).__name__}: {e}"]}
+    misses = numerics.judge(ppl, baseline=baseline, fp=fp, reference=reference)
+    return {"perplexity": ppl, "fingerprint": fp, "misses": misses,
+            "against": [w for w, on in (("the float32 reference", bool(reference)),
+                                        ("the host's baseline", bool(baseline))) if on] or ["absolute bound only"]}
+
+
+def updated_baseline(previous: Mapping[str, Any], results: list[ExpertResult]) -> dict[str, Any]:
+    """The host's numerics baseline after a passing run: an expert's entry is recorded the
+    first time and again when its model, dtype or quantization changed; otherwise kept."""
+    out = {k: v for k, v in previous.items()}
+    for r in results:
+        n = r.numerics
+        if not n.get("perplexity") or n.get("misses"):
+            continue
+        old = out.get(r.expert_id)
+        if not isinstance(old, Mapping) or old.get("fingerprint") != n["fingerprint"]:
+            out[r.expert_id] = {"fingerprint": n["fingerprint"], "perplexity": n["perplexity"]}
+    return out

@@ -58,7 +58,7 @@ def report(results: Sequence[ExpertResult], meta: Mapping[str, Any], figures: bo
                            "decode tokens/s = (output tokens - 1) / (last chunk - first chunk)",
             **({} if figures else {"figures": "not reported: a folded host (cores shared), answers only"}),
             "experts": [{"expert_id": r.expert_id, **stats(r), "probes": r.probes,
-                         "reference": r.reference, "misses": r.misses} for r in results]}
+                         "reference": r.reference, "numerics": r.numerics, "misses": r.misses} for r in results]}
 
 
 def chart(results: Sequence[ExpertResult], path: str) -> None:
@@ -162,3 +162,15 @@ def performance_table(perf_section: Mapping[str, Any]) -> str:
     head = f"predicted (performance model, {perf_section['profile']}) against measured:"
     return head + "\n" + "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in
                                              enumerate(zip(row, widths))) for row in rows)
+
+
+def numerics_line(results: Sequence[ExpertResult]) -> str:
+    """One line: each expert's passage perplexities and what they were judged against."""
+    parts = []
+    for r in results:
+        n = r.numerics or {}
+        ppl = n.get("perplexity") or {}
+        vals = ", ".join(f"{k} {v:.1f}" for k, v in ppl.items()) or "not measured"
+        parts.append(f"{r.expert_id}: {vals} ({'; '.join(n.get('against') or [])}"
+                     f"{', MISS' if n.get('misses') else ''})")
+    return "perplexity: " + "; ".join(parts)

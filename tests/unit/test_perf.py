@@ -42,6 +42,16 @@ GEMMA3 = {"architectures": ["Gemma3ForConditionalGeneration"],
           "vision_config": {"hidden_size": 1152, "num_hidden_layers": 27}}
 
 
+@pytest.fixture(autouse=True)
+def written_for_these_costs(request, monkeypatch):
+    """The synthetic cases' figures were worked out by hand for these fixed costs; the
+    production cases use the calibrated ones (llmhost/perf.py)."""
+    if not request.node.name.startswith("test_production"):
+        monkeypatch.setattr(perf, "STEP_S", 0.015)
+        monkeypatch.setattr(perf, "TTFT_S", 0.030)
+        monkeypatch.setattr(perf, "SMOKE_PREFILL_TOKENS", 40)
+
+
 def experts(*prios, **extra):
     """As tests/unit/test_plan.py builds them."""
     return [{"expert_id": f"e{i}", "model": f"/m/{i}", "domain": "general", "priority": p,
@@ -49,7 +59,7 @@ def experts(*prios, **extra):
 
 
 def host(n=4, isa=None, arch="x86_64", model=""):
-    return Host(tuple(range(n)), 64 * GIB, arch, isa if isa is not None else {"bf16": True}, model)
+    return Host(tuple(range(n)), 64 * GIB, arch, isa if isa is not None else {"bf16": True, "int8_dot": True}, model)
 
 
 def profile(**change):
@@ -345,10 +355,10 @@ def test_a_threshold_out_of_reach_fails_naming_the_field_and_a_lever():
 def test_the_lever_offers_only_what_the_host_serves():
     ex = experts(1, thresholds={"decode_tps_min": 30})
     with pytest.raises(ConfigError) as e:
-        build_plan(ex, None, CAPS, host(4, {"avx2": True, "avx512": True, "avx512_bf16": True}), host_profile=PROFILE)
+        build_plan(ex, None, CAPS, host(4, {"avx2": True, "avx512": True, "avx512_bf16": True, "int8_dot": True}), host_profile=PROFILE)
     assert "would fit: w8a8 on 3 cores, or w4a16 on 2 cores" in str(e.value)
     with pytest.raises(ConfigError) as e:
-        build_plan(ex, None, CAPS, host(4, {"avx2": True}), host_profile=PROFILE)
+        build_plan(ex, None, CAPS, host(4, {"avx2": True, "int8_dot": True}), host_profile=PROFILE)
     assert "would fit: w8a8 on 3 cores;" in str(e.value) and "w4a16" not in str(e.value)
 
 
@@ -400,10 +410,10 @@ def test_a_quantization_the_host_cannot_serve_fails_naming_the_field():
     with pytest.raises(ConfigError, match="expert 'e0' field 'quantization': w4a8 is not served"):
         build_plan(experts(1, quantization="w4a8"), None, CAPS, host(4, {"avx512": True, "avx512_bf16": True}))
     # served: passes, and predicts with the format's bytes
-    p = build_plan(experts(1, quantization="w8a8"), None, CAPS, host(4, {"avx2": True}), host_profile=PROFILE)
+    p = build_plan(experts(1, quantization="w8a8"), None, CAPS, host(4, {"avx2": True, "int8_dot": True}), host_profile=PROFILE)
     assert p.experts[0].predicted.quantization == "w8a8"
     assert p.experts[0].predicted.bytes_per_token == pytest.approx(GIB)   # 1 GiB of int8 weights
-    p = build_plan(experts(1, quantization="w4a8"), None, CAPS, host(4, {"bf16": True}, "aarch64"))
+    p = build_plan(experts(1, quantization="w4a8"), None, CAPS, host(4, {"bf16": True, "int8_dot": True}, "aarch64"))
     assert p.experts[0].expert.quantization == "w4a8"
 
 
@@ -417,11 +427,11 @@ def test_the_checkpoint_must_match_the_declared_quantization():
         build_plan(experts(1), None, CAPS, host(4), checkpoints={"e0": (None, "w8a8")})
     assert e.value.problems == ["expert 'e0' field 'quantization': the checkpoint is w8a8; declare quantization: w8a8"]
     with pytest.raises(ConfigError) as e:
-        build_plan(experts(1, quantization="w8a8"), None, CAPS, host(4, {"avx2": True}),
+        build_plan(experts(1, quantization="w8a8"), None, CAPS, host(4, {"avx2": True, "int8_dot": True}),
                    checkpoints={"e0": (None, None)})
     assert e.value.problems == ["expert 'e0' field 'quantization': declares w8a8 but the checkpoint is not quantized"]
     # agreeing, or unknown ("?": no config.json here), passes
-    build_plan(experts(1, quantization="w8a8"), None, CAPS, host(4, {"avx2": True}),
+    build_plan(experts(1, quantization="w8a8"), None, CAPS, host(4, {"avx2": True, "int8_dot": True}),
                checkpoints={"e0": (None, "w8a8")})
     build_plan(experts(1), None, CAPS, host(4), checkpoints={"e0": (None, None)})
     build_plan(experts(1), None, CAPS, host(4), checkpoints={"e1": (None, "w8a8")})
@@ -616,3 +626,38 @@ def test_a_dip_in_measured_bandwidth_never_lowers_a_prediction_with_more_cores()
     prof = perf.parse_profile({"read_gbps": {1: 20, 8: 155, 16: 140}, "matmul_gflops": {"float32": 50},
                                "source": "a busy run"})
     assert prof.bandwidth_gbps(16) == prof.bandwidth_gbps(8) == 155
+
+
+def test_int8_activations_without_int8_dot_products_fall_back_to_the_float_model():
+    ex = experts(1)
+    ex[0].update(quantization="w8a8", model_source="/cache/m-W8A8", weights_gib=None)
+    avx2 = host(4, {"avx2": True})
+    p = build_plan(ex, None, CAPS, avx2, weights_bytes={"e0": GIB // 2},
+                   float_sources={"e0": ("/cache/m", GIB)})
+    d = p.to_dict()["experts"][0]
+    assert d["quantization"] is None and d["quantization_requested"] == "w8a8"
+    assert d["model_source"] == "/cache/m" and d["weights_gib"] == pytest.approx(1.0)
+    assert "int8 dot-product" in d["quantization_reason"]
+    # the same on a CPU with VNNI: served quantized, from the quantized folder
+    d = build_plan(ex, None, CAPS, host(4, {"avx2": True, "int8_dot": True}), weights_bytes={"e0": GIB // 2},
+                   float_sources={"e0": ("/cache/m", GIB)}).to_dict()["experts"][0]
+    assert d["quantization"] == "w8a8" and d["model_source"] == "/cache/m-W8A8"
+
+
+def test_int8_activations_without_a_float_model_fail_unless_forced():
+    ex = experts(1)
+    ex[0].update(quantization="w8a8")
+    with pytest.raises(ConfigError, match=r"expert 'e0' field 'quantization': w8a8 on this CPU: .*int8 dot"):
+        build_plan(ex, None, CAPS, host(4, {"avx2": True}))
+    ex[0]["allow_emulated_dtype"] = True
+    p = build_plan(ex, None, CAPS, host(4, {"avx2": True}))
+    assert p.to_dict()["experts"][0]["quantization"] == "w8a8"
+    assert any("forced (allow_emulated_dtype)" in w for w in p.warnings)
+
+
+def test_the_cpuinfo_parser_sees_int8_dot_products():
+    from llmhost.capabilities import parse_cpuinfo
+
+    assert parse_cpuinfo("processor: 0\nflags: avx2 avx512f avx512_vnni\n", "x86_64")["isa"]["int8_dot"]
+    assert not parse_cpuinfo("processor: 0\nflags: avx2 fma\n", "x86_64")["isa"]["int8_dot"]
+    assert parse_cpuinfo("processor: 0\nFeatures: fp asimd asimddp\n", "aarch64")["isa"]["int8_dot"]

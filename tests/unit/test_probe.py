@@ -14,6 +14,10 @@ def coherence_ok(url, model, api_key):
             "sum": {"ok": True, "answer": "5", "why": None}}
 
 
+def ppl_ok(url, model, api_key):
+    return {"english": 18.9, "spanish": 93.6, "code": 5.7}
+
+
 def test_a_lazy_expert_that_is_not_loaded_is_not_touched():
     touched = []
 
@@ -45,16 +49,17 @@ def test_a_loaded_expert_gets_coherence_and_reference_verdicts(tmp_path):
 
     r = probe.probe_expert({"expert_id": "general", "port": 8101, "backend_port": 8101, "preload": True,
                             "reference": str(ref)}, is_listening=lambda p: True,
-                           coherence=coherence_ok, references=refs)
+                           coherence=coherence_ok, references=refs, measure=ppl_ok)
     assert r.loaded and r.reference_available
     # the near-tie prompt is no probe at all
-    assert r.probes == {"capital": True, "sum": True, "reference_japan": False, "reference_month": True}
+    assert r.probes == {"capital": True, "sum": True, "reference_japan": False, "reference_month": True,
+                        "perplexity": True}
     assert any("Kyoto" in n and "Tokyo" in n for n in r.notes)
 
 
 def test_no_reference_is_visible_not_a_pass():
     r = probe.probe_expert({"expert_id": "x", "port": 8101, "preload": True}, is_listening=lambda p: True,
-                           coherence=coherence_ok)
+                           coherence=coherence_ok, measure=ppl_ok)
     assert not r.reference_available and not any(k.startswith("reference_") for k in r.probes)
     text = probe.render([r], 1700000000.0, 1.5)
     assert 'llmhost_probe_reference_available{expert="x"} 0' in text
@@ -84,3 +89,29 @@ def test_main_writes_the_textfile_atomically_and_reports_bad_config(tmp_path, ca
     cfg.write_text("{not json")
     assert probe.main(["--config", str(cfg), "--textfile", str(out)]) == 2
     assert "cannot read the experts config" in capsys.readouterr().err
+
+
+def test_perplexity_is_judged_against_the_hosts_baseline_and_exported():
+    expert = {"expert_id": "coder", "port": 8102, "preload": True, "model": "/srv/m", "dtype": "float32",
+              "quantization": "w8a8"}
+    base = {"fingerprint": {"model": "/srv/m", "dtype": "float32", "quantization": "w8a8"},
+            "perplexity": {"english": 18.9, "spanish": 60.0, "code": 5.7}}
+    r = probe.probe_expert(expert, is_listening=lambda p: True, coherence=coherence_ok, measure=ppl_ok,
+                           baseline=base)
+    assert r.probes["perplexity"] is False   # Spanish 93.6 against 60.0 at deploy: +56 %
+    assert any("'spanish'" in n and "baseline" in n for n in r.notes)
+    ok = probe.probe_expert(expert, is_listening=lambda p: True, coherence=coherence_ok, measure=ppl_ok,
+                            baseline={**base, "perplexity": ppl_ok(None, None, None)})
+    assert ok.probes["perplexity"] is True
+    text = probe.render([r], 1700000000.0, 1.0)
+    assert 'llmhost_probe_perplexity{expert="coder",passage="spanish"} 93.6' in text
+    assert 'llmhost_probe_ok{expert="coder",probe="perplexity"} 0' in text
+
+
+def test_an_expert_that_cannot_be_measured_fails_its_perplexity_probe():
+    def down(url, model, api_key):
+        raise OSError("connection refused")
+
+    r = probe.probe_expert({"expert_id": "x", "port": 8101, "preload": True}, is_listening=lambda p: True,
+                           coherence=coherence_ok, measure=down)
+    assert r.probes["perplexity"] is False and any("not measured" in n for n in r.notes)

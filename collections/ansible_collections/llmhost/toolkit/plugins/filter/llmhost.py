@@ -13,7 +13,7 @@ from llmhost import host as host_mod
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
 from llmhost import hostprofile
-from llmhost.model_files import find_results_bytes, local_shapes
+from llmhost.model_files import find_results_bytes, float_sources, local_shapes
 from llmhost.plan import (DEFAULT_START_BUDGET_S, GIB, alert_budgets, build_plan, default_reserved, effective_config,
                           parse_shared)
 from llmhost.plan_text import summary
@@ -68,7 +68,7 @@ def probe_files(_: Any = None) -> list:
     import llmhost  # noqa: PLC0415
 
     d = os.path.dirname(llmhost.__file__)
-    return [os.path.join(d, f) for f in ("__init__.py", "probe.py", "coherence.py", "stream.py", "reference.py")]
+    return [os.path.join(d, f) for f in ("__init__.py", "probe.py", "coherence.py", "stream.py", "reference.py", "numerics.py")]
 
 
 def route_centroids(section: dict, response: Any) -> dict:
@@ -144,7 +144,7 @@ def plan(experts: Any, **kwargs: Any) -> dict:
                        default_expert=a["default_expert"] or None, expect_cpus=expect, start_budget_s=budget,
                        shared=parse_shared(a["shared"]), routing=a["routing"] or None,
                        host_profile=a["host_profile"] or None, measured_profile=slurped_json(a["measured_profile"]),
-                       checkpoints=local_shapes(experts))
+                       checkpoints=local_shapes(experts), float_sources=float_sources(experts))
     except ConfigError as e:
         raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     out = p.to_dict()
