@@ -121,7 +121,26 @@ def make_reference(folder: Path, out: Path) -> None:
     tmp.replace(out)
 
 
+def perplexity_of(folder: Path, dtype: str, permute: str | None) -> dict[str, float]:
+    """The passages' perplexity of a model folder in transformers, in `dtype`; with
+    `permute`, that weight's rows shuffled first (a damaged model, for the numerics check's test)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    if permute:
+        w = dict(model.named_parameters())[permute]
+        with torch.no_grad():
+            w.copy_(w[torch.randperm(w.shape[0], generator=torch.Generator().manual_seed(0))])
+    return passage_perplexity(tok, model, torch)
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) >= 3 and argv[1] == "--perplexity":   # --perplexity DIR [DTYPE [PARAM_TO_PERMUTE]]
+        print(json.dumps(perplexity_of(Path(argv[2]), argv[3] if len(argv) > 3 else "float32",
+                                       argv[4] if len(argv) > 4 else None)))
+        return 0
     if len(argv) == 3 and argv[1] == "--check":
         check(Path(argv[2]))
         return 0

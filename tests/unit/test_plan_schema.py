@@ -22,7 +22,8 @@ EXPERT = {
     "memory_high_bytes": int, "memory_max_bytes": int, "preload": bool, "names": list, "argv": list,
     "dtype": str, "dtype_reason": str, "compile": str, "compile_reason": str, "reference": type(None), "reference_why": str, "protect_home": str,
     "bind_read_only": list, "reference_on_host": type(None), "env": dict, "report": list, "runner": str,
-    "route_examples": list, "quantization": type(None), "accept_miss": type(None), "shape": dict,
+    "route_examples": list, "quantization": type(None), "quantization_requested": type(None),
+    "quantization_reason": str, "accept_miss": type(None), "shape": dict,
     "predicted": type(None),
 }
 # With llmhost_routing: the front door's Lua and the centroid task read this section.
