@@ -286,6 +286,8 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         rep["performance"] = smoke_report.performance(results, cfg["experts"], profile)
         if rep["performance"]["experts"]:
             print(smoke_report.performance_table(rep["performance"]))
+        elif "unusable" in rep["performance"]["profile"]:
+            print(f"performance: {rep['performance']['profile']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rep, indent=1))

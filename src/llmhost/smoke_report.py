@@ -116,7 +116,12 @@ def performance(results: Sequence[ExpertResult], experts: Sequence[Mapping[str, 
     prediction error as measured/predicted - 1."""
     from . import perf  # noqa: PLC0415
 
-    prof = perf.parse_profile(profile, "host profile") if profile else None
+    from .experts import ConfigError  # noqa: PLC0415
+
+    try:
+        prof = perf.parse_profile(profile, "host profile") if profile else None
+    except ConfigError as e:  # a damaged file costs the comparison, never the smoke test
+        return {"profile": f"host profile unusable ({'; '.join(e.problems)[:200]})", "assumed": None, "experts": []}
     by_id = {e["expert_id"]: e for e in experts}
     rows = []
     for r in results:

@@ -109,3 +109,9 @@ def test_predicted_against_measured_uses_the_measured_profile():
     assert "predicted" in smoke_report.performance_table(sec)
     # no profile and no prediction in the plan: nothing to show
     assert smoke_report.performance([r], [{**expert, "predicted": None}], None)["experts"] == []
+
+
+def test_an_unusable_host_profile_costs_the_comparison_not_the_smoke_test():
+    r = smoke.ExpertResult("general", Stats(decode_tps=20.0))
+    sec = smoke_report.performance([r], [{"expert_id": "general"}], {"experts": []})   # another file passed
+    assert sec["experts"] == [] and "unusable" in sec["profile"]
