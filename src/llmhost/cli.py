@@ -181,7 +181,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                           start_budget_s=hv.get("llmhost_start_budget_s", DEFAULT_START_BUDGET_S),
                           routing=hv.get("llmhost_routing"), host_profile=hv.get("llmhost_host_profile"),
                           checkpoints=local_shapes(hv.get("llmhost_experts")),
-                          float_sources=float_sources(hv.get("llmhost_experts")))
+                          float_sources=float_sources(hv.get("llmhost_experts")),
+                          core_split=str(hv.get("llmhost_core_split") or "priority"))
     except ConfigError as e:
         print(f"{name}: the plan does not work:", file=sys.stderr)
         for p in e.problems:

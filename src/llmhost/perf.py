@@ -252,17 +252,43 @@ def levers(shape: Shape, profile: HostProfile, thresholds: Mapping[str, Any], *,
             f"predicts {best.decode_tps:.1f} tokens/s and TTFT {best.ttft_s:.2f} s")
 
 
-def split_for_budgets(demands: Mapping[str, float], pool: int) -> dict[str, int]:
-    """cores: auto. Cores per expert in proportion to the bandwidth each needs to meet
-    its threshold (bytes per token x tokens/s), at least one each, largest remainder."""
-    total = sum(demands.values()) or 1.0
-    ids = list(demands)
-    extra = pool - len(ids)
-    shares = [extra * demands[i] / total for i in ids]
-    base = [int(s) for s in shares]
-    for k in sorted(range(len(ids)), key=lambda k: -(shares[k] - base[k]))[:extra - sum(base)]:
-        base[k] += 1
-    return {i: 1 + b for i, b in zip(ids, base)}
+def fewest_cores(shape: Shape, profile: HostProfile, thresholds: Mapping[str, Any], *, dtype: str,
+                 quantization: str | None, max_cores: int) -> int | None:
+    """The fewest cores on which the prediction meets the thresholds, or None."""
+    for n in range(1, max_cores + 1):
+        if not fits(predict(shape, profile, cores=n, dtype=dtype, quantization=quantization), thresholds):
+            return n
+    return None
+
+
+def budget_split(needs: Mapping[str, int | None], demand: Mapping[str, float], order: Sequence[str],
+                 pool: int) -> tuple[dict[str, int], list[str]]:
+    """llmhost_core_split: budget. Each expert gets the fewest cores that meet its
+    thresholds (`needs`, None: none do); what is left goes by bandwidth demand (bytes
+    per token x the decode threshold). When the pool is short, experts are served in
+    `order` (priority) and the rest get one core each. Returns the counts and one
+    line per expert that cannot meet its thresholds here."""
+    ids = list(order)
+    counts = {i: 1 for i in ids}
+    notes: list[str] = []
+    left = pool - len(ids)
+    for i in ids:
+        need = needs.get(i)
+        if need is None:
+            notes.append(f"expert '{i}': no core count of this host meets its thresholds; it gets its share")
+        elif need - 1 <= left:
+            counts[i] = need
+            left -= need - 1
+        else:
+            notes.append(f"expert '{i}': needs {need} cores to meet its thresholds, {left + 1} are left after "
+                         "the experts of higher priority; it gets its share of what is left")
+    total = sum(demand.get(i, 0.0) for i in ids) or 1.0
+    shares = {i: left * demand.get(i, 0.0) / total for i in ids}
+    extra = {i: int(shares[i]) for i in ids}
+    rest = left - sum(extra.values())
+    for i in sorted(ids, key=lambda i: (-(shares[i] - extra[i]), ids.index(i)))[:rest]:
+        extra[i] += 1
+    return {i: counts[i] + extra[i] for i in ids}, notes
 
 
 # Which quantized formats the pinned vLLM's CPU build can serve: the kernels its

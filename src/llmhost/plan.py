@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, TOOLKIT_PORTS, ConfigError, Expert, LazyLoading,
                       assign_ports, parse_experts)
 from .model_files import reference_for
+from . import dtype as dtype_mod
 from . import perf
 from . import routing as routing_mod
 from .plan_text import memory_table
@@ -291,6 +292,7 @@ def build_plan(
     measured_profile: Any = None,
     checkpoints: Mapping[str, tuple[perf.Shape | None, str | None]] | None = None,
     float_sources: Mapping[str, tuple[str, int | None]] | None = None,
+    core_split: str = "priority",
 ) -> Plan:
     """Everything a deploy needs, or ConfigError listing every problem.
 
@@ -323,7 +325,20 @@ def build_plan(
     caps = {**caps, "cpu": {**caps.get("cpu", {}), "arch": host.arch, "isa": dict(host.isa), "model": host.model}}
     ports = assign_ports(experts, avoid=toolkit_ports(shared))
     folded: dict[str, Any] | None = None
-    if expect_cpus and expect_cpus > len(host.cpus):
+    is_folded = bool(expect_cpus and expect_cpus > len(host.cpus))
+    profile = choose_profile(host_profile, measured_profile, is_folded)
+    quant_ok = perf.quant_support(caps, host.arch, host.isa)
+    if core_split not in CORE_SPLITS:
+        raise ConfigError([f"llmhost_core_split: one of {', '.join(CORE_SPLITS)}, got {core_split!r}"])
+    if core_split == "budget":
+        if profile is None:
+            raise ConfigError(["llmhost_core_split: budget splits the cores by the performance model, which needs a "
+                               "host profile (llmhost_host_profile, or the one the install stage measures)"])
+        sized = {e.expert_id: sizing(e, host, quant_ok, weights_bytes, checkpoints, float_sources) for e in experts}
+        experts, notes = budget_cores(experts, sized, profile, (expect_cpus if is_folded else len(host.cpus)) or 0,
+                                      reserved_cores)
+        warnings += notes
+    if is_folded and expect_cpus:
         # A staging host smaller than the one the inventory describes: plan the real
         # split on the expected CPUs, then fold each planned CPU onto this host's.
         planned, reserved_planned = split_cores(experts, tuple(range(expect_cpus)), reserved_cores)
@@ -361,8 +376,6 @@ def build_plan(
         for e in experts:
             if e.route_examples and AUTO_NAME not in names[e.expert_id]:
                 names[e.expert_id] = [*names[e.expert_id], AUTO_NAME]
-    profile = choose_profile(host_profile, measured_profile, folded is not None)
-    quant_ok = perf.quant_support(caps, host.arch, host.isa)
     plans: list[ExpertPlan] = []
     for e in experts:
         wb = (weights_bytes or {}).get(e.expert_id)
@@ -387,27 +400,10 @@ def build_plan(
         ref, ref_why = reference_lookup(e)
         if e.reference and ref is None:
             problems.append(f"expert '{e.expert_id}' field 'reference': {ref_why}")
-        served_q, q_reason, source = e.quantization, "", e.model_source
-        fallback_bytes: int | None = None
-        if e.quantization and quant_ok.get(e.quantization):
-            problems.append(f"expert '{e.expert_id}' field 'quantization': {e.quantization} is not served on this "
-                            f"host ({' '.join(filter(None, (host.arch, host.model)))}): {quant_ok[e.quantization]}; "
-                            f"served here: {', '.join(q for q, why in quant_ok.items() if not why) or 'none'}")
-        elif e.quantization and perf.quant_native(e.quantization, host.isa):
-            slow = perf.quant_native(e.quantization, host.isa)
-            fallback, fallback_bytes = (float_sources or {}).get(e.expert_id) or (None, None)
-            if e.allow_emulated_dtype:
-                q_reason = f"{e.quantization}, forced (allow_emulated_dtype) although {slow}"
-                warnings.append(f"expert '{e.expert_id}': {q_reason}")
-            elif fallback:
-                served_q, source = None, fallback
-                q_reason = f"float model {fallback} ({e.quantization} requested, but {slow})"
-            else:
-                problems.append(f"expert '{e.expert_id}' field 'quantization': {e.quantization} on this CPU: {slow}; "
-                                "serve the float model, or set allow_emulated_dtype: true to serve it anyway")
-        elif e.quantization:
-            q_reason = f"{e.quantization} (int8 dot products)" if e.quantization in perf.INT8_ACTIVATIONS \
-                else e.quantization
+        q = served_quantization(e, host, quant_ok, float_sources)
+        served_q, q_reason, source, fallback_bytes = q.served, q.reason, q.source, q.source_bytes
+        problems += q.problems
+        warnings += q.warnings
         read_shape, stored = (checkpoints or {}).get(e.expert_id, (None, "?"))
         if stored != "?" and stored != e.quantization and not e.pooling:
             problems.append(f"expert '{e.expert_id}' field 'quantization': "
@@ -454,6 +450,95 @@ def build_plan(
     if problems:
         raise ConfigError(problems)
     return plan
+
+
+CORE_SPLITS = ("priority", "budget")
+
+
+@dataclass
+class Served:
+    """How an expert's quantization is served on this host: as asked, or its float source."""
+
+    served: str | None
+    reason: str = ""
+    source: str | None = None
+    source_bytes: int | None = None
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def served_quantization(e: Expert, host: Host, quant_ok: Mapping[str, str],
+                        float_sources: Mapping[str, tuple[str, int | None]] | None) -> Served:
+    """The format served: the requested one where the pinned vLLM serves it on this CPU at
+    full precision; the float model it was made from where int8 dot products are missing
+    (and known); else a problem naming the field (allow_emulated_dtype forces it)."""
+    q = e.quantization
+    out = Served(q, source=e.model_source)
+    if not q:
+        return out
+    if quant_ok.get(q):
+        out.problems.append(f"expert '{e.expert_id}' field 'quantization': {q} is not served on this "
+                            f"host ({' '.join(filter(None, (host.arch, host.model)))}): {quant_ok[q]}; "
+                            f"served here: {', '.join(k for k, why in quant_ok.items() if not why) or 'none'}")
+        return out
+    slow = perf.quant_native(q, host.isa)
+    if not slow:
+        out.reason = f"{q} (int8 dot products)" if q in perf.INT8_ACTIVATIONS else q
+        return out
+    fallback, fallback_bytes = (float_sources or {}).get(e.expert_id) or (None, None)
+    if e.allow_emulated_dtype:
+        out.reason = f"{q}, forced (allow_emulated_dtype) although {slow}"
+        out.warnings.append(f"expert '{e.expert_id}': {out.reason}")
+    elif fallback:
+        out.served, out.source, out.source_bytes = None, fallback, fallback_bytes
+        out.reason = f"float model {fallback} ({q} requested, but {slow})"
+    else:
+        out.problems.append(f"expert '{e.expert_id}' field 'quantization': {q} on this CPU: {slow}; serve the "
+                            "float model, or set allow_emulated_dtype: true to serve it anyway")
+    return out
+
+
+def sizing(e: Expert, host: Host, quant_ok: Mapping[str, str], weights_bytes: Mapping[str, int] | None,
+           checkpoints: Mapping[str, Any] | None,
+           float_sources: Mapping[str, tuple[str, int | None]] | None) -> tuple[perf.Shape, str, str | None] | None:
+    """(shape, dtype, served quantization) of a generate expert for the core split; None
+    when unknown (the main loop reports why)."""
+    if e.pooling:
+        return None
+    wb = (weights_bytes or {}).get(e.expert_id)
+    w = wb if wb is not None else (e.weights_gib * GIB if e.weights_gib is not None else None)
+    read_shape = ((checkpoints or {}).get(e.expert_id) or (None, None))[0]
+    if read_shape is None and w is None:
+        return None
+    shape = read_shape or perf.shape_from_bytes(float(w or 0), e.quantization)
+    choice, _ = dtype_mod.choose(e.effective_engine().get("dtype", "auto"), host.arch, host.isa,
+                                 allow_emulated=e.allow_emulated_dtype)
+    return shape, choice.dtype if choice else "bfloat16", served_quantization(e, host, quant_ok, float_sources).served
+
+
+def budget_cores(experts: Sequence[Expert], sized: Mapping[str, Any], profile: perf.HostProfile, ncpus: int,
+                 reserved: int) -> tuple[list[Expert], list[str]]:
+    """llmhost_core_split: budget. Experts without explicit cores get the fewest that
+    meet their thresholds by the performance model, the rest by bandwidth demand."""
+    flexible = [e for e in experts if e.cores is None and sized.get(e.expert_id)]
+    fixed = sum(e.cores or 0 for e in experts) + sum(1 for e in experts if e.cores is None and e not in flexible)
+    pool = ncpus - reserved - fixed
+    if not flexible or pool < len(flexible):
+        return list(experts), []   # split_cores reports a pool too small
+    needs: dict[str, int | None] = {}
+    demand: dict[str, float] = {}
+    for e in flexible:
+        shape, dtype, q = sized[e.expert_id]
+        thr = {k: v for k, v in asdict(e.thresholds).items() if v is not None}
+        needs[e.expert_id] = perf.fewest_cores(shape, profile, thr, dtype=dtype, quantization=q,
+                                               max_cores=pool - len(flexible) + 1)
+        demand[e.expert_id] = perf.bytes_per_token(shape, dtype, q) * (thr.get("decode_tps_min") or 1.0)
+    order = [e.expert_id for e in sorted(flexible, key=lambda e: (-e.priority, experts.index(e)))]
+    counts, notes = perf.budget_split(needs, demand, order, pool)
+    split = ", ".join(f"{i} {counts[i]}" for i in order)
+    notes = [f"llmhost_core_split budget: {split} cores (fewest that meet each expert's thresholds, the rest by "
+             "bandwidth demand)", *[f"llmhost_core_split budget: {n}" for n in notes]]
+    return [replace(e, cores=counts[e.expert_id]) if e.expert_id in counts else e for e in experts], notes
 
 
 def choose_profile(inventory: Any, measured: Any, folded: bool) -> perf.HostProfile | None:

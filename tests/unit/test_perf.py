@@ -661,3 +661,38 @@ def test_the_cpuinfo_parser_sees_int8_dot_products():
     assert parse_cpuinfo("processor: 0\nflags: avx2 avx512f avx512_vnni\n", "x86_64")["isa"]["int8_dot"]
     assert not parse_cpuinfo("processor: 0\nflags: avx2 fma\n", "x86_64")["isa"]["int8_dot"]
     assert parse_cpuinfo("processor: 0\nFeatures: fp asimd asimddp\n", "aarch64")["isa"]["int8_dot"]
+
+
+# cores split to meet budgets (llmhost_core_split: budget)
+
+def test_budget_split_gives_each_the_fewest_cores_that_fit_then_shares_by_demand():
+    counts, notes = perf.budget_split({"a": 3, "b": 2, "c": None}, {"a": 1.0, "b": 1.0, "c": 2.0}, ["a", "b", "c"], 10)
+    assert counts["a"] >= 3 and counts["b"] >= 2 and sum(counts.values()) == 10
+    assert counts["c"] == 1 + 2   # 4 spare cores, half of the demand: 2
+    assert notes == ["expert 'c': no core count of this host meets its thresholds; it gets its share"]
+
+
+def test_budget_split_serves_priority_first_when_short():
+    counts, notes = perf.budget_split({"hi": 4, "lo": 4}, {"hi": 1.0, "lo": 1.0}, ["hi", "lo"], 6)
+    assert counts["hi"] >= 4 and counts["lo"] < 4 and sum(counts.values()) == 6, counts
+    assert any("'lo': needs 4 cores" in n for n in notes)
+
+
+def test_core_split_budget_meets_thresholds_where_priority_does_not():
+    # e0, low priority, needs 6 cores for its TTFT (0.03 + 0.43 s / cores <= 0.11 s); e1 needs 1
+    ex = experts(1, 5)
+    ex[0]["thresholds"] = {"ttft_p50_s": 0.11}
+    ex[1]["thresholds"] = {"decode_tps_min": 5}
+    with pytest.raises(ConfigError, match="expert 'e0' field 'thresholds'"):
+        build_plan(ex, None, CAPS, host(8), host_profile=PROFILE)          # by priority: e0 gets 2 cores
+    p = build_plan(ex, None, CAPS, host(8), host_profile=PROFILE, core_split="budget")
+    got = {e.expert_id: len(e.cores) for e in p.experts}
+    assert got["e0"] >= 6 and sum(got.values()) == 8, got
+    assert any(w.startswith("llmhost_core_split budget: e1") for w in p.warnings)
+
+
+def test_core_split_budget_needs_a_profile_and_a_known_mode():
+    with pytest.raises(ConfigError, match="llmhost_core_split: budget .* needs a host profile"):
+        build_plan(experts(1), None, CAPS, host(4), core_split="budget")
+    with pytest.raises(ConfigError, match="llmhost_core_split: one of priority, budget"):
+        build_plan(experts(1), None, CAPS, host(4), core_split="fair")

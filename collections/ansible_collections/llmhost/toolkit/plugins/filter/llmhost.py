@@ -114,6 +114,7 @@ PLAN_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "routing": {"type": "raw"},                           # llmhost_routing
     "host_profile": {"type": "raw"},                      # llmhost_host_profile (recorded or assumed)
     "measured_profile": {"type": "raw"},                  # an Ansible slurp of the host's measured profile
+    "core_split": {"type": "str", "default": "priority"},  # llmhost_core_split: priority or budget
 }
 
 
@@ -144,7 +145,8 @@ def plan(experts: Any, **kwargs: Any) -> dict:
                        default_expert=a["default_expert"] or None, expect_cpus=expect, start_budget_s=budget,
                        shared=parse_shared(a["shared"]), routing=a["routing"] or None,
                        host_profile=a["host_profile"] or None, measured_profile=slurped_json(a["measured_profile"]),
-                       checkpoints=local_shapes(experts), float_sources=float_sources(experts))
+                       checkpoints=local_shapes(experts), float_sources=float_sources(experts),
+                       core_split=a["core_split"] or "priority")
     except ConfigError as e:
         raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     out = p.to_dict()
