@@ -30,6 +30,44 @@ def test_site_wrote_a_passing_report():
     assert json.loads(base.read_text())["experts"] == rep["experts"]
 
 
+def test_the_report_carries_predicted_against_measured_and_the_numerics_check():
+    rep = json.loads(sorted((PROJECT / "reports/molecule").glob("mol-site-*.json"))[-1].read_text())
+    perf = {e["expert_id"]: e for e in rep["performance"]["experts"]}
+    assert rep["performance"]["assumed"] is False and set(perf) == {"general", "coder"}, rep["performance"]
+    for e in perf.values():   # predicted from the host's measured profile, compared with the run
+        assert e["decode_tps_predicted"] > 0 and e["decode_error"] is not None and e["ttft_error"] is not None
+    for e in rep["experts"]:
+        n = e["numerics"]
+        assert set(n["perplexity"]) == {"english", "spanish", "code"} and n["misses"] == [], n
+        assert "the float32 reference" in n["against"]
+
+
+def test_numerics_baseline_and_host_profile_are_on_the_host(host):
+    base = json.loads(host.file("/etc/llmhost/numerics-baseline.json").content_string)
+    assert set(base) == {"general", "coder"}, base
+    for entry in base.values():
+        assert all(0 < v < 1000 for v in entry["perplexity"].values()) and entry["fingerprint"]["model"]
+    prof = json.loads(host.file("/opt/vllm/venv/llmhost-host-profile.json").content_string)
+    cpus = int(host.check_output("nproc"))
+    assert set(prof["read_gbps"]) == {str(n) for n in (1, 2, 4, 8, 16, 32, 64) if n < cpus} | {str(cpus)}
+    assert prof["assumed"] is False and prof["matmul_gflops"]["float32"] > 0
+
+
+def test_coder_is_w8a8_where_the_cpu_has_int8_dot_products_else_its_float_source(host):
+    cfg = json.loads(host.file("/etc/llmhost/experts.json").content_string)
+    coder = next(e for e in cfg["experts"] if e["expert_id"] == "coder")
+    assert coder["quantization_requested"] == "w8a8"
+    on_host = json.loads(host.file("/srv/models/coder/config.json").content_string)
+    int8_dot = host.run("grep -qwE 'avx512_vnni|avx_vnni|amx_int8' /proc/cpuinfo").rc == 0
+    print(f"int8 dot products: {int8_dot}; coder: {coder['quantization_reason']}")
+    if int8_dot:
+        assert coder["quantization"] == "w8a8" and coder["model_source"].endswith("-W8A8")
+        assert on_host["quantization_config"]["quant_method"] == "compressed-tensors"
+    else:
+        assert coder["quantization"] is None and coder["model_source"].endswith("SmolLM2-135M-Instruct")
+        assert "int8 dot-product" in coder["quantization_reason"] and "quantization_config" not in on_host
+
+
 def test_smoke_passes_with_local_thresholds(host, base_url, tmp_path):
     r = smoke(host, base_url, tmp_path, "--repeat", "3", "--json", str(tmp_path / "r.json"), "--chart", str(tmp_path / "c.png"))
     print(r.stdout)

@@ -68,10 +68,13 @@ def test_probe_timer_checks_every_expert_against_its_reference(host):
         assert m[f'llmhost_probe_loaded{{expert="{e}"}}'] == 1
         assert m[f'llmhost_probe_reference_available{{expert="{e}"}}'] == 1
         mine = {k: v for k, v in m.items() if k.startswith(f'llmhost_probe_ok{{expert="{e}"')}
-        assert len(mine) == 3 + 4 and all(v == 1 for v in mine.values()), mine  # 3 easy + 4 reference
+        # 3 easy + 4 reference + the numerics check against the deploy's baseline
+        assert len(mine) == 3 + 4 + 1 and all(v == 1 for v in mine.values()), mine
+        assert 0 < m[f'llmhost_probe_perplexity{{expert="{e}",passage="spanish"}}'] < 1000
     assert time.time() - m["llmhost_probe_last_run_timestamp_seconds"] < 300
     # node exporter serves them, and the alert rules are loaded
     exported = host.check_output("curl -s http://127.0.0.1:9100/metrics")
     assert 'llmhost_probe_ok{expert="general",probe="reference_japan"} 1' in exported
     rules = json.loads(host.check_output("curl -s http://127.0.0.1:9090/api/v1/rules"))["data"]["groups"]
-    assert {"ExpertAnswerWrong", "ExpertProbeStale"} <= {r["name"] for g in rules for r in g["rules"]}
+    assert {"ExpertAnswerWrong", "ExpertNumericsDrift", "ExpertProbeStale"} <= {r["name"] for g in rules
+                                                                                for r in g["rules"]}
