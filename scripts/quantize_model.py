@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[0] not in SCHEMES:
         print(f"usage: quantize_model.py {{{','.join(SCHEMES)}}} SRC OUT", file=sys.stderr)
         return 2
-    src, out = Path(argv[1]), Path(argv[2])
+    src, out = Path(argv[1]).resolve(), Path(argv[2]).resolve()
     if not (src / "config.json").is_file():
         print(f"quantize_model.py: {src} is not a transformers model folder (no config.json)", file=sys.stderr)
         return 2

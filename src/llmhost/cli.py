@@ -283,7 +283,10 @@ def cmd_smoke(args: argparse.Namespace) -> int:
                                  "max_tokens": args.max_tokens, "shared_prefix": args.shared_prefix},
                        figures=not folded)
     if not folded:  # a folded host's figures are not performance figures
-        profile = json.loads(read_text(args.host_profile, "--host-profile")) if args.host_profile else None
+        try:
+            profile = json.loads(read_text(args.host_profile, "--host-profile")) if args.host_profile else None
+        except (UsageError, ValueError) as e:   # costs the comparison, never the smoke test
+            profile = {"unreadable": str(e)[:200]}
         rep["performance"] = smoke_report.performance(results, cfg["experts"], profile)
         if rep["performance"]["experts"]:
             print(smoke_report.performance_table(rep["performance"]))
@@ -390,6 +393,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
             return 0
     else:
         raise UsageError("give one of --measure, --file FILE or -i INVENTORY")
+    if not isinstance(raw, dict):
+        raise UsageError(f"the host profile must be a mapping, got {type(raw).__name__.lstrip('_')}")
     prof = perf.parse_profile({k: v for k, v in raw.items() if k != "cached"}, "host profile")
     if prof is None:
         raise UsageError("the profile is empty")

@@ -140,8 +140,10 @@ def cpu_model() -> tuple[str, str]:
             for line in f:
                 k, _, v = line.partition(":")
                 k = k.strip().lower()
-                if k in ("model name", "cpu part") and not model:
+                if k == "model name" and not model:
                     model = v.strip()
+                elif k == "cpu part" and not model:
+                    model = f"Arm part {v.strip()}"   # the plan names Arm parts itself: not compared
                 elif k in ("flags", "features") and not flags:
                     flags = v.strip()
     except OSError:

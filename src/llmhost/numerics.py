@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import urllib.request
 from typing import Any, Callable, Mapping
 
@@ -65,7 +66,8 @@ LOOSE = (0.50, 0.25)        # another dtype or quantization of the same model, o
 def perplexity(logprobs: list[float]) -> float:
     if not logprobs:
         return math.nan
-    return math.exp(-sum(logprobs) / len(logprobs))
+    mean = -sum(logprobs) / len(logprobs)
+    return math.inf if mean > 700 else math.exp(mean)   # vLLM clamps -inf to -9999: a broken model, not a crash
 
 
 def prompt_logprobs(response: Mapping[str, Any]) -> list[float]:
@@ -121,9 +123,20 @@ def compare(now: Mapping[str, float], then: Mapping[str, float], bound: tuple[fl
     return out
 
 
+QUANT_SUFFIX = re.compile(r"[-_.](w8a8|w4a8|w4a16|int8|int4|awq|gptq|fp8|quantized)$", re.I)
+
+
+def model_family(path: Any) -> str:
+    """A model folder's name without a quantization suffix: phi-4-mini-w4a8 and phi-4-mini
+    are the same model in two formats (the loose bound applies between them)."""
+    name = str(path or "").rstrip("/").rsplit("/", 1)[-1]
+    return QUANT_SUFFIX.sub("", name)
+
+
 def fingerprint(expert: Mapping[str, Any]) -> dict[str, Any]:
     """What makes two measurements comparable under the strict bound."""
-    return {"model": expert.get("model"), "dtype": expert.get("dtype"), "quantization": expert.get("quantization")}
+    return {"model": model_family(expert.get("model")), "dtype": expert.get("dtype"),
+            "quantization": expert.get("quantization")}
 
 
 def judge(now: Mapping[str, float], *, baseline: Mapping[str, Any] | None = None,
@@ -134,7 +147,7 @@ def judge(now: Mapping[str, float], *, baseline: Mapping[str, Any] | None = None
     if bad:
         return [f"perplexity of '{n}' is {now[n]} (a working model stays below {ABS_MAX:.0f})" for n in bad]
     out = compare(now, reference, LOOSE, "the float32 reference") if reference else []
-    if baseline and isinstance(baseline.get("perplexity"), Mapping):
+    if isinstance(baseline, Mapping) and isinstance(baseline.get("perplexity"), Mapping):
         then_fp = baseline.get("fingerprint") or {}
         if fp is None or then_fp == dict(fp):
             out += compare(now, baseline["perplexity"], STRICT, "the host's baseline")

@@ -13,8 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, TOOLKIT_PORTS, ConfigError, Expert, LazyLoading,
-                      assign_ports, parse_experts)
+from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, QUANTIZATIONS, TOOLKIT_PORTS, ConfigError, Expert,
+                      LazyLoading, assign_ports, parse_experts)
 from .model_files import reference_for
 from . import dtype as dtype_mod
 from . import perf
@@ -326,14 +326,16 @@ def build_plan(
     ports = assign_ports(experts, avoid=toolkit_ports(shared))
     folded: dict[str, Any] | None = None
     is_folded = bool(expect_cpus and expect_cpus > len(host.cpus))
-    profile = choose_profile(host_profile, measured_profile, is_folded)
+    profile = choose_profile(host_profile, measured_profile, is_folded, host.model)
     quant_ok = perf.quant_support(caps, host.arch, host.isa)
     if core_split not in CORE_SPLITS:
         raise ConfigError([f"llmhost_core_split: one of {', '.join(CORE_SPLITS)}, got {core_split!r}"])
     if core_split == "budget":
         if profile is None:
-            raise ConfigError(["llmhost_core_split: budget splits the cores by the performance model, which needs a "
-                               "host profile (llmhost_host_profile, or the one the install stage measures)"])
+            warnings.append("llmhost_core_split: budget needs a host profile (llmhost_host_profile, or the one the "
+                            "install stage measures on the first deploy): split by priority this time")
+            core_split = "priority"
+    if core_split == "budget" and profile is not None:
         sized = {e.expert_id: sizing(e, host, quant_ok, weights_bytes, checkpoints, float_sources) for e in experts}
         experts, notes = budget_cores(experts, sized, profile, (expect_cpus if is_folded else len(host.cpus)) or 0,
                                       reserved_cores)
@@ -405,7 +407,8 @@ def build_plan(
         problems += q.problems
         warnings += q.warnings
         read_shape, stored = (checkpoints or {}).get(e.expert_id, (None, "?"))
-        if stored != "?" and stored != e.quantization and not e.pooling:
+        if stored != "?" and stored != e.quantization and not e.pooling \
+                and (stored in QUANTIZATIONS or e.quantization):   # awq, gptq, ...: engine.quantization's
             problems.append(f"expert '{e.expert_id}' field 'quantization': "
                             + (f"the checkpoint is {stored}; declare quantization: {stored}" if not e.quantization
                                else f"declares {e.quantization} but the checkpoint is {stored or 'not quantized'}"))
@@ -415,7 +418,7 @@ def build_plan(
         predicted = None
         if shape and profile:
             dtype = t.dtype.dtype if t.dtype else "bfloat16"
-            n = counts[e.expert_id] if bind else pool
+            n = counts[e.expert_id] if bind else len(host.cpus if not is_folded else range(expect_cpus or 0))
             predicted = perf.predict(shape, profile, cores=n, dtype=dtype, quantization=served_q)
             served = [q for q, why in quant_ok.items() if not why and not perf.quant_native(q, host.isa)]
             judge(e, predicted, shape, profile, dtype, served, pool, problems, warnings)
@@ -520,7 +523,8 @@ def budget_cores(experts: Sequence[Expert], sized: Mapping[str, Any], profile: p
                  reserved: int) -> tuple[list[Expert], list[str]]:
     """llmhost_core_split: budget. Experts without explicit cores get the fewest that
     meet their thresholds by the performance model, the rest by bandwidth demand."""
-    flexible = [e for e in experts if e.cores is None and sized.get(e.expert_id)]
+    flexible = [e for e in experts if e.cores is None and sized.get(e.expert_id)
+                and PROFILE_TABLE[e.profile].bind_threads]   # a legacy expert runs on every CPU anyway
     fixed = sum(e.cores or 0 for e in experts) + sum(1 for e in experts if e.cores is None and e not in flexible)
     pool = ncpus - reserved - fixed
     if not flexible or pool < len(flexible):
@@ -541,14 +545,18 @@ def budget_cores(experts: Sequence[Expert], sized: Mapping[str, Any], profile: p
     return [replace(e, cores=counts[e.expert_id]) if e.expert_id in counts else e for e in experts], notes
 
 
-def choose_profile(inventory: Any, measured: Any, folded: bool) -> perf.HostProfile | None:
+def choose_profile(inventory: Any, measured: Any, folded: bool, cpu_model: str = "") -> perf.HostProfile | None:
     """The host profile a plan predicts with: the one measured on this host, else the
-    inventory's; on a folded plan (a small host rehearsing a big one) the inventory's."""
+    inventory's; on a folded plan (a small host rehearsing a big one) the inventory's.
+    A measured profile of another CPU model (a VM moved to another machine type) is not
+    this host's: the install stage measures it again."""
     inv = perf.parse_profile(inventory)
     try:
         got = perf.parse_profile(measured, "the host's measured profile")
     except ConfigError:
         got = None  # a damaged cache file is measured again by the install stage
+    if got and cpu_model and got.cpu and not got.cpu.startswith("Arm part") and got.cpu != cpu_model:
+        got = None
     return inv if folded else (got or inv)
 
 

@@ -90,10 +90,12 @@ def probe_expert(expert: Mapping[str, Any], *, is_listening: Callable[[int], boo
     res.notes += reference_misses(eid, rep)
     try:
         res.perplexity = measure(url, eid, None)
-        misses = numerics.judge(res.perplexity, baseline=baseline, fp=numerics.fingerprint(expert),
-                                reference=rep.get("perplexity"))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        misses = [f"perplexity not measured: {type(e).__name__}: {e}"]
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError) as e:
+        # not a verdict: an expert that stopped answering is ExpertDown's, a timeout is no drift
+        res.notes.append(f"{eid}: perplexity not measured: {type(e).__name__}: {e}")
+        return res
+    misses = numerics.judge(res.perplexity, baseline=baseline, fp=numerics.fingerprint(expert),
+                            reference=rep.get("perplexity"))
     res.probes["perplexity"] = not misses
     res.notes += [f"{eid}: {m}" for m in misses]
     return res

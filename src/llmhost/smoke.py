@@ -89,7 +89,7 @@ def numerics_check(base_url: str, expert: Mapping[str, Any], api_key: str | None
     fp = numerics.fingerprint(expert)
     try:
         ppl = measure(base_url, expert["expert_id"], api_key)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, ArithmeticError) as e:
         return {"perplexity": {}, "fingerprint": fp, "misses": [f"perplexity not measured: {type(e).__name__}: {e}"]}
     misses = numerics.judge(ppl, baseline=baseline, fp=fp, reference=reference)
     return {"perplexity": ppl, "fingerprint": fp, "misses": misses,

@@ -128,7 +128,7 @@ def performance(results: Sequence[ExpertResult], experts: Sequence[Mapping[str, 
         e = by_id.get(r.expert_id) or {}
         pred = e.get("predicted")
         if prof and e.get("shape"):
-            n = len(e.get("cores") or []) or 1
+            n = cpu_count(e.get("cpu_list")) or len(e.get("cores") or []) or 1
             pred = perf.predict(perf.Shape(**e["shape"]), prof, cores=n, dtype=e.get("dtype") or "bfloat16",
                                 quantization=e.get("quantization")).to_dict()
         if not pred:
@@ -145,6 +145,16 @@ def performance(results: Sequence[ExpertResult], experts: Sequence[Mapping[str, 
                      "ttft_error": err(r.stats.ttft_p50_s, pred["ttft_s"]), "basis": pred["basis"]})
     source = prof.source if prof else "the plan's prediction"
     return {"profile": source, "assumed": bool(prof.assumed) if prof else None, "experts": rows}
+
+
+def cpu_count(cpu_list: Any) -> int:
+    """CPUs in a list such as "0-2,5" (0 when unreadable)."""
+    n = 0
+    for part in str(cpu_list or "").split(","):
+        a, _, b = part.partition("-")
+        if a.strip().isdigit() and (not b or b.strip().isdigit()):
+            n += int(b or a) - int(a) + 1
+    return n
 
 
 def performance_rows(perf_section: Mapping[str, Any]) -> list[tuple[str, ...]]:

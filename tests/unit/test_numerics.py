@@ -115,3 +115,19 @@ def test_an_unusable_host_profile_costs_the_comparison_not_the_smoke_test():
     r = smoke.ExpertResult("general", Stats(decode_tps=20.0))
     sec = smoke_report.performance([r], [{"expert_id": "general"}], {"experts": []})   # another file passed
     assert sec["experts"] == [] and "unusable" in sec["profile"]
+
+
+def test_a_quantized_copy_is_judged_against_its_float_models_baseline():
+    assert numerics.model_family("/home/elect/models/phi-4-mini-w4a8") == numerics.model_family("/m/phi-4-mini")
+    before = {"fingerprint": numerics.fingerprint({"model": "/m/phi-4-mini", "dtype": "bfloat16"}),
+              "perplexity": REF}
+    now = numerics.fingerprint({"model": "/m/phi-4-mini-w4a8", "dtype": "bfloat16", "quantization": "w4a8"})
+    assert numerics.judge(scaled(REF, english=2.4), baseline=before, fp=now)   # int4 damage: caught
+    assert numerics.judge(scaled(REF, english=1.05), baseline=before, fp=now) == []
+
+
+def test_a_model_that_puts_minus_infinity_on_the_prompt_is_infinitely_perplexed_not_a_crash():
+    assert numerics.perplexity([-9999.0] * 5) == math.inf   # vLLM clamps -inf to -9999
+    assert numerics.judge({"english": math.inf})
+    assert numerics.judge(REF, baseline={"fingerprint": FP, "perplexity": REF, "x": 1}, fp=FP) == []
+    assert numerics.judge(REF, baseline="damaged", fp=FP) == []   # a damaged entry: absolute bound only

@@ -691,8 +691,35 @@ def test_core_split_budget_meets_thresholds_where_priority_does_not():
     assert any(w.startswith("llmhost_core_split budget: e1") for w in p.warnings)
 
 
-def test_core_split_budget_needs_a_profile_and_a_known_mode():
-    with pytest.raises(ConfigError, match="llmhost_core_split: budget .* needs a host profile"):
-        build_plan(experts(1), None, CAPS, host(4), core_split="budget")
+def test_core_split_budget_without_a_profile_splits_by_priority_and_says_so():
+    # the first deploy of a host without llmhost_host_profile has no measured profile yet
+    p = build_plan(experts(5, 1), None, CAPS, host(8), core_split="budget")
+    assert [len(e.cores) for e in p.experts] == [6, 2]
+    assert any("llmhost_core_split: budget needs a host profile" in w for w in p.warnings)
+
+
+def test_core_split_needs_a_known_mode():
     with pytest.raises(ConfigError, match="llmhost_core_split: one of priority, budget"):
         build_plan(experts(1), None, CAPS, host(4), core_split="fair")
+
+
+def test_a_quantization_format_of_the_engine_key_is_not_the_fields():
+    # an AWQ or GPTQ checkpoint goes through engine.quantization (x86), never the quantization field
+    build_plan(experts(1), None, CAPS, host(4), checkpoints={"e0": (None, "awq")})
+    with pytest.raises(ConfigError, match="declares w8a8 but the checkpoint is awq"):
+        build_plan(experts(1, quantization="w8a8"), None, CAPS, host(4), checkpoints={"e0": (None, "awq")})
+
+
+def test_a_measured_profile_of_another_cpu_is_not_this_hosts():
+    h = host(4, model="AMD EPYC")
+    other = {**MEASURED, "cpu": "Intel(R) Xeon(R) Platinum"}
+    assert choose_profile(PROFILE, other, False, h.model).assumed is True
+    assert choose_profile(PROFILE, {**MEASURED, "cpu": "AMD EPYC"}, False, h.model).assumed is False
+
+
+def test_a_legacy_expert_is_predicted_on_every_cpu_and_never_given_cores_by_the_budget():
+    ex = experts(5, 1)
+    ex[1]["profile"] = "legacy"
+    p = build_plan(ex, None, CAPS, host(8), host_profile=PROFILE, core_split="budget")
+    legacy = p.experts[1]
+    assert legacy.predicted.cores == 8 and legacy.cpu_list == "0-7"
