@@ -86,3 +86,21 @@ def test_llmhost_deploy_says_the_stage_and_the_refusal(tmp_path):
     assert any(l.startswith("  FAILED probe-host: ") and "expert 'coder' field 'port'" in l for l in lines), lines
     assert "probe-host: changed 0, failed 1" in lines and lines[-1].startswith("FAILED in ")
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_threshold_out_of_reach_fails_the_preflight_and_accept_miss_lets_it_through(tmp_path):
+    """The performance model in the preflight: with the inventory's host profile, an expert
+    whose decode threshold no core count reaches stops the play before any change, naming
+    the expert, the figures and the levers; the same expert with accept_miss passes."""
+    profile = {"assumed": True, "source": "a test's figures", "read_gbps": {1: 10, 8: 40},
+               "matmul_gflops": {"float32": 50, "bfloat16": 100, "int8": 200}}
+    slow = [dict(GOOD[0]), {**GOOD[1], "weights_gib": 8.0, "thresholds": {"decode_tps_min": 25}}]
+    r = run_preflight(tmp_path / "miss", slow, llmhost_host_profile=profile)
+    out = " ".join(r.stdout.split())
+    assert r.rc != 0 and "expert 'coder' field 'thresholds': out of reach" in out, out[-3000:]
+    assert "decode_tps_min 25" in out and "accept_miss" in out and "Traceback" not in out
+    assert r.changed == {} and r.failed == {"probe-host": 1}, (r.changed, r.failed)
+    slow[1]["accept_miss"] = "a test: this host is known to be too small for it"
+    r = run_preflight(tmp_path / "accepted", slow, llmhost_host_profile=profile)
+    assert r.rc == 0, r.stdout[-3000:]
+    assert "Accepted (accept_miss)" in " ".join(r.stdout.split())
