@@ -320,12 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def from_output(text: str) -> dict[str, Any]:
-    """The JSON a probe run printed between its markers."""
+def from_output(text: str, begin: str = BEGIN, end: str = END, what: str = "capabilities") -> dict[str, Any]:
+    """The JSON a probe run (this one, or hostprofile.py with its markers) printed between
+    its markers."""
     try:
-        body = text.split(BEGIN, 1)[1].split(END, 1)[0]
+        body = text.split(begin, 1)[1].split(end, 1)[0]
     except IndexError:
-        raise ValueError(f"no capabilities in the probe's output: {text[-500:]!r}") from None
+        raise ValueError(f"no {what} in the probe's output: {text[-500:]!r}") from None
     return json.loads(body)
 
 

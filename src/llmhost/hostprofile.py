@@ -226,11 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def from_output(text: str) -> dict[str, Any]:
-    try:
-        body = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    except IndexError:
-        raise ValueError(f"no host profile in the output: {text[-300:]!r}") from None
-    return json.loads(body)
+    """The profile a run printed between its markers (the reader is the capabilities probe's)."""
+    from .capabilities import from_output as between_markers  # noqa: PLC0415 - controller side only
+
+    return between_markers(text, BEGIN, END, "host profile")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ answers made elsewhere. Three judgements (`judge`):
   the same model in another dtype or quantization (bf16 -> w8a8 is allowed to cost a
   few per cent, not a third).
 
-Measured on SmolLM2-135M (docs/performance.md): W8A8 against bf16 1.01-1.09 per
-passage; int4 by plain rounding 1.28-2.46; one permuted weight matrix 1.40-1.77.
+Measured on SmolLM2-135M against float32 (docs/performance.md): bf16 0.98-1.01 per
+passage; W8A8 on an AVX2-only CPU 1.08-1.21; one permuted weight matrix 1.35-1.69.
 
 Stdlib only: the probe timer runs it on the host (with stream.py).
 """

@@ -406,13 +406,14 @@ def build_plan(
         served_q, q_reason, source, fallback_bytes = q.served, q.reason, q.source, q.source_bytes
         problems += q.problems
         warnings += q.warnings
-        read_shape, stored = (checkpoints or {}).get(e.expert_id, (None, "?"))
+        stored = (checkpoints or {}).get(e.expert_id, (None, "?"))[1]
         if stored != "?" and stored != e.quantization and not e.pooling \
                 and (stored in QUANTIZATIONS or e.quantization):   # awq, gptq, ...: engine.quantization's
             problems.append(f"expert '{e.expert_id}' field 'quantization': "
                             + (f"the checkpoint is {stored}; declare quantization: {stored}" if not e.quantization
                                else f"declares {e.quantization} but the checkpoint is {stored or 'not quantized'}"))
-        shape = None if e.pooling else (read_shape or perf.shape_from_bytes(w_gib * GIB, e.quantization))
+        sized = sizing(e, host, quant_ok, weights_bytes, checkpoints, float_sources)   # as the core split saw it
+        shape = sized[0] if sized else None
         if source != e.model_source and fallback_bytes:
             w_gib = fallback_bytes / GIB   # the float model is what the host holds
         predicted = None
