@@ -1,30 +1,40 @@
 #!/usr/bin/python3
-"""The admission gate of lazy experts: max_loaded_experts, enforced at run time.
+"""The admission gate of lazy experts, and the front step that holds their clients.
 
-The plan checks memory for the most experts that may run together: every
-preloaded expert plus the largest lazy ones that fit in max_loaded_experts.
-That only holds if no more than max_loaded_experts ever run. A lazy expert
-starts on demand: its socket's first connection starts its proxy service, and
-that service runs this twice.
+The plan sets a memory budget (memory_threshold x the host's memory) and each
+expert's planned memory (weights + KV cache + server overhead). A lazy expert
+starts on demand: its socket's first connection starts its proxy service, which
+runs this twice.
 
-`llmhost-admit gate --expert ID` (ExecStartPre=+, privileged), under a lock:
-- room left (fewer than max_loaded_experts experts active or starting): start
-  the expert's model unit and wait through its readiness gate;
-- full: stop the least recently used *idle lazy* expert (no request in flight at
-  the front door; the longest since its last request), then start this one. The
-  stopped one's socket keeps listening, so it loads again on its next request;
-- full and nothing idle to stop: refuse. The model is not started, and the
+`llmhost-admit gate --expert ID` (ExecStartPre=+, privileged), under a lock, from
+the planned memory of the experts loaded or starting:
+- it fits (their memory plus its own within the budget, and fewer than
+  max_loaded_experts loaded, an optional extra cap): start the expert's model unit;
+- it does not: stop idle lazy experts (no request in flight at the front door),
+  the cheapest to reload first (`evict_cost`, by default its planned weights: a
+  slow-loading expert goes last), the longest idle first among equals, until it
+  fits; never a preloaded expert, never a `pinned` one. The stopped ones' sockets
+  keep listening, so each loads again on its next request;
+- nothing idle frees enough: refuse, naming what is loaded and what it weighs. The
   reason is left for the front step.
-Preloaded experts are never stopped. The lock is held until the model is up, so
-two lazy experts requested at once load one after the other, and the second
-sees the first as busy.
+The gate does not wait for the model to load: the model's unit is "activating"
+(counted, and never stopped) before the lock is released.
 
-`llmhost-admit front --expert ID --backend PORT --idle S` (the proxy's ExecStart):
-when the model answers on PORT, become systemd-socket-proxyd (same PID, same
-socket); when it does not (refused, or it failed to load), answer each waiting
-connection with an HTTP 503 whose JSON says why, and exit. Answering matters: a
-socket whose service ends with connections still queued is triggered again at
-once, and systemd gives up on it after a few rounds.
+`llmhost-admit front --expert ID --backend PORT --idle S ...` (the proxy's
+ExecStart, unprivileged) accepts the waiting clients at once and holds them while
+the model loads: a streamed request gets its response head and an SSE comment
+line every few seconds (so that a client with a 30 s idle timeout keeps waiting),
+a plain one waits silently within the start budget; past --max-waiting held
+requests, a new one gets 503 with Retry-After. When the model answers /health,
+the held requests are relayed to it by a forked child and this process becomes
+systemd-socket-proxyd (same PID, same socket) for every later connection. When
+the start was refused or failed, every waiting client gets an OpenAI-style 503
+that says why. Answering matters: a socket whose service ends with connections
+still queued is triggered again at once, and systemd gives up on it after a few
+rounds.
+
+`llmhost-admit decide --expert ID [--loaded A,B --busy A --budget-gib N]`: what the
+gate would do now (or in the situation given), changing nothing.
 
 Stdlib only: shipped to the host as one script.
 """
@@ -40,16 +50,20 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 LOCK = "/run/llmhost-admit.lock"
-REASONS = "/run/llmhost-admit"      # <expert>.reason: why its last start was refused
+REASONS = "/run/llmhost-admit"      # <expert>.reason: why its last start was refused or failed
 PROXYD = "/lib/systemd/systemd-socket-proxyd"
 LOADED_STATES = ("active", "activating", "reloading", "deactivating")
+KEEPALIVE_S = 5.0                   # an SSE comment to each held stream this often
+HEAD_LIMIT = 65536
+BODY_LIMIT = 8 * 1024 * 1024        # a held request larger than this is relayed as bytes, unparsed
 
 
 def unit(expert_id: str) -> str:
@@ -72,26 +86,81 @@ UNSEEN = Usage(0, 1e9)   # no front door numbers for it: nothing in flight, no r
 @dataclass(frozen=True)
 class Decision:
     admit: bool
-    evict: str | None
+    evict: tuple[str, ...]
     why: str
 
 
-def decide(me: str, experts: Sequence[Mapping[str, Any]], max_loaded: int, states: Mapping[str, str],
-           usage: Mapping[str, Usage]) -> Decision:
-    """Pure: admit `me`, evict whom, or refuse, from unit states and front door usage."""
+def _gib(e: Mapping[str, Any]) -> float:
+    return float(e.get("memory_gib") or 0.0)
+
+
+def _cost(e: Mapping[str, Any]) -> float:
+    c = e.get("evict_cost")
+    return float(c) if c is not None else _gib(e)
+
+
+def _weighs(e: Mapping[str, Any], note: str = "") -> str:
+    return f"{e['expert_id']} {_gib(e):.1f} GiB" + (f" ({note})" if note else "")
+
+
+def decide(me: str, experts: Sequence[Mapping[str, Any]], states: Mapping[str, str],
+           usage: Mapping[str, Usage], budget_gib: float | None = None,
+           max_loaded: int | None = None) -> Decision:
+    """Pure: admit `me` (stopping whom), or refuse, from planned memory, unit states
+    and front door usage. budget_gib None: no memory budget (count only)."""
+    by_id = {e["expert_id"]: e for e in experts}
+    mine = _gib(by_id.get(me, {}))
+    budget = float("inf") if budget_gib is None else float(budget_gib)
+    cap = len(experts) if max_loaded is None else int(max_loaded)
     loaded = [e for e in experts if e["expert_id"] != me and states.get(e["expert_id"]) in LOADED_STATES]
-    if len(loaded) < max_loaded:
-        return Decision(True, None, f"{len(loaded)} of {max_loaded} loaded: room for {me}")
-    idle = [e["expert_id"] for e in loaded
-            if not e.get("preload", True) and states.get(e["expert_id"]) == "active"
-            and usage.get(e["expert_id"], UNSEEN).in_flight == 0]
-    if not idle:
-        return Decision(False, None, (
-            f"{len(loaded)} of max_loaded_experts {max_loaded} experts are loaded "
-            f"({', '.join(e['expert_id'] for e in loaded)}) and no lazy one is idle; retry when one is"))
-    lru = max(idle, key=lambda x: (usage.get(x, UNSEEN).idle_s, x))
-    return Decision(True, lru, f"{len(loaded)} of {max_loaded} loaded: stopping idle {lru} "
-                               f"(last request {usage.get(lru, UNSEEN).idle_s:.0f} s ago) for {me}")
+    used = sum(_gib(e) for e in loaded)
+
+    def fits(mem: float, n: int) -> bool:
+        return mem + mine <= budget + 1e-9 and n < cap
+
+    def situation(mem: float, n: int) -> str:
+        s = f"{mem + mine:.1f} of {budget:.1f} GiB" if budget_gib is not None else ""
+        c = f"{n + 1} of max_loaded_experts {cap}" if max_loaded is not None and n >= cap else ""
+        return ", ".join(x for x in (s, c) if x)
+
+    if fits(used, len(loaded)):
+        return Decision(True, (), f"room for {me}: " + (situation(used, len(loaded)) or f"{len(loaded)} loaded"))
+
+    def idle(e: Mapping[str, Any]) -> bool:
+        return (not e.get("preload", True) and not e.get("pinned") and states.get(e["expert_id"]) == "active"
+                and usage.get(e["expert_id"], UNSEEN).in_flight == 0)
+
+    candidates = sorted((e for e in loaded if idle(e)),
+                        key=lambda e: (_cost(e), -usage.get(e["expert_id"], UNSEEN).idle_s, e["expert_id"]))
+    evict: list[Mapping[str, Any]] = []
+    mem, n = used, len(loaded)
+    for e in candidates:
+        if fits(mem, n):
+            break
+        evict.append(e)
+        mem, n = mem - _gib(e), n - 1
+    if fits(mem, n):
+        names = ", ".join(f"{_weighs(e)}, last request {usage.get(e['expert_id'], UNSEEN).idle_s:.0f} s ago, "
+                          f"evict cost {_cost(e):g}" for e in evict)
+        return Decision(True, tuple(e["expert_id"] for e in evict),
+                        f"stopping idle {names} for {me}: {situation(mem, n)}")
+
+    def note(e: Mapping[str, Any]) -> str:
+        eid = e["expert_id"]
+        if e.get("preload", True):
+            return "preloaded"
+        if e.get("pinned"):
+            return "pinned"
+        if states.get(eid) != "active":
+            return "starting"
+        return "busy" if usage.get(eid, UNSEEN).in_flight else "idle"
+
+    listing = ", ".join(_weighs(e, note(e)) for e in loaded) or "none"
+    limit = (f"needs {mine:.1f} GiB and the budget is {budget:.1f} GiB with {used:.1f} GiB planned for the loaded "
+             f"experts" if budget_gib is not None and used + mine > budget else
+             f"max_loaded_experts {cap} are loaded")
+    return Decision(False, (), f"expert {me} {limit} ({listing}), and stopping every idle lazy one would not make "
+                               "room; retry when one is idle")
 
 
 _METRIC = re.compile(r'^(haproxy_backend_(?:current_sessions|last_session_seconds))\{[^}]*proxy="be_([^"]+)"[^}]*\}\s+(\S+)')
@@ -130,41 +199,89 @@ def reason_file(expert_id: str) -> str:
     return os.path.join(REASONS, f"{expert_id}.reason")
 
 
-def write_reason(expert_id: str, why: str) -> None:
+def write_reason(expert_id: str, why: str, code: str = "expert_not_loaded") -> None:
+    """The reason file: the error code on the first line (expert_not_loaded: no room;
+    expert_load_failed: the model did not start), the message after it."""
     os.makedirs(REASONS, mode=0o755, exist_ok=True)
     with open(reason_file(expert_id), "w") as f:
-        f.write(why)
+        f.write(f"{code}\n{why}")
     os.chmod(reason_file(expert_id), 0o644)
 
 
-def gate(cfg: Mapping[str, Any], me: str, metrics_url: str) -> int:
+def clear_reason(expert_id: str) -> None:
+    try:
+        os.unlink(reason_file(expert_id))
+    except FileNotFoundError:
+        pass
+
+
+def read_reason(expert_id: str) -> tuple[str, str] | None:
+    """(code, message) of the last refused or failed start, or None."""
+    try:
+        text = Path(reason_file(expert_id)).read_text().strip()
+    except OSError:
+        return None
+    if not text:
+        return None
+    code, _, why = text.partition("\n")
+    return (code, why) if why else ("expert_not_loaded", code)
+
+
+def budget_of(cfg: Mapping[str, Any]) -> tuple[float | None, int | None]:
+    lazy = cfg.get("lazy_loading") or {}
+    b = lazy.get("memory_budget_gib")
+    m = lazy.get("max_loaded_experts")
+    return (float(b) if b is not None else None), (int(m) if m is not None else None)
+
+
+def gate(cfg: Mapping[str, Any], me: str, metrics_url: str, settle_s: float = 10.0) -> int:
     experts = cfg["experts"]
-    max_loaded = int(cfg["lazy_loading"]["max_loaded_experts"])
+    budget, cap = budget_of(cfg)
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ids = [e["expert_id"] for e in experts]
-        d = decide(me, experts, max_loaded, unit_states(ids), frontdoor_usage(metrics_url))
+        d = decide(me, experts, unit_states(ids), frontdoor_usage(metrics_url), budget, cap)
         print(("admitted: " if d.admit else "refused: ") + d.why, flush=True)
         if not d.admit:
-            write_reason(me, f"expert {me} was not loaded: {d.why}")
+            write_reason(me, d.why)
             return 0  # the front step answers the waiting requests with the reason
         if d.evict:
-            subprocess.run(["systemctl", "stop", proxy_unit(d.evict), unit(d.evict)], check=False)
-        try:
-            os.unlink(reason_file(me))
-        except FileNotFoundError:
-            pass
-        r = subprocess.run(["systemctl", "start", unit(me)], capture_output=True, text=True, check=False)
+            subprocess.run(["systemctl", "stop", *[u for e in d.evict for u in (proxy_unit(e), unit(e))]],
+                           check=False)
+        clear_reason(me)
+        r = subprocess.run(["systemctl", "start", "--no-block", unit(me)], capture_output=True, text=True,
+                           check=False)
         if r.returncode != 0:
             print(f"{unit(me)} did not start: {r.stderr.strip()}", flush=True)
-            write_reason(me, f"expert {me} failed to load (journalctl -u {unit(me)} on the host)")
+            write_reason(me, f"expert {me} failed to load (journalctl -u {unit(me)} on the host)",
+                         "expert_load_failed")
+            return 0
+        # Hold the lock until the unit counts as loaded, so the next gate sees it.
+        end = time.monotonic() + settle_s
+        while time.monotonic() < end and unit_states([me]).get(me) not in LOADED_STATES:
+            time.sleep(0.1)
     return 0
 
 
-def refusal(why: str) -> bytes:
-    body = json.dumps({"error": {"message": why, "type": "server_error", "code": "expert_not_loaded"}}).encode()
-    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 30\r\n"
-            b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+def failed(me: str) -> int:
+    """The model unit's ExecStopPost (privileged): a start that failed leaves its reason
+    for the front step, which is waiting on the model's /health."""
+    result = os.environ.get("SERVICE_RESULT", "success")
+    if result != "success":
+        write_reason(me, f"expert {me} failed to load ({result}, exit {os.environ.get('EXIT_STATUS', '?')}; "
+                         f"journalctl -u {unit(me)} on the host)", "expert_load_failed")
+    return 0
+
+
+def error_body(why: str, code: str = "expert_not_loaded") -> bytes:
+    return json.dumps({"error": {"message": why, "type": "server_error", "code": code}}).encode()
+
+
+def refusal(why: str, code: str = "expert_not_loaded", retry_after_s: int = 30) -> bytes:
+    body = error_body(why, code)
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: "
+            + str(retry_after_s).encode() + b"\r\nConnection: close\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
 def answer_waiting(listener: socket.socket, response: bytes, quiet_s: float = 0.5, limit_s: float = 10.0) -> int:
@@ -177,19 +294,24 @@ def answer_waiting(listener: socket.socket, response: bytes, quiet_s: float = 0.
             break
         conn, _ = listener.accept()
         with conn:
-            conn.settimeout(2.0)
-            try:
-                head = b""
-                while b"\r\n\r\n" not in head and len(head) < 65536:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    head += chunk
-                conn.sendall(response)
-            except OSError:
-                pass
+            answer_one(conn, response)
         n += 1
     return n
+
+
+def answer_one(conn: socket.socket, response: bytes, already: bytes = b"") -> None:
+    conn.settimeout(2.0)
+    try:
+        head = already
+        while b"\r\n\r\n" not in head and len(head) < HEAD_LIMIT:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        conn.sendall(response)
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def listening_on(port: int) -> bool:
@@ -200,46 +322,443 @@ def listening_on(port: int) -> bool:
         return False
 
 
-def front(me: str, backend_port: int, idle_s: int) -> int:
-    if listening_on(backend_port):
-        os.execv(PROXYD, [PROXYD, f"--exit-idle-time={idle_s}s", f"127.0.0.1:{backend_port}"])
+def healthy(port: int, timeout: float = 1.0) -> bool:
     try:
-        why = open(reason_file(me)).read().strip()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as r:
+            return r.status == 200
     except OSError:
-        why = f"expert {me} is not loaded (journalctl -u {unit(me)} on the host)"
+        return False
+
+
+@dataclass
+class Held:
+    """A client accepted while its expert loads."""
+    sock: socket.socket
+    since: float
+    buf: bytes = b""
+    complete: bool = False           # the whole request is in buf (or as much as will be parsed)
+    stream: bool = False             # it asked for a streamed answer: it gets SSE comments
+    head_sent: bool = False
+    last_sent: float = 0.0
+
+
+def parse_request(buf: bytes) -> tuple[bool, bool]:
+    """(complete, stream) of the bytes read so far of one HTTP/1.1 request."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return len(buf) >= HEAD_LIMIT, False
+    head = buf[:end].decode("latin-1").lower()
+    m = re.search(r"^content-length:\s*(\d+)\s*$", head, re.M)
+    if "transfer-encoding:" in head or (m and int(m.group(1)) > BODY_LIMIT):
+        return True, False              # relayed as bytes, without looking at the body
+    length = int(m.group(1)) if m else 0
+    body = buf[end + 4:]
+    if len(body) < length:
+        return False, False
+    try:
+        stream = bool(json.loads(body[:length] or b"{}").get("stream")) if length else False
+    except (ValueError, AttributeError):
+        stream = False
+    return True, stream
+
+
+SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n")
+
+
+@dataclass
+class Counters:
+    held: int = 0                     # requests held while their expert loaded
+    hold_s: float = 0.0               # their summed wait
+    refused: dict[str, int] = field(default_factory=dict)   # reason -> count
+
+    def refuse(self, reason: str, n: int = 1) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + n
+
+
+def metrics_text(me: str, c: Counters, waiting: int, loads: int, load_s: float) -> str:
+    lab = me.replace("\\", "\\\\").replace('"', '\\"')
+    out = ["# HELP llmhost_lazy_waiting_requests Requests held now while the lazy expert loads.",
+           "# TYPE llmhost_lazy_waiting_requests gauge",
+           f'llmhost_lazy_waiting_requests{{expert="{lab}"}} {waiting}',
+           "# HELP llmhost_lazy_held_requests_total Requests held while the lazy expert loaded.",
+           "# TYPE llmhost_lazy_held_requests_total counter",
+           f'llmhost_lazy_held_requests_total{{expert="{lab}"}} {c.held}',
+           "# HELP llmhost_lazy_hold_seconds_total Seconds those requests waited, summed.",
+           "# TYPE llmhost_lazy_hold_seconds_total counter",
+           f'llmhost_lazy_hold_seconds_total{{expert="{lab}"}} {c.hold_s:.3f}',
+           "# HELP llmhost_lazy_refused_requests_total Held or queued requests answered 503, by reason.",
+           "# TYPE llmhost_lazy_refused_requests_total counter"]
+    out += [f'llmhost_lazy_refused_requests_total{{expert="{lab}",reason="{r}"}} {n}' for r, n in sorted(c.refused.items())]
+    out += ["# HELP llmhost_lazy_loads_total Loads of the lazy expert that a request waited for.",
+            "# TYPE llmhost_lazy_loads_total counter",
+            f'llmhost_lazy_loads_total{{expert="{lab}"}} {loads}',
+            "# HELP llmhost_lazy_load_seconds_total Seconds from the first held request to the expert's /health, summed.",
+            "# TYPE llmhost_lazy_load_seconds_total counter",
+            f'llmhost_lazy_load_seconds_total{{expert="{lab}"}} {load_s:.3f}']
+    return "\n".join(out) + "\n"
+
+
+_PREV = re.compile(r'^(llmhost_lazy_\w+)\{expert="[^"]*"(?:,reason="([^"]*)")?\}\s+(\S+)$')
+
+
+def read_counters(path: str | None) -> tuple[Counters, int, float]:
+    """The counters a previous run left (they survive the proxy's restarts, not a reboot)."""
+    c, loads, load_s = Counters(), 0, 0.0
+    if not path:
+        return c, loads, load_s
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return c, loads, load_s
+    for line in text.splitlines():
+        m = _PREV.match(line)
+        if not m:
+            continue
+        name, reason, v = m.group(1), m.group(2), float(m.group(3))
+        if name == "llmhost_lazy_held_requests_total":
+            c.held = int(v)
+        elif name == "llmhost_lazy_hold_seconds_total":
+            c.hold_s = v
+        elif name == "llmhost_lazy_refused_requests_total" and reason:
+            c.refused[reason] = int(v)
+        elif name == "llmhost_lazy_loads_total":
+            loads = int(v)
+        elif name == "llmhost_lazy_load_seconds_total":
+            load_s = v
+    return c, loads, load_s
+
+
+def write_metrics(path: str | None, text: str) -> None:
+    if not path:
+        return
+    try:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"{path}: cannot write the wait metrics ({e.strerror})", file=sys.stderr, flush=True)
+
+
+def sse_error(why: str, code: str) -> bytes:
+    return b"data: " + error_body(why, code) + b"\n\ndata: [DONE]\n\n"
+
+
+def hold(listener: socket.socket, me: str, backend_port: int, timeout_s: float, max_waiting: int,
+         counters: Counters, keepalive_s: float = KEEPALIVE_S,
+         ready: Callable[[], bool] | None = None, reason: Callable[[], tuple[str, str] | None] | None = None,
+         on_change: Callable[[int], None] | None = None) -> tuple[str, list[Held], str, str]:
+    """Accept and hold clients until the model is ready, refused or failed, or the
+    budget runs out. Single-threaded (it forks next). Returns (outcome, held, code, why)
+    with outcome "ready" or "refused"; on "refused" every held client is answered."""
+    ready = ready or (lambda: healthy(backend_port))
+    reason = reason or (lambda: read_reason(me))
+    held: list[Held] = []
+    t0 = time.monotonic()
+    next_check = t0
+    listener.setblocking(False)
+    outcome, code, why = "", "expert_not_loaded", ""
+    while not outcome:
+        now = time.monotonic()
+        if now >= next_check:
+            next_check = now + 0.5
+            r = reason()
+            if r:
+                outcome, (code, why) = "refused", r
+                break
+            if ready():
+                outcome = "ready"
+                break
+            if now - t0 > timeout_s:
+                outcome, code, why = "refused", "expert_load_failed", (
+                    f"expert {me} did not load within {timeout_s:.0f} s (journalctl -u {unit(me)} on the host)")
+                break
+        readable, _, _ = select.select([listener] + [h.sock for h in held if not h.complete], [], [], 0.25)
+        for s in readable:
+            if s is listener:
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                if len(held) >= max_waiting:
+                    answer_one(conn, refusal(f"expert {me} is loading and {len(held)} requests already wait for "
+                                             "it; retry shortly", code="expert_loading", retry_after_s=10))
+                    conn.close()
+                    counters.refuse("queue_full")
+                    continue
+                conn.setblocking(False)
+                held.append(Held(conn, time.monotonic()))
+                if on_change:
+                    on_change(len(held))
+                continue
+            h = next(x for x in held if x.sock is s)
+            try:
+                chunk = s.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:                 # the client gave up
+                held.remove(h)
+                s.close()
+                counters.refuse("client_gone")
+                if on_change:
+                    on_change(len(held))
+                continue
+            h.buf += chunk
+            h.complete, h.stream = parse_request(h.buf)
+        now = time.monotonic()
+        for h in list(held):
+            if not (h.complete and h.stream) or now - h.last_sent < keepalive_s:
+                continue
+            try:
+                if not h.head_sent:
+                    h.sock.sendall(SSE_HEAD)
+                    h.head_sent = True
+                h.sock.sendall(f": loading expert {me}, {now - h.since:.0f} s\n\n".encode())
+                h.last_sent = now
+            except OSError:
+                held.remove(h)
+                h.sock.close()
+                counters.refuse("client_gone")
+    if outcome == "refused":
+        for h in held:
+            h.sock.setblocking(True)
+            try:
+                if h.head_sent:
+                    h.sock.sendall(sse_error(why, code))
+                else:
+                    answer_one(h.sock, refusal(why, code), already=h.buf)
+            except OSError:
+                pass
+            h.sock.close()
+        counters.refuse(code, len(held))
+        return outcome, [], code, why
+    for h in held:
+        counters.held += 1
+        counters.hold_s += time.monotonic() - h.since
+    return outcome, held, code, why
+
+
+def _pipe(a: socket.socket, b: socket.socket) -> None:
+    """Both directions until either side closes."""
+    socks = [a, b]
+    try:
+        while True:
+            readable, _, _ = select.select(socks, [], [], 600)
+            if not readable:
+                return
+            for s in readable:
+                data = s.recv(65536)
+                if not data:
+                    return
+                (b if s is a else a).sendall(data)
+    except OSError:
+        return
+
+
+def _read_head(s: socket.socket) -> tuple[bytes, bytes]:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("the expert closed before answering")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    return head, rest
+
+
+def _body(s: socket.socket, head: bytes, rest: bytes):
+    """The response body's bytes as they come: chunked, by length, or to the close."""
+    h = head.decode("latin-1").lower()
+    if re.search(r"^transfer-encoding:.*chunked", h, re.M):
+        buf = rest
+        while True:
+            while b"\r\n" not in buf:
+                more = s.recv(65536)
+                if not more:
+                    return
+                buf += more
+            size_line, buf = buf.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                return
+            while len(buf) < size + 2:
+                more = s.recv(65536)
+                if not more:
+                    yield buf[:size]
+                    return
+                buf += more
+            yield buf[:size]
+            buf = buf[size + 2:]
+    m = re.search(r"^content-length:\s*(\d+)", h, re.M)
+    left = int(m.group(1)) if m else None
+    if rest:
+        yield rest
+        if left is not None:
+            left -= len(rest)
+    while left is None or left > 0:
+        more = s.recv(65536)
+        if not more:
+            return
+        if left is not None:
+            left -= len(more)
+        yield more
+
+
+def relay(h: Held, backend_port: int, me: str) -> None:
+    """One held request to the loaded model: bytes both ways; a stream whose head was
+    already sent gets the model's events without the model's own head."""
+    try:
+        with socket.create_connection(("127.0.0.1", backend_port), timeout=30) as b:
+            b.settimeout(None)
+            h.sock.setblocking(True)
+            b.sendall(h.buf)
+            if not h.head_sent:
+                _pipe(h.sock, b)
+                return
+            head, rest = _read_head(b)
+            status = head.split(b" ", 2)[1] if b" " in head else b"502"
+            body = b"".join(_body(b, head, rest)) if status != b"200" else None
+            if body is not None:       # an error answer, after our 200 head: as an SSE error event
+                try:
+                    err = json.loads(body)
+                except ValueError:
+                    err = {"error": {"message": body.decode("utf-8", "replace")[:500], "code": int(status)}}
+                h.sock.sendall(b"data: " + json.dumps(err).encode() + b"\n\ndata: [DONE]\n\n")
+                return
+            for piece in _body(b, head, rest):
+                h.sock.sendall(piece)
+    except OSError as e:
+        try:
+            if h.head_sent:
+                h.sock.sendall(sse_error(f"expert {me}: {e}", "expert_relay_failed"))
+        except OSError:
+            pass
+    finally:
+        try:
+            h.sock.close()
+        except OSError:
+            pass
+
+
+def relay_all(held: Sequence[Held], backend_port: int, me: str) -> None:
+    threads = [threading.Thread(target=relay, args=(h, backend_port, me), daemon=True) for h in held]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def front(me: str, backend_port: int, idle_s: int, timeout_s: float = 900, max_waiting: int = 64,
+          metrics: str | None = None) -> int:
+    if healthy(backend_port):      # already loaded (a restart of the proxy alone)
+        os.execv(PROXYD, [PROXYD, f"--exit-idle-time={idle_s}s", f"127.0.0.1:{backend_port}"])
     if int(os.environ.get("LISTEN_FDS", "0")) < 1:
-        print(f"refused: {why} (no socket passed: nothing to answer)", file=sys.stderr)
+        print(f"expert {me}: no socket passed (run by its socket unit)", file=sys.stderr)
         return 0
     listener = socket.socket(fileno=3)
-    n = answer_waiting(listener, refusal(why))
-    print(f"answered {n} waiting request(s) with 503: {why}", flush=True)
-    return 0
+    counters, loads, load_s = read_counters(metrics)
+    t0 = time.monotonic()
+    write_metrics(metrics, metrics_text(me, counters, 0, loads, load_s))
+    outcome, held, code, why = hold(listener, me, backend_port, timeout_s, max_waiting, counters,
+                              on_change=lambda n: write_metrics(metrics, metrics_text(me, counters, n, loads,
+                                                                                      load_s)))
+    if outcome == "ready":
+        loads, load_s = loads + 1, load_s + time.monotonic() - t0
+    write_metrics(metrics, metrics_text(me, counters, 0, loads, load_s))
+    if outcome == "refused":
+        listener.setblocking(True)
+        n = answer_waiting(listener, refusal(why, code))
+        counters.refuse(code, n)
+        write_metrics(metrics, metrics_text(me, counters, 0, loads, load_s))
+        print(f"answered the waiting requests with 503: {why}", flush=True)
+        return 0
+    print(f"expert {me} ready after {time.monotonic() - t0:.1f} s; relaying {len(held)} held request(s)"
+          f" ({sum(1 for h in held if h.head_sent)} streamed with keep-alive comments); then the socket proxy",
+          flush=True)
+    if held and os.fork() == 0:     # the child relays what was held; the parent becomes the proxy
+        try:
+            listener.close()
+            relay_all(held, backend_port, me)
+        finally:
+            os._exit(0)
+    for h in held:
+        h.sock.close()
+    listener.setblocking(True)
+    os.execv(PROXYD, [PROXYD, f"--exit-idle-time={idle_s}s", f"127.0.0.1:{backend_port}"])
+    return 0  # not reached
+
+
+def _read_cfg(path: str) -> dict[str, Any]:
+    cfg = json.loads(Path(path).read_text())
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("experts"), list):
+        raise TypeError("'experts' is not a list")
+    budget_of(cfg)
+    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="llmhost-admit", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("gate", help="admit (evicting the LRU idle lazy expert) or refuse; start the model")
+    g = sub.add_parser("gate", help="admit (stopping idle lazy experts by cost) or refuse; start the model")
     g.add_argument("--config", default="/etc/llmhost/admission.json")
     g.add_argument("--expert", required=True)
     g.add_argument("--frontdoor-metrics", default="http://127.0.0.1:8405/metrics")
-    f = sub.add_parser("front", help="become the socket proxy, or answer the waiting requests with the refusal")
+    d = sub.add_parser("decide", help="what the gate would do now, or in the situation given; changes nothing")
+    d.add_argument("--config", default="/etc/llmhost/admission.json")
+    d.add_argument("--expert", required=True)
+    d.add_argument("--frontdoor-metrics", default="http://127.0.0.1:8405/metrics")
+    d.add_argument("--loaded", help="comma-separated experts taken as loaded (default: the units' states)")
+    d.add_argument("--busy", default="", help="comma-separated experts taken as serving a request")
+    d.add_argument("--pinned", default="", help="comma-separated experts taken as pinned")
+    d.add_argument("--budget-gib", type=float, help="a memory budget instead of the plan's")
+    f = sub.add_parser("front", help="hold the waiting clients while the model loads, then become the socket proxy")
     f.add_argument("--expert", required=True)
     f.add_argument("--backend", type=int, required=True, help="the model's loopback port")
     f.add_argument("--idle", type=int, required=True, help="proxy exits after this many idle seconds")
+    f.add_argument("--timeout", type=float, default=900, help="seconds the held clients wait for the load at most")
+    f.add_argument("--max-waiting", type=int, default=64, help="held requests at most; more get 503 + Retry-After")
+    f.add_argument("--metrics", help="a .prom file for the wait figures")
+    s = sub.add_parser("failed", help="(the model unit's ExecStopPost) leave the reason of a failed start")
+    s.add_argument("--expert", required=True)
     args = ap.parse_args(argv)
     if args.cmd == "front":
-        return front(args.expert, args.backend, args.idle)
+        return front(args.expert, args.backend, args.idle, args.timeout, args.max_waiting, args.metrics)
+    if args.cmd == "failed":
+        return failed(args.expert)
     try:
-        cfg = json.loads(Path(args.config).read_text())
-        if not isinstance(cfg["experts"], list):
-            raise TypeError("'experts' is not a list")
-        int(cfg["lazy_loading"]["max_loaded_experts"])
+        cfg = _read_cfg(args.config)
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{args.config}: cannot read the admission config ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
-    return gate(cfg, args.expert, args.frontdoor_metrics)
+    if args.cmd == "gate":
+        return gate(cfg, args.expert, args.frontdoor_metrics)
+    ids = [e["expert_id"] for e in cfg["experts"]]
+    unknown = [x for x in [args.expert] + (args.loaded or "").split(",") + args.busy.split(",")
+               + args.pinned.split(",") if x and x not in ids]
+    if unknown:
+        print(f"no such expert: {', '.join(unknown)} (experts: {', '.join(ids)})", file=sys.stderr)
+        return 2
+    if args.loaded is None:
+        states = unit_states(ids)
+        usage = frontdoor_usage(args.frontdoor_metrics)
+    else:
+        on = set(args.loaded.split(",")) | {e["expert_id"] for e in cfg["experts"] if e.get("preload", True)}
+        states = {i: ("active" if i in on else "inactive") for i in ids}
+        usage = {i: Usage(1, 0) for i in args.busy.split(",") if i}
+    budget, cap = budget_of(cfg)
+    if args.budget_gib is not None:
+        budget = args.budget_gib
+    pinned = {x for x in args.pinned.split(",") if x}
+    experts = [{**e, "pinned": True} if e["expert_id"] in pinned else e for e in cfg["experts"]]
+    dec = decide(args.expert, experts, states, usage, budget, cap)
+    print(("admit" if dec.admit else "refuse") + (f", stop {', '.join(dec.evict)}" if dec.evict else "")
+          + f": {dec.why}")
+    return 0 if dec.admit else 1
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ class LazyLoading:
     max_loaded_experts: int = 0
     memory_threshold: float = 0.85
     auto_unload_after_s: int | None = None
+    max_waiting: int = 64
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ class Expert:
     compile: str = "auto"
     quantization: str | None = None
     accept_miss: str | None = None
+    pinned: bool = False
+    evict_cost: float | None = None
 
     @property
     def pooling(self) -> bool:
@@ -163,6 +166,8 @@ EXPERT_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "compile": ((str,), "one of " + ", ".join(COMPILE_MODES)),
     "quantization": ((str,), "one of " + ", ".join(QUANTIZATIONS)),
     "accept_miss": ((str,), "the reason this expert may plan to miss its thresholds"),
+    "pinned": ((bool,), "true or false (a lazy expert, once loaded, is never stopped to make room)"),
+    "evict_cost": (_NUM, "a number >= 0: lazy experts with the lowest are stopped first to make room"),
 }
 REQUIRED = ("expert_id", "model", "domain", "priority")
 THRESHOLD_FIELDS = ("ttft_p50_s", "ttft_p95_s", "tbt_p95_s", "decode_tps_min")
@@ -172,6 +177,7 @@ LAZY_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "max_loaded_experts": ((int,), "integer"),
     "memory_threshold": (_NUM, "number between 0 and 1"),
     "auto_unload_after_s": ((int,), "integer seconds or null"),
+    "max_waiting": ((int,), "integer: requests held per lazy expert while it loads; more get 503"),
 }
 
 
@@ -212,6 +218,7 @@ def parse_lazy(raw: Any, n_experts: int) -> LazyLoading:
         max_loaded_experts=raw.get("max_loaded_experts", n_experts),
         memory_threshold=float(raw.get("memory_threshold", 0.85)),
         auto_unload_after_s=raw.get("auto_unload_after_s"),
+        max_waiting=raw.get("max_waiting", 64),
     )
     if not 0 < lazy.memory_threshold <= 1:
         problems.append(f"lazy_loading field 'memory_threshold': must be in (0, 1], got {lazy.memory_threshold}")
@@ -219,6 +226,8 @@ def parse_lazy(raw: Any, n_experts: int) -> LazyLoading:
         problems.append(f"lazy_loading field 'warmup_pool_size': must be 0..{n_experts}, got {lazy.warmup_pool_size}")
     if lazy.max_loaded_experts < 1 or lazy.max_loaded_experts > n_experts:
         problems.append(f"lazy_loading field 'max_loaded_experts': must be 1..{n_experts}, got {lazy.max_loaded_experts}")
+    if not 1 <= lazy.max_waiting <= 10000:
+        problems.append(f"lazy_loading field 'max_waiting': must be 1..10000, got {lazy.max_waiting}")
     if lazy.enabled and lazy.warmup_pool_size > lazy.max_loaded_experts:
         problems.append("lazy_loading field 'warmup_pool_size': larger than max_loaded_experts")
     if lazy.enabled and (lazy.auto_unload_after_s is None or lazy.auto_unload_after_s < 1):
@@ -322,6 +331,10 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     if accept is not None and len(accept.strip()) < 10:
         problems.append(f"{who} field 'accept_miss': give the reason in words (at least 10 characters), "
                         f"got {accept!r}")
+    cost = raw.get("evict_cost")
+    if cost is not None and not 0 <= cost <= 1e6:
+        problems.append(f"{who} field 'evict_cost': a number from 0 to 1000000 (by default its planned weights "
+                        f"in GiB), got {cost!r}")
     examples = raw.get("route_examples") or []
     if examples and runner == "pooling":
         problems.append(f"{who} field 'route_examples': a pooling expert is never a route target")
@@ -371,6 +384,8 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
         reference=raw.get("reference") or None,
         runner=runner, route_examples=tuple(x.strip() for x in examples), compile=compile_mode,
         quantization=quant or None, accept_miss=(accept or "").strip() or None,
+        pinned=bool(raw.get("pinned", False)),
+        evict_cost=None if cost is None else float(cost),
     ), []
 
 

@@ -137,6 +137,16 @@ class ExpertPlan:
     def memory_gib(self) -> float:
         return self.weights_gib + self.kv_cache_gib + self.overhead_gib
 
+    @property
+    def evict_cost(self) -> float:
+        """The admission gate stops the lazy experts with the lowest first: the expert's
+        own, else its planned weights in GiB (what a reload reads)."""
+        return self.expert.evict_cost if self.expert.evict_cost is not None else round(self.weights_gib, 2)
+
+    @property
+    def pinned(self) -> bool:
+        return self.expert.pinned
+
 
 @dataclass
 class Plan:
@@ -171,7 +181,8 @@ class Plan:
                 # MemoryMax a quarter higher: only a runaway expert is killed, and only it.
                 "memory_high_bytes": int(e.memory_gib * GIB),
                 "memory_max_bytes": int(e.memory_gib * MEMORY_MAX_HEADROOM * GIB),
-                "preload": e.preload, "names": e.names, "argv": e.translation.argv,
+                "preload": e.preload, "pinned": e.pinned, "evict_cost": e.evict_cost,
+                "names": e.names, "argv": e.translation.argv,
                 "dtype": e.translation.dtype.dtype if e.translation.dtype else None,
                 "dtype_reason": e.translation.dtype.reason if e.translation.dtype else None,
                 "compile": e.translation.compile.mode if e.translation.compile else None,
@@ -435,22 +446,19 @@ def build_plan(
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
     at_once = loaded_at_once(plans, lazy)
+    never_stopped = [p for p in plans if p.preload or (lazy.enabled and p.pinned)]
     if lazy.enabled and plans and any(not p.preload for p in plans) \
-            and lazy.max_loaded_experts <= sum(1 for p in plans if p.preload):
+            and lazy.max_loaded_experts <= len(never_stopped) and any(p not in never_stopped for p in plans):
         problems.append(
             f"lazy_loading field 'max_loaded_experts': {lazy.max_loaded_experts} leaves no room for a lazy expert "
-            f"next to the {sum(1 for p in plans if p.preload)} preloaded ones (preloaded experts are never "
-            "stopped to make room); raise it, or lower warmup_pool_size")
+            f"next to the {len(never_stopped)} preloaded or pinned ones (they are never stopped to make room); "
+            "raise it, or lower warmup_pool_size, or pin fewer")
     plan = Plan(plans, reserved, budget, at_once, sum(mems), lazy, warnings, default_expert, folded, start_budget_s,
                 shared, host_profile=profile)
     if route is not None and not route_problems:
         emb_bytes = (weights_bytes or {}).get(route.embedder)
         plan.routing = routing_mod.section(route, plan.to_dict()["experts"], default_expert, emb_bytes)
-    if plans and at_once > budget:
-        problems.append(
-            f"memory: the experts that can be loaded at once need {at_once:.1f} GiB, more than "
-            f"memory_threshold {lazy.memory_threshold:g} x {host.memory_gib:.1f} GiB = {budget:.1f} GiB\n"
-            + memory_table(plan))
+    problems += memory_problems(plans, lazy, budget, host.memory_gib, plan)
     if problems:
         raise ConfigError(problems)
     return plan
@@ -622,6 +630,26 @@ def redact_env(experts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         env = {k: (REDACTED if SECRET_NAME_RE.search(k) else v) for k, v in (e.get("env") or {}).items()}
         out.append({**e, "env": env})
     return out
+
+
+def memory_problems(plans: Sequence[ExpertPlan], lazy: LazyLoading, budget: float, host_gib: float,
+                    plan: Plan) -> list[str]:
+    """What can never fit. Preloaded experts (and loaded pinned ones) are never stopped,
+    so they must fit together; each other lazy expert must fit beside them, because
+    the admission gate loads it only within the budget, stopping idle lazy experts
+    to make room (admit.py). Without lazy loading every expert runs at once."""
+    if not plans:
+        return []
+    fixed = [p for p in plans if p.preload or (lazy.enabled and p.pinned)]
+    fixed_gib = sum(p.memory_gib for p in fixed)
+    of = f"memory_threshold {lazy.memory_threshold:g} x {host_gib:.1f} GiB = {budget:.1f} GiB"
+    if fixed_gib > budget:
+        what = "the preloaded and pinned experts" if lazy.enabled else "the experts (all loaded: lazy loading is off)"
+        return [f"memory: {what} need {fixed_gib:.1f} GiB together, more than {of}\n" + memory_table(plan)]
+    out = [f"expert '{p.expert_id}' memory: it plans {p.memory_gib:.1f} GiB and the experts never stopped to "
+           f"make room (preloaded or pinned) {fixed_gib:.1f} GiB, more than {of} together: it could never load"
+           for p in plans if p not in fixed and fixed_gib + p.memory_gib > budget]
+    return out + ([memory_table(plan)] if out else [])
 
 
 def loaded_at_once(plans: Sequence[ExpertPlan], lazy: LazyLoading) -> float:

@@ -40,10 +40,15 @@ def memory_table(plan: Plan) -> str:
     rows = [("expert", "cores", "weights", "kv", "overhead", "total", "loaded")]
     for p in plan.experts:
         rows.append((p.expert_id, p.cpu_list, f"{p.weights_gib:.1f}", f"{p.kv_cache_gib:g}",
-                     f"{p.overhead_gib:g}", f"{p.memory_gib:.1f}", "preload" if p.preload else "lazy"))
+                     f"{p.overhead_gib:g}", f"{p.memory_gib:.1f}",
+                     "preload" if p.preload else ("lazy, pinned" if p.pinned else f"lazy, evict cost {p.evict_cost:g}")))
     rows.append(("at once", "", "", "", "", f"{plan.loaded_at_once_gib:.1f}", f"budget {plan.budget_gib:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    if plan.lazy.enabled and plan.loaded_at_once_gib > plan.budget_gib:
+        text += ("\nnot all at once: the admission gate loads a lazy expert only within the budget, stopping "
+                 "idle lazy ones first (lowest evict cost first; never a pinned one)")
+    return text
 
 
 def performance_table(plan: Plan) -> str:

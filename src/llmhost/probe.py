@@ -29,8 +29,10 @@ files to the host, where llmhost itself is not installed.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -132,6 +134,40 @@ def render(results: Sequence[ExpertProbe], finished: float, duration_s: float) -
     return "\n".join(out) + "\n"
 
 
+def merge_prom(texts: Sequence[str]) -> str:
+    """Several Prometheus text files as one: each family's HELP and TYPE once, its samples
+    together (node exporter refuses a file that repeats them)."""
+    fams: dict[str, list[str]] = {}
+    heads: dict[str, list[str]] = {}
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("# HELP ") or line.startswith("# TYPE "):
+                name = line.split()[2]
+                h = heads.setdefault(name, [])
+                if not any(x.split()[1] == line.split()[1] for x in h):
+                    h.append(line)
+                fams.setdefault(name, [])
+            elif line and not line.startswith("#"):
+                fams.setdefault(re.split(r"[{\s]", line, maxsplit=1)[0], []).append(line)
+    out: list[str] = []
+    for name, samples in fams.items():
+        out += heads.get(name, []) + samples
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def included(pattern: str | None) -> str:
+    """The lazy proxies' wait figures (/run/llmhost-lazy-*/wait.prom), merged."""
+    if not pattern:
+        return ""
+    texts = []
+    for path in sorted(glob.glob(pattern)):
+        try:
+            texts.append(Path(path).read_text())
+        except OSError:
+            continue
+    return merge_prom(texts)
+
+
 def write_atomic(path: str, text: str) -> None:
     """node exporter must never read half a file: write beside it, then rename."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -146,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="/etc/llmhost/experts.json")
     ap.add_argument("--textfile", required=True, help="the .prom file node exporter reads")
+    ap.add_argument("--include", help="a glob of .prom files to copy in (the lazy proxies' wait figures)")
     args = ap.parse_args(argv)
     try:
         cfg = json.loads(Path(args.config).read_text())
@@ -171,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{r.expert_id}: {len(r.probes) - len(bad)}/{len(r.probes)} probes right"
                   + (f"; wrong: {', '.join(bad)}" if bad else ""))
     try:
-        write_atomic(args.textfile, render(results, time.time(), time.monotonic() - t0))
+        write_atomic(args.textfile, render(results, time.time(), time.monotonic() - t0) + included(args.include))
     except OSError as e:
         print(f"{args.textfile}: cannot write ({e.strerror})", file=sys.stderr)
         return 2

@@ -82,7 +82,45 @@ def test_no_room_for_a_lazy_expert_is_a_config_error():
         build_plan(experts(3, 2), lazy, CAPS, Host((0, 1), 40 * GIB, "x86_64", {"bf16": True}))
 
 
-def test_production_worst_case_is_the_router_and_three_preloaded_plus_gemma():
+LAZY_MEM = {"enabled": True, "warmup_pool_size": 1, "memory_threshold": 0.9, "auto_unload_after_s": 60}
+
+
+def test_lazy_experts_that_do_not_fit_together_plan_when_each_fits_beside_the_preloaded():
+    ex = experts(3, 2, 1)                     # 5 GiB each; budget 0.9 x 14 = 12.6: e0 + one lazy fits
+    p = build_plan(ex, LAZY_MEM, CAPS, Host(tuple(range(4)), 14 * GIB, "x86_64", {"bf16": True}))
+    assert p.loaded_at_once_gib == pytest.approx(15.0) and p.budget_gib == pytest.approx(12.6)
+    d = {e["expert_id"]: e for e in p.to_dict()["experts"]}
+    assert (d["e1"]["pinned"], d["e1"]["evict_cost"]) == (False, 1.0)    # cost: its weights by default
+
+
+def test_a_lazy_expert_that_can_never_fit_names_itself():
+    ex = experts(3, 2, 1)
+    ex[2]["weights_gib"] = 10.0               # 14 GiB: beside e0's 5 it is over 12.6
+    with pytest.raises(ConfigError, match=r"expert 'e2' memory: it plans 14.0 GiB and the experts never stopped "
+                                          r"to make room \(preloaded or pinned\) 5.0 GiB"):
+        build_plan(ex, LAZY_MEM, CAPS, Host(tuple(range(4)), 14 * GIB, "x86_64", {"bf16": True}))
+
+
+def test_a_pinned_lazy_expert_counts_as_never_stopped():
+    ex = experts(3, 2, 1)
+    ex[1]["pinned"] = True                    # e0 + e1 = 10 of 12.6: e2 (5) can never load beside them
+    with pytest.raises(ConfigError, match=r"expert 'e2' memory: .* 10.0 GiB, more than"):
+        build_plan(ex, LAZY_MEM, CAPS, Host(tuple(range(4)), 14 * GIB, "x86_64", {"bf16": True}))
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("pinned", "yes", "field 'pinned': expected true or false"),
+    ("evict_cost", -1, "field 'evict_cost': a number from 0 to 1000000"),
+    ("evict_cost", "high", "field 'evict_cost': expected a number >= 0"),
+])
+def test_bad_pinned_or_evict_cost_names_the_expert_and_field(field, value, msg):
+    ex = experts(3, 2)
+    ex[1][field] = value
+    with pytest.raises(ConfigError, match=f"expert 'e1' {msg}"):
+        build_plan(ex, LAZY_MEM, CAPS, Host(tuple(range(4)), 40 * GIB, "x86_64", {"bf16": True}))
+
+
+def test_production_admits_by_memory_and_everything_fits_at_once():
     from llmhost.cli import main as cli_main  # noqa: PLC0415
     import contextlib  # noqa: PLC0415
     import io  # noqa: PLC0415
@@ -91,8 +129,10 @@ def test_production_worst_case_is_the_router_and_three_preloaded_plus_gemma():
     with contextlib.redirect_stdout(out):
         assert cli_main(["plan", "-i", str(ROOT / "inventories/production"), "--json"]) == 0
     plan = json.loads(out.getvalue())
-    # quantized (w4a8, qwen w8a8) the worst case is the four preloaded plus gemma-3: 32.7 + 25.5 GiB (bf16: 113.3)
-    assert plan["loaded_at_once_gib"] == pytest.approx(58.2, abs=0.05) and plan["budget_gib"] == pytest.approx(115.2)
+    # quantized (w4a8, qwen w8a8) all six fit: 32.7 preloaded + 25.5 gemma-3 + 12.6 aya (bf16, one lazy: 113.3)
+    assert plan["loaded_at_once_gib"] == pytest.approx(70.8, abs=0.05) and plan["budget_gib"] == pytest.approx(115.2)
+    lazy = {e["expert_id"]: (e["pinned"], e["evict_cost"]) for e in plan["experts"] if not e["preload"]}
+    assert lazy == {"gemma-3": (False, 16.5), "aya-expanse": (False, 5.6)}   # gemma-3, slower to load, goes last
     assert plan["routing"]["embedder"] == "router" and [e["cpu_list"] for e in plan["experts"]
                                                         if e["expert_id"] == "router"] == ["0-1"]  # the reserved CPUs
 

@@ -115,3 +115,17 @@ def test_an_expert_that_cannot_be_measured_gets_no_perplexity_verdict_but_a_note
     r = probe.probe_expert({"expert_id": "x", "port": 8101, "preload": True}, is_listening=lambda p: True,
                            coherence=coherence_ok, measure=down)
     assert "perplexity" not in r.probes and any("not measured" in n for n in r.notes)
+
+
+def test_the_lazy_wait_figures_are_merged_one_family_header_each(tmp_path):
+    from llmhost.admit import Counters, metrics_text  # noqa: PLC0415
+    from llmhost.probe import included  # noqa: PLC0415
+    for eid, held in (("gemma-3", 2), ("aya-expanse", 1)):
+        d = tmp_path / f"llmhost-lazy-{eid}"
+        d.mkdir()
+        (d / "wait.prom").write_text(metrics_text(eid, Counters(held=held), 0, held, 30.0))
+    text = included(str(tmp_path / "llmhost-lazy-*/wait.prom"))
+    assert text.count("# TYPE llmhost_lazy_held_requests_total counter") == 1
+    assert 'llmhost_lazy_held_requests_total{expert="gemma-3"} 2' in text
+    assert 'llmhost_lazy_held_requests_total{expert="aya-expanse"} 1' in text
+    assert included(str(tmp_path / "none-*/wait.prom")) == ""

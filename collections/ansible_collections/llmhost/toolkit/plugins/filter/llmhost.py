@@ -55,10 +55,13 @@ def admit_script(_: Any = None) -> str:
 
 
 def admission(plan: dict) -> dict:
-    """What the admission gate needs: ids, preload and max_loaded_experts (no paths, no argv)."""
+    """What the admission gate needs: ids, preload, pinned, planned memory, evict cost,
+    the memory budget and max_loaded_experts (no paths, no argv)."""
     return {"managed_by": "llmhost",
-            "experts": [{"expert_id": e["expert_id"], "preload": e["preload"]} for e in plan["experts"]],
-            "lazy_loading": {"max_loaded_experts": plan["lazy_loading"]["max_loaded_experts"]}}
+            "experts": [{k: e.get(k) for k in ("expert_id", "preload", "pinned", "memory_gib", "evict_cost")}
+                        for e in plan["experts"]],
+            "lazy_loading": {"max_loaded_experts": plan["lazy_loading"]["max_loaded_experts"],
+                             "memory_budget_gib": plan["budget_gib"]}}
 
 
 def probe_files(_: Any = None) -> list:
