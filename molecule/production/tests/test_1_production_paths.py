@@ -78,3 +78,21 @@ def test_front_door_is_closed_without_the_vaulted_key(host, base_url):
     assert code == 401
     models = host.run(f"curl -s -H 'Authorization: Bearer {KEY}' http://127.0.0.1:8082/v1/models").stdout
     assert "/home" not in models and "phi4_fast" in models
+
+
+def forked_lines(host, expert):
+    """The start's own record, from the unit's current invocation: vllm-start's lines."""
+    inv = host.check_output(f"systemctl show -p InvocationID --value llmhost-expert-{expert}")
+    return host.check_output(f"journalctl _SYSTEMD_INVOCATION_ID={inv} -o cat | grep 'llmhost vllm-start' "
+                             "|| true").splitlines()
+
+
+def test_experts_start_by_fork_and_no_process_imports_vllm_again(host):
+    """The mechanism, not a time: the engine core and the worker of every preloaded
+    expert were forked from its API server with vLLM already imported (docs/starts.md)."""
+    for e in PRELOADED + ("router",):
+        lines = forked_lines(host, e)
+        assert any("engine core and worker forked from the API server" in ln for ln in lines), (e, lines)
+        children = [ln for ln in lines if " forked from pid " in ln]
+        assert len(children) >= 2, (e, lines)                 # the engine core, then its worker
+        assert all(int(ln.split(" with ")[1].split()[0]) > 100 for ln in children), (e, children)

@@ -54,6 +54,13 @@ def admit_script(_: Any = None) -> str:
     return admit.__file__
 
 
+def launch_script(_: Any = None) -> str:
+    """The experts' start (vLLM's server with its processes forked), shipped as a script."""
+    from llmhost import launch  # noqa: PLC0415
+
+    return launch.__file__
+
+
 def admission(plan: dict) -> dict:
     """What the admission gate needs: ids, preload, pinned, planned memory, evict cost,
     the memory budget and max_loaded_experts (no paths, no argv)."""
@@ -219,6 +226,7 @@ class FilterModule:
             "probe_script": probe_script,
             "probe_files": probe_files,
             "admit_script": admit_script,
+            "launch_script": launch_script,
             "admission": admission,
             "staged": staged,
             "probe_output": capabilities.from_output,
