@@ -100,6 +100,51 @@ def _first_token_s(url: str, expert: str) -> float:
     return ttft
 
 
+# Where a start's time goes, from the journal's own timestamps (docs/starts.md):
+# (phase, the line that ends it). Each phase runs from the previous mark.
+PHASES = (("until the unit starts (old one's stop, or the admission gate)", "Starting llmhost-expert-"),
+          ("import (API server)", "(APIServer pid="),
+          ("config and model inspection", " forked from pid "),
+          ("engine core and worker start, weights", "Loading weights took"),
+          ("KV cache, profile, warm-up", "init engine (profile, create kv cache, warmup model) took"),
+          ("API server setup", "Application startup complete."),
+          ("readiness gate", "Started llmhost-expert-"))
+
+
+def phase_times(lines: list[tuple[float, str]], t0: float) -> dict[str, float]:
+    """Seconds per phase from (timestamp, text) journal lines of one start, begun at t0;
+    "weights" is vLLM's own figure, inside the engine start. Missing marks are left out."""
+    out: dict[str, float] = {}
+    last = t0
+    for name, mark in PHASES:
+        hit = next((ts for ts, text in lines if mark in text and ts >= t0), None)
+        if hit is None:
+            continue
+        out[name] = round(hit - last, 2)
+        last = hit
+    for ts, text in lines:
+        if "Loading weights took" in text and ts >= t0:
+            try:
+                out["weights (of the engine start)"] = float(text.split("took")[1].split()[0])
+            except (IndexError, ValueError):
+                pass
+    out["total"] = round(last - t0, 2)
+    return out
+
+
+def journal_phases(st: dict, unit: str, t0: float) -> dict[str, float]:
+    # a lazy expert's server runs in its standby unit, and logs there
+    text = sh(st, f"journalctl -u {unit} -u {unit}-standby --since @{t0 - 1:.0f} -o short-unix --no-pager")
+    lines = []
+    for line in text.splitlines():
+        ts, _, rest = line.partition(" ")
+        try:
+            lines.append((float(ts), rest))
+        except ValueError:
+            continue
+    return phase_times(lines, t0)
+
+
 def bytes_per_token(model_dir: Path, dtype: str) -> int:
     """Bytes of weights one decode step reads: every tensor once in `dtype`. An untied
     input embedding is read one row per token, so it is left out; a tied one is the
@@ -127,7 +172,9 @@ def measure(st: dict, url: str, plan: dict) -> dict:
     for e in plan["experts"]:
         eid, unit = e["expert_id"], f"llmhost-expert-{e['expert_id']}"
         r: dict = {"compile": e["compile"], "compile_reason": e["compile_reason"], "dtype": e["dtype"],
-                   "cpus": e["cpu_list"], "preload": e["preload"]}
+                   "cpus": e["cpu_list"], "preload": e["preload"],
+                   "start_method": sh(st, f"systemctl show -p Environment --value {unit} | tr ' ' '\\n' "
+                                          "| grep ^LLMHOST_VLLM_START= | cut -d= -f2")}
         log(f"{eid}: cold starts")
         # reset-failed: this many starts in a row would otherwise hit the unit's StartLimitBurst
         stop = (f"systemctl stop {unit}-proxy.service {unit}.service" if not e["preload"] else
@@ -137,20 +184,28 @@ def measure(st: dict, url: str, plan: dict) -> dict:
             sh(st, f"{stop}; rm -rf {STATE}/{eid}/inductor {STATE}/{eid}/vllm")
             cold.append(timed(st, f"systemctl start {unit}"))
             log(f"{eid}: cold start {cold[-1]:.1f} s")
+        phases = []
         for _ in range(RUNS):
             sh(st, f"systemctl reset-failed {unit} 2>/dev/null || true")
+            t0 = float(sh(st, "date +%s.%N"))
             warm.append(timed(st, f"systemctl restart {unit}"))
-            log(f"{eid}: warm restart {warm[-1]:.1f} s")
+            phases.append(journal_phases(st, unit, t0))
+            log(f"{eid}: warm restart {warm[-1]:.1f} s: {phases[-1]}")
+        r["warm_phases"] = phases
         r["cold_start_s"], r["warm_restart_s"] = cold, warm
         r["cache_files"] = int(sh(st, f"find {STATE}/{eid}/inductor -type f 2>/dev/null | wc -l"))
         if not e["preload"]:
             log(f"{eid}: first token of the lazy expert, model stopped")
             ft = []
+            lazy_phases = []
             for _ in range(RUNS):
                 sh(st, stop)
+                t0 = float(sh(st, "date +%s.%N"))
                 ft.append(first_token_s(url, eid))
-                log(f"{eid}: first token {ft[-1]:.1f} s")
+                lazy_phases.append(journal_phases(st, unit, t0))
+                log(f"{eid}: first token {ft[-1]:.1f} s: {lazy_phases[-1]}")
             r["lazy_first_token_s"] = ft
+            r["lazy_phases"] = lazy_phases
         else:
             sh(st, f"systemctl is-active {unit}")
         log(f"{eid}: decode")
@@ -213,9 +268,33 @@ removed first. The roofline is a read-bandwidth probe on the expert's own CPUs i
 
 Every run (s): {runs}.
 
+Where a start goes (s, medians; from the journal's timestamps, each phase from the end of the
+previous one: `scripts/bench_starts.py` PHASES; vLLM starts with `{start_method(res)}`):
+
+{phase_table(res)}
+
 Deploy re-run with nothing to change (preflight, tune, install, experts, frontdoor; no verify):
 {rerun['seconds']:.0f} s, changed {rerun['changed']}.
 {END}"""
+
+
+def start_method(res: dict) -> str:
+    return next((r.get("start_method") for r in res.values() if r.get("start_method")), "?")
+
+
+def phase_table(res: dict) -> str:
+    med = statistics.median
+    names = [n for n, _ in PHASES] + ["weights (of the engine start)", "total"]
+    rows = ["| start | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for eid, r in res.items():
+        for label, key in (("warm restart", "warm_phases"), ("lazy first request", "lazy_phases")):
+            runs = r.get(key) or []
+            if not runs:
+                continue
+            cells = [f"{med([p[n] for p in runs if n in p]):.1f}" if any(n in p for p in runs) else "-"
+                     for n in names]
+            rows.append(f"| {eid}: {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def write(text: str) -> None:

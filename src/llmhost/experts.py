@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 # "auto" is the front door's name for the default expert: only that expert may carry it.
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]{0,127}$")
-RESERVED_SUFFIX = "-proxy"
+RESERVED_SUFFIXES = ("-proxy", "-standby")   # a lazy expert's other units
 AUTO_NAME = "auto"
 ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 # Control characters (newline included) would let a value start a new line in a
@@ -99,6 +99,7 @@ class LazyLoading:
     memory_threshold: float = 0.85
     auto_unload_after_s: int | None = None
     max_waiting: int = 64
+    standby: bool = True
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ LAZY_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "memory_threshold": (_NUM, "number between 0 and 1"),
     "auto_unload_after_s": ((int,), "integer seconds or null"),
     "max_waiting": ((int,), "integer: requests held per lazy expert while it loads; more get 503"),
+    "standby": ((bool,), "true or false: each lazy expert keeps a standby with vLLM imported"),
 }
 
 
@@ -219,6 +221,7 @@ def parse_lazy(raw: Any, n_experts: int) -> LazyLoading:
         memory_threshold=float(raw.get("memory_threshold", 0.85)),
         auto_unload_after_s=raw.get("auto_unload_after_s"),
         max_waiting=raw.get("max_waiting", 64),
+        standby=raw.get("standby", True),
     )
     if not 0 < lazy.memory_threshold <= 1:
         problems.append(f"lazy_loading field 'memory_threshold': must be in (0, 1], got {lazy.memory_threshold}")
@@ -292,9 +295,9 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     if not ID_RE.match(eid):
         problems.append(f"{who} field 'expert_id': use lower-case letters, digits, '.', '_' or '-', starting "
                         f"with a letter or digit, at most 63 (got {eid!r})")
-    elif eid.endswith(RESERVED_SUFFIX):
-        problems.append(f"{who} field 'expert_id': must not end in '{RESERVED_SUFFIX}' (the name of a lazy "
-                        f"expert's proxy unit), got {eid!r}")
+    elif eid.endswith(RESERVED_SUFFIXES):
+        problems.append(f"{who} field 'expert_id': must not end in '-proxy' or '-standby' (the names of a lazy "
+                        f"expert's proxy and standby units), got {eid!r}")
     if not 0 <= raw["priority"] <= PRIORITY_MAX:
         problems.append(f"{who} field 'priority': must be 0..{PRIORITY_MAX}, got {raw['priority']}")
     if not raw["model"].startswith("/"):

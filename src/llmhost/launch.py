@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Start vLLM's OpenAI server with its engine core and worker forked, not spawned.
+"""Start vLLM's OpenAI server with its engine core and worker forked, not spawned;
+and, for a lazy expert, from a standby process that imported vLLM beforehand.
 
-    <venv>/bin/python /usr/local/libexec/llmhost/vllm-start --model ... (vLLM's own arguments)
+    <venv>/bin/python vllm-start --model ...                      (vLLM's own arguments)
+    <venv>/bin/python vllm-start --standby SOCKET -- --model ...  (a lazy expert's standby unit)
+    <venv>/bin/python vllm-start --handle SOCKET                  (a lazy expert's model unit)
 
 vLLM 0.32 on CPU starts three processes (API server, engine core, worker) and its
 CPU platform forces the `spawn` start method, so each of the three imports vLLM and
@@ -13,16 +16,30 @@ which every process launcher of vLLM 0.32 calls, still runs (its own checks and
 environment sync) and then returns the `fork` context. It applies only to the
 pinned vLLM release (PINNED) and only with LLMHOST_VLLM_START=fork; otherwise, or
 when the function is not where 0.32 has it, this is the plain start, and it says so
-on stderr (the unit's journal). Set by the unit; docs/starts.md has the figures.
+on stderr (the unit's journal).
+
+A lazy expert's start is in a client's request path, so even the API server's own
+import (about 6 s) is paid beforehand: its standby unit runs `--standby`, which
+imports the server and waits, single-threaded, on a unix socket. Its model unit
+runs `--handle`, which asks the standby to fork a server, lives as long as that
+server, and stops it when stopped; the connection's end is the server's end. The
+server runs in the standby unit (its user, sandbox, CPUs and memory cap), the model
+unit keeps what the admission gate and the readiness gate watch.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import runpy
+import select
+import signal
+import socket
 import sys
-from typing import Any, Callable
+import time
+import traceback
+from typing import Any, Callable, Sequence
 
 PINNED = ("0.32.0",)
 PREFIX = "llmhost vllm-start:"
@@ -81,10 +98,178 @@ def said_in_child() -> None:
           file=sys.stderr, flush=True)
 
 
-def main() -> None:
-    print(patch(os.environ.get("LLMHOST_VLLM_START", ""), installed_version()), file=sys.stderr, flush=True)
-    runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)
+SERVER = "vllm.entrypoints.openai.api_server"
+STOP_GRACE_S = 25.0
+
+
+def serve(module: str = SERVER) -> None:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def child_main(argv: Sequence[str], module: str) -> int:
+    """In the forked child: the server with its own process group (stopped as one)."""
+    os.setsid()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.argv = [module, *argv]
+    try:
+        serve(module)
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001  (the journal gets it; the handle gets the exit code)
+        traceback.print_exc()
+        return 1
+
+
+def _send(conn: socket.socket, msg: dict[str, Any]) -> None:
+    try:
+        conn.sendall(json.dumps(msg).encode() + b"\n")
+    except OSError:
+        pass
+
+
+def _stop(pid: int, grace_s: float) -> int:
+    """SIGTERM the server's process group, SIGKILL after grace_s; its wait status."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    end = time.monotonic() + grace_s
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return os.waitpid(pid, 0)[1]
+
+
+def exit_code(status: int) -> int:
+    return os.waitstatus_to_exitcode(status) if status >= 0 else 1
+
+
+def standby(path: str, argv: Sequence[str], module: str = SERVER, grace_s: float = STOP_GRACE_S,
+            once: bool = False) -> int:
+    """Import the server, then fork one per handle's connection, for as long as it lasts.
+    No thread is ever started here: a fork copies only the calling thread."""
+    t0 = time.monotonic()
+    __import__(module)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    os.chmod(path, 0o600)
+    srv.listen(4)
+    print(f"{PREFIX} standby: {module} imported in {time.monotonic() - t0:.1f} s; waiting on {path}",
+          file=sys.stderr, flush=True)
+    while True:
+        conn, _ = srv.accept()
+        conn.settimeout(10)
+        try:
+            line = conn.makefile("rb").readline()
+            cmd = json.loads(line or b"{}").get("cmd")
+        except (OSError, ValueError, AttributeError):
+            cmd = None
+        if cmd != "start":
+            _send(conn, {"error": f"unknown command {cmd!r}"})
+            conn.close()
+            continue
+        t1 = time.monotonic()
+        pid = os.fork()
+        if pid == 0:
+            srv.close()
+            conn.close()
+            os._exit(child_main(argv, module))
+        print(f"{PREFIX} standby: server pid {pid} forked for a start ({(time.monotonic() - t1) * 1000:.0f} ms)",
+              file=sys.stderr, flush=True)
+        _send(conn, {"pid": pid})
+        conn.setblocking(False)
+        status = None
+        while status is None:
+            ready, _, _ = select.select([conn], [], [], 0.2)
+            if ready:
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    data = b""
+                if not data or b"stop" in data:      # the handle stopped, or is gone
+                    status = _stop(pid, grace_s)
+                    break
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+        code = exit_code(status)
+        print(f"{PREFIX} standby: server pid {pid} ended (exit {code}); waiting again", file=sys.stderr, flush=True)
+        conn.setblocking(True)
+        _send(conn, {"exit": code})
+        conn.close()
+        if once:
+            return code
+
+
+def handle(path: str, wait_s: float = 900.0, stop_wait_s: float = STOP_GRACE_S + 5) -> int:
+    """The model unit's main process: one server from the standby, for its lifetime."""
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(path)
+            break
+        except OSError as e:
+            conn.close()
+            if time.monotonic() > end:
+                print(f"{PREFIX} handle: no standby on {path} ({e.strerror})", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.2)
+    stopping = {"asked": False}
+
+    def on_term(signum: int, _frame: Any) -> None:
+        if not stopping["asked"]:
+            stopping["asked"] = True
+            try:
+                conn.sendall(b'{"cmd": "stop"}\n')
+            except OSError:
+                pass
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    conn.sendall(b'{"cmd": "start"}\n')
+    f = conn.makefile("rb")
+    while True:
+        try:
+            line = f.readline()
+        except InterruptedError:
+            continue
+        if not line:
+            print(f"{PREFIX} handle: the standby went away", file=sys.stderr, flush=True)
+            return 1
+        msg = json.loads(line)
+        if "pid" in msg:
+            print(f"{PREFIX} handle: server pid {msg['pid']} forked by the standby, vLLM already imported",
+                  file=sys.stderr, flush=True)
+        elif "exit" in msg:
+            return 0 if stopping["asked"] else int(msg["exit"])
+        elif "error" in msg:
+            print(f"{PREFIX} handle: {msg['error']}", file=sys.stderr, flush=True)
+            return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--handle"] and len(args) == 2:
+        return handle(args[1], float(os.environ.get("LLMHOST_STANDBY_WAIT_S", "900")))
+    method = os.environ.get("LLMHOST_VLLM_START", "")
+    print(patch(method, installed_version()), file=sys.stderr, flush=True)
+    if args[:1] == ["--standby"] and len(args) >= 3 and args[2] == "--":
+        return standby(args[1], args[3:])
+    serve()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

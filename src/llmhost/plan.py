@@ -37,6 +37,9 @@ POOLING_OVERHEAD_GIB = 2.0
 # outlasts none of them. 900 s: an AVX2-only 2-core host took about 4 minutes.
 DEFAULT_START_BUDGET_S = 900
 START_BUDGET_RANGE = (60, 7200)
+# Resident memory of a lazy expert's standby: vLLM's OpenAI server imported, nothing
+# loaded, one thread (measured 0.6 GiB RSS for vLLM 0.32 on x86; counted with margin).
+STANDBY_GIB = 0.75
 # An expert's hard memory cap (MemoryMax=) over its planned share (MemoryHigh=).
 MEMORY_MAX_HEADROOM = 1.25
 
@@ -197,6 +200,7 @@ class Plan:
                 "predicted": e.predicted.to_dict() if e.predicted else None,
             })
         return {"experts": out, "reserved_cores": self.reserved, "budget_gib": round(self.budget_gib, 2),
+                "standby_gib": round(standby_gib(self.experts, self.lazy), 2),
                 "loaded_at_once_gib": round(self.loaded_at_once_gib, 2),
                 "memory_gib": round(self.memory_gib, 2), "lazy_loading": asdict(self.lazy),
                 "default_expert": self.default_expert, "folded": self.folded,
@@ -445,7 +449,7 @@ def build_plan(
     problems += port_problems(plans, toolkit_ports(shared))
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
-    at_once = loaded_at_once(plans, lazy)
+    at_once = loaded_at_once(plans, lazy) + standby_gib(plans, lazy)
     never_stopped = [p for p in plans if p.preload or (lazy.enabled and p.pinned)]
     if lazy.enabled and plans and any(not p.preload for p in plans) \
             and lazy.max_loaded_experts <= len(never_stopped) and any(p not in never_stopped for p in plans):
@@ -641,15 +645,23 @@ def memory_problems(plans: Sequence[ExpertPlan], lazy: LazyLoading, budget: floa
     if not plans:
         return []
     fixed = [p for p in plans if p.preload or (lazy.enabled and p.pinned)]
-    fixed_gib = sum(p.memory_gib for p in fixed)
+    fixed_gib = sum(p.memory_gib for p in fixed) + standby_gib(plans, lazy)
     of = f"memory_threshold {lazy.memory_threshold:g} x {host_gib:.1f} GiB = {budget:.1f} GiB"
     if fixed_gib > budget:
         what = "the preloaded and pinned experts" if lazy.enabled else "the experts (all loaded: lazy loading is off)"
         return [f"memory: {what} need {fixed_gib:.1f} GiB together, more than {of}\n" + memory_table(plan)]
     out = [f"expert '{p.expert_id}' memory: it plans {p.memory_gib:.1f} GiB and the experts never stopped to "
-           f"make room (preloaded or pinned) {fixed_gib:.1f} GiB, more than {of} together: it could never load"
+           f"make room (preloaded or pinned, and the lazy ones' standbys) {fixed_gib:.1f} GiB, more than {of} "
+           "together: it could never load"
            for p in plans if p not in fixed and fixed_gib + p.memory_gib > budget]
     return out + ([memory_table(plan)] if out else [])
+
+
+def standby_gib(plans: Sequence[ExpertPlan], lazy: LazyLoading) -> float:
+    """The lazy experts' standbys (vLLM imported, no model), resident all the time."""
+    if not (lazy.enabled and lazy.standby):
+        return 0.0
+    return STANDBY_GIB * sum(1 for p in plans if not p.preload)
 
 
 def loaded_at_once(plans: Sequence[ExpertPlan], lazy: LazyLoading) -> float:

@@ -42,6 +42,11 @@ def memory_table(plan: Plan) -> str:
         rows.append((p.expert_id, p.cpu_list, f"{p.weights_gib:.1f}", f"{p.kv_cache_gib:g}",
                      f"{p.overhead_gib:g}", f"{p.memory_gib:.1f}",
                      "preload" if p.preload else ("lazy, pinned" if p.pinned else f"lazy, evict cost {p.evict_cost:g}")))
+    from .plan import STANDBY_GIB, standby_gib  # noqa: PLC0415  (plan imports this module)
+    standbys = standby_gib(plan.experts, plan.lazy)
+    if standbys:
+        rows.append((f"standbys of the lazy experts ({STANDBY_GIB:g} each)", "", "", "", "", f"{standbys:.1f}",
+                     "always"))
     rows.append(("at once", "", "", "", "", f"{plan.loaded_at_once_gib:.1f}", f"budget {plan.budget_gib:.1f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-from .experts import CONTROL_RE, RESERVED_SUFFIX
+from .experts import CONTROL_RE, RESERVED_SUFFIXES
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -79,15 +79,16 @@ UNIT_PREFIX = "llmhost-expert-"
 
 def expert_of_unit(name: str) -> str | None:
     """The expert id a unit file belongs to: llmhost-expert-<id>.service, or its lazy
-    proxy llmhost-expert-<id>-proxy.{service,socket}. Ids never end in -proxy (the
-    schema refuses it), so the name is never ambiguous."""
+    proxy llmhost-expert-<id>-proxy.{service,socket} or standby llmhost-expert-<id>-standby.service.
+    Ids never end in -proxy or -standby (the schema refuses it), so the name is never ambiguous."""
     if not name.startswith(UNIT_PREFIX):
         return None
     stem, dot, kind = name[len(UNIT_PREFIX):].rpartition(".")
     if not dot or not stem or kind not in ("service", "socket"):
         return None
-    if stem.endswith(RESERVED_SUFFIX):
-        return stem[:-len(RESERVED_SUFFIX)] or None
+    for suffix in RESERVED_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[:-len(suffix)] or None
     return stem if kind == "service" else None
 
 
@@ -158,13 +159,17 @@ def unit_names(expert_id: str, unit_dir: str = UNIT_DIR) -> dict[str, Any]:
     """The names and paths of an expert's units: the model's service, and a lazy
     expert's socket and the proxy that socket starts."""
     base = f"llmhost-expert-{expert_id}"
-    names = {"service": f"{base}.service", "socket": f"{base}-proxy.socket", "proxy": f"{base}-proxy.service"}
+    names = {"service": f"{base}.service", "socket": f"{base}-proxy.socket", "proxy": f"{base}-proxy.service",
+             "standby": f"{base}-standby.service"}
     return {**names, **{f"{k}_path": f"{unit_dir}/{v}" for k, v in names.items()},
             # stop order of a new version: the socket first, so nothing starts the model again
-            "all": [names["socket"], names["proxy"], names["service"]],
-            # a lazy expert's two extra files, by their template's name
+            "all": [names["socket"], names["proxy"], names["service"], names["standby"]],
+            # a lazy expert's extra files, by their kind
             "lazy_paths": {"proxy.socket": f"{unit_dir}/{names['socket']}",
-                           "proxy.service": f"{unit_dir}/{names['proxy']}"}}
+                           "proxy.service": f"{unit_dir}/{names['proxy']}",
+                           "standby.service": f"{unit_dir}/{names['standby']}"},
+            # the standby's control socket, in its RuntimeDirectory (launch.py)
+            "standby_socket": f"/run/llmhost-{expert_id}/standby.sock"}
 
 
 def restore_spec(expert_id: str, file_results: Iterable[Mapping[str, Any]],

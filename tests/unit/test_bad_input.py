@@ -76,6 +76,7 @@ PLAN_CASES: list[tuple[str, Callable[[list[dict[str, Any]]], None], Any, str, st
     ("empty id", _set(1, expert_id=""), None, "expert #2", "expert_id"),
     ("upper-case id", _set(1, expert_id="Coder"), None, "expert 'Coder'", "expert_id"),
     ("id ending in -proxy", _set(1, expert_id="api-proxy"), None, "expert 'api-proxy'", "expert_id"),
+    ("id ending in -standby", _set(1, expert_id="api-standby"), None, "expert 'api-standby'", "expert_id"),
     ("id auto, not the default", _set(1, expert_id="auto"), None, "expert 'auto'", "expert_id"),
     ("alias auto, not the default", _set(1, aliases=["auto"]), None, "expert 'coder'", "aliases"),
     ("alias starting with #", _set(1, aliases=["#x"]), None, "expert 'coder'", "aliases"),

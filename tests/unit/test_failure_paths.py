@@ -15,6 +15,8 @@ from llmhost.systemd import expert_of_unit, port_holders, stale_experts
     ("llmhost-expert-api.service", "api"),
     ("llmhost-expert-api-proxy.service", "api"),
     ("llmhost-expert-api-proxy.socket", "api"),
+    ("llmhost-expert-api-standby.service", "api"),
+    ("llmhost-expert--standby.service", None),
     ("llmhost-expert-api.socket", None),          # not a file the toolkit writes
     ("llmhost-expert-.service", None),
     ("llmhost-expert--proxy.service", None),

@@ -1,6 +1,7 @@
 """The experts' start: vLLM's get_mp_context answers `fork` for the pinned release only."""
 
 import multiprocessing
+from pathlib import Path
 import sys
 import types
 
@@ -67,3 +68,75 @@ def test_the_pinned_release_is_the_toolkits():
     # a new pinned vLLM must be checked (the function and where it is) before the fork start applies to it
     from llmhost.cli import DEFAULT_VLLM_VERSION  # noqa: PLC0415
     assert DEFAULT_VLLM_VERSION in launch.PINNED
+
+
+FAKE_SERVER = '''
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{os.getpid()} {os.getppid()} {'already' if 'llmhost_fake_marker' in sys.modules else 'fresh'}".encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+if __name__ == "__main__":    # as vLLM's api_server: importing it serves nothing
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+'''
+
+
+def _free_port():
+    import socket  # noqa: PLC0415
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port, timeout=10.0):
+    import time  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as r:
+                return r.read().decode()
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+def test_a_standby_forks_a_server_per_handle_and_the_handle_stops_it(tmp_path):
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    (tmp_path / "fake_server.py").write_text(FAKE_SERVER)
+    (tmp_path / "llmhost_fake_marker.py").write_text("")
+    sock, port = str(tmp_path / "standby.sock"), _free_port()
+    env = {"PYTHONPATH": f"{tmp_path}:{Path(launch.__file__).parent.parent}", "PATH": "/usr/bin:/bin"}
+    standby = subprocess.Popen(
+        [sys.executable, "-c", "import llmhost_fake_marker, sys; from llmhost import launch; "
+         f"sys.exit(launch.standby({sock!r}, ['--port', '{port}'], module='fake_server', grace_s=3))"],
+        env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        handles = []
+        for _ in range(2):          # the standby outlives each server and forks the next
+            h = subprocess.Popen([sys.executable, "-m", "llmhost.launch", "--handle", sock], env=env,
+                                 stderr=subprocess.PIPE, text=True)
+            pid, parent, imports = _get(port).split()
+            assert int(parent) == standby.pid and imports == "already"   # forked, with the standby's imports
+            h.send_signal(signal.SIGTERM)
+            assert h.wait(10) == 0
+            handles.append(h.stderr.read())
+            with pytest.raises(OSError):
+                _get(port, timeout=0.5)                                  # the server went with its handle
+        assert "server pid" in handles[0] and "forked by the standby, vLLM already imported" in handles[0]
+        assert standby.poll() is None
+    finally:
+        standby.kill()
+        standby.wait()
+    err = standby.stderr.read()
+    assert "standby: fake_server imported" in err and err.count("forked for a start") == 2
+
+
+def test_a_handle_without_a_standby_fails_in_one_line(tmp_path, capsys):
+    assert launch.handle(str(tmp_path / "none.sock"), wait_s=0.3) == 1
+    assert "handle: no standby on" in capsys.readouterr().err

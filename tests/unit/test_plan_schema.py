@@ -9,7 +9,7 @@ from llmhost.cli import saved_capabilities
 from llmhost.plan import GIB, Host, build_plan
 
 TOP = {
-    "experts": list, "reserved_cores": list, "budget_gib": float, "loaded_at_once_gib": float, "memory_gib": float,
+    "experts": list, "reserved_cores": list, "budget_gib": float, "standby_gib": float, "loaded_at_once_gib": float, "memory_gib": float,
     "lazy_loading": dict, "default_expert": str, "folded": type(None), "start_budget_s": int, "shared": dict,
     "warnings": list, "routing": type(None), "host_profile": type(None),
 }

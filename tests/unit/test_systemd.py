@@ -33,9 +33,11 @@ def test_unit_names_are_spelled_once():
     n = unit_names("coder", "/u")
     assert n["service"] == "llmhost-expert-coder.service" and n["service_path"] == "/u/llmhost-expert-coder.service"
     assert n["all"] == ["llmhost-expert-coder-proxy.socket", "llmhost-expert-coder-proxy.service",
-                        "llmhost-expert-coder.service"]
+                        "llmhost-expert-coder.service", "llmhost-expert-coder-standby.service"]
     assert n["lazy_paths"] == {"proxy.socket": "/u/llmhost-expert-coder-proxy.socket",
-                               "proxy.service": "/u/llmhost-expert-coder-proxy.service"}
+                               "proxy.service": "/u/llmhost-expert-coder-proxy.service",
+                               "standby.service": "/u/llmhost-expert-coder-standby.service"}
+    assert n["standby_socket"] == "/run/llmhost-coder/standby.sock"
 
 
 def test_restore_puts_back_what_had_a_previous_version_and_removes_what_was_new():

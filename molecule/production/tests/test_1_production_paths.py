@@ -25,6 +25,10 @@ def test_preloaded_experts_answer_from_home_through_the_front_door(base_url):
 def test_lazy_experts_are_armed_not_loaded(host):
     for e in LAZY:
         assert host.service(f"llmhost-expert-{e}-proxy.socket").is_running
+        # its standby holds vLLM imported, nothing loaded, for the first request's start
+        assert host.service(f"llmhost-expert-{e}-standby").is_running
+        said = host.check_output(f"journalctl -u llmhost-expert-{e}-standby -o cat | grep 'llmhost vllm-start' || true")
+        assert "standby: vllm.entrypoints.openai.api_server imported in" in said, (e, said)
 
 
 def test_the_plan_is_folded_and_no_figures_are_reported(host):

@@ -19,7 +19,7 @@ from conftest import KEY, LAZY, PRELOADED, chat
 ADMIT = "/usr/local/libexec/llmhost/llmhost-admit"
 SAMPLER = ("nohup sh -c 'while true; do "
            "echo \"$(date +%s.%N) $(systemctl list-units \"llmhost-expert-*.service\" --state=active,activating,"
-           "deactivating --no-legend --plain | cut -d\" \" -f1 | grep -v -- -proxy.service | tr \"\\n\" \" \")\"; "
+           "deactivating --no-legend --plain | cut -d\" \" -f1 | grep -v -- -proxy.service | grep -v -- -standby.service | tr \"\\n\" \" \")\"; "
            "sleep 1; done' > /run/llmhost-unit-sample.log 2>&1 & echo $!")
 
 
@@ -43,7 +43,7 @@ def streamed(base_url, model, idle_s=10, timeout=600):
 
 def units_running(host):
     out = host.run("systemctl list-units 'llmhost-expert-*.service' --state=active,activating --no-legend --plain"
-                   " | grep -v -- -proxy.service | cut -d' ' -f1").stdout.split()
+                   " | grep -v -- -proxy.service | grep -v -- -standby.service | cut -d' ' -f1").stdout.split()
     return sorted(u.removeprefix("llmhost-expert-").removesuffix(".service") for u in out)
 
 
@@ -76,6 +76,10 @@ def test_lazy_experts_admitted_by_memory_in_turn_then_together(host, base_url):
         timeline.append((LAZY[0], "streamed", code, round(time.monotonic() - t0, 1), units_running(host)))
         assert rc == 0 and code == 200, (rc, code, text[-500:])
         assert f": loading expert {LAZY[0]}" in text and "Paris" in text and text.rstrip().endswith("data: [DONE]")
+        # the mechanism: its server was forked by the standby, with vLLM imported beforehand
+        said = host.check_output(f"journalctl -u llmhost-expert-{LAZY[0]} -u llmhost-expert-{LAZY[0]}-standby -o cat "
+                                 "| grep 'llmhost vllm-start' || true")
+        assert "forked by the standby, vLLM already imported" in said and "forked for a start" in said, said
         # in turn: the second loads beside the first, or evicts it when memory is short
         t0 = time.monotonic()
         code, answer = chat(base_url, LAZY[1], timeout=600)

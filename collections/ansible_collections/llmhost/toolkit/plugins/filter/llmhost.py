@@ -68,7 +68,8 @@ def admission(plan: dict) -> dict:
             "experts": [{k: e.get(k) for k in ("expert_id", "preload", "pinned", "memory_gib", "evict_cost")}
                         for e in plan["experts"]],
             "lazy_loading": {"max_loaded_experts": plan["lazy_loading"]["max_loaded_experts"],
-                             "memory_budget_gib": plan["budget_gib"]}}
+                             # the lazy experts' standbys are resident all the time: not the gate's to give
+                             "memory_budget_gib": round(plan["budget_gib"] - plan.get("standby_gib", 0), 2)}}
 
 
 def probe_files(_: Any = None) -> list:
