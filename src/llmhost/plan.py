@@ -185,6 +185,7 @@ class Plan:
                 "memory_high_bytes": int(e.memory_gib * GIB),
                 "memory_max_bytes": int(e.memory_gib * MEMORY_MAX_HEADROOM * GIB),
                 "preload": e.preload, "pinned": e.pinned, "evict_cost": e.evict_cost,
+                "standby_gib": own_standby(e, self.lazy),
                 "names": e.names, "argv": e.translation.argv,
                 "dtype": e.translation.dtype.dtype if e.translation.dtype else None,
                 "dtype_reason": e.translation.dtype.reason if e.translation.dtype else None,
@@ -449,7 +450,7 @@ def build_plan(
     problems += port_problems(plans, toolkit_ports(shared))
     budget = lazy.memory_threshold * host.memory_gib
     mems = sorted((p.memory_gib for p in plans), reverse=True)
-    at_once = loaded_at_once(plans, lazy) + standby_gib(plans, lazy)
+    at_once = loaded_at_once(plans, lazy)
     never_stopped = [p for p in plans if p.preload or (lazy.enabled and p.pinned)]
     if lazy.enabled and plans and any(not p.preload for p in plans) \
             and lazy.max_loaded_experts <= len(never_stopped) and any(p not in never_stopped for p in plans):
@@ -645,33 +646,40 @@ def memory_problems(plans: Sequence[ExpertPlan], lazy: LazyLoading, budget: floa
     if not plans:
         return []
     fixed = [p for p in plans if p.preload or (lazy.enabled and p.pinned)]
-    fixed_gib = sum(p.memory_gib for p in fixed) + standby_gib(plans, lazy)
+    fixed_gib = sum(p.memory_gib for p in fixed) + sum(own_standby(p, lazy) for p in plans if p not in fixed)
     of = f"memory_threshold {lazy.memory_threshold:g} x {host_gib:.1f} GiB = {budget:.1f} GiB"
     if fixed_gib > budget:
         what = "the preloaded and pinned experts" if lazy.enabled else "the experts (all loaded: lazy loading is off)"
         return [f"memory: {what} need {fixed_gib:.1f} GiB together, more than {of}\n" + memory_table(plan)]
+    # a loaded lazy expert's server is forked from its standby: its plan includes the standby
     out = [f"expert '{p.expert_id}' memory: it plans {p.memory_gib:.1f} GiB and the experts never stopped to "
-           f"make room (preloaded or pinned, and the lazy ones' standbys) {fixed_gib:.1f} GiB, more than {of} "
-           "together: it could never load"
-           for p in plans if p not in fixed and fixed_gib + p.memory_gib > budget]
+           f"make room (preloaded or pinned, and the lazy ones' standbys) {fixed_gib - own_standby(p, lazy):.1f} GiB, "
+           f"more than {of} together: it could never load"
+           for p in plans if p not in fixed and fixed_gib - own_standby(p, lazy) + p.memory_gib > budget]
     return out + ([memory_table(plan)] if out else [])
 
 
+def own_standby(p: ExpertPlan, lazy: LazyLoading) -> float:
+    """What a lazy expert keeps resident while not loaded: its standby (vLLM imported, no
+    model). Loaded, its server is forked from the standby, so its plan includes it."""
+    return STANDBY_GIB if lazy.enabled and lazy.standby and not p.preload else 0.0
+
+
 def standby_gib(plans: Sequence[ExpertPlan], lazy: LazyLoading) -> float:
-    """The lazy experts' standbys (vLLM imported, no model), resident all the time."""
-    if not (lazy.enabled and lazy.standby):
-        return 0.0
-    return STANDBY_GIB * sum(1 for p in plans if not p.preload)
+    """The lazy experts' standbys, resident all the time."""
+    return sum(own_standby(p, lazy) for p in plans)
 
 
 def loaded_at_once(plans: Sequence[ExpertPlan], lazy: LazyLoading) -> float:
     """Memory of the most that can run together: every preloaded expert (never stopped)
-    plus the largest lazy ones that fit in the rest of max_loaded_experts."""
+    plus the largest lazy ones that fit in the rest of max_loaded_experts, and the
+    standbys of the other lazy ones."""
     if not lazy.enabled:
         return sum(p.memory_gib for p in plans)
     pre = [p.memory_gib for p in plans if p.preload]
-    lazies = sorted((p.memory_gib for p in plans if not p.preload), reverse=True)
-    return sum(pre) + sum(lazies[:max(0, lazy.max_loaded_experts - len(pre))])
+    lazies = sorted((p for p in plans if not p.preload), key=lambda p: p.memory_gib, reverse=True)
+    top = lazies[:max(0, lazy.max_loaded_experts - len(pre))]
+    return sum(pre) + sum(p.memory_gib for p in top) + sum(own_standby(p, lazy) for p in lazies[len(top):])
 
 
 def alert_budgets(plan: Mapping[str, Any], defaults: Mapping[str, Any]) -> list[dict[str, Any]]:

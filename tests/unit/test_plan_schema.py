@@ -19,7 +19,7 @@ EXPERT = {
     "expert_id": str, "port": int, "backend_port": int, "domain": str, "priority": int, "profile": str,
     "model": str, "model_source": type(None), "thresholds": dict, "preload_tcmalloc": bool, "cores": list,
     "cpu_list": str, "weights_gib": float, "kv_cache_gib": float, "overhead_gib": float, "memory_gib": float,
-    "memory_high_bytes": int, "memory_max_bytes": int, "preload": bool, "pinned": bool, "evict_cost": float, "names": list, "argv": list,
+    "memory_high_bytes": int, "memory_max_bytes": int, "preload": bool, "pinned": bool, "evict_cost": float, "standby_gib": float, "names": list, "argv": list,
     "dtype": str, "dtype_reason": str, "compile": str, "compile_reason": str, "reference": type(None), "reference_why": str, "protect_home": str,
     "bind_read_only": list, "reference_on_host": type(None), "env": dict, "report": list, "runner": str,
     "route_examples": list, "quantization": type(None), "quantization_requested": type(None),

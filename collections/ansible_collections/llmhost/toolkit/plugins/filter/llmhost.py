@@ -63,12 +63,14 @@ def launch_script(_: Any = None) -> str:
 
 def admission(plan: dict) -> dict:
     """What the admission gate needs: ids, preload, pinned, planned memory, evict cost,
-    the memory budget and max_loaded_experts (no paths, no argv)."""
+    the memory budget and max_loaded_experts (no paths, no argv). The lazy experts'
+    standbys are resident all the time: the gate's budget is what they leave, and a
+    lazy expert weighs what its server adds to its standby."""
     return {"managed_by": "llmhost",
-            "experts": [{k: e.get(k) for k in ("expert_id", "preload", "pinned", "memory_gib", "evict_cost")}
-                        for e in plan["experts"]],
+            "experts": [{"expert_id": e["expert_id"], "preload": e["preload"], "pinned": e.get("pinned"),
+                         "memory_gib": round(e["memory_gib"] - e.get("standby_gib", 0), 2),
+                         "evict_cost": e.get("evict_cost")} for e in plan["experts"]],
             "lazy_loading": {"max_loaded_experts": plan["lazy_loading"]["max_loaded_experts"],
-                             # the lazy experts' standbys are resident all the time: not the gate's to give
                              "memory_budget_gib": round(plan["budget_gib"] - plan.get("standby_gib", 0), 2)}}
 
 
