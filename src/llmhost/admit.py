@@ -47,6 +47,7 @@ import json
 import os
 import re
 import select
+import selectors
 import socket
 import subprocess
 import sys
@@ -234,12 +235,27 @@ def budget_of(cfg: Mapping[str, Any]) -> tuple[float | None, int | None]:
     return (float(b) if b is not None else None), (int(m) if m is not None else None)
 
 
+def wait_states(me: str, leave: Sequence[str], within_s: float,
+                states: Callable[[Sequence[str]], Mapping[str, str]] | None = None) -> str:
+    """Poll the unit's ActiveState until it is not one of `leave`, or time is up; the last state."""
+    states = states or unit_states
+    end = time.monotonic() + within_s
+    state = states([me]).get(me, "")
+    while state in leave and time.monotonic() < end:
+        time.sleep(0.1)
+        state = states([me]).get(me, "")
+    return state
+
+
 def gate(cfg: Mapping[str, Any], me: str, metrics_url: str, settle_s: float = 10.0) -> int:
     experts = cfg["experts"]
     budget, cap = budget_of(cfg)
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ids = [e["expert_id"] for e in experts]
+        # a model still stopping (its proxy idled out) must be gone before this start,
+        # or the front would find the old server answering and relay to it
+        wait_states(me, ("deactivating",), 60)
         d = decide(me, experts, unit_states(ids), frontdoor_usage(metrics_url), budget, cap)
         print(("admitted: " if d.admit else "refused: ") + d.why, flush=True)
         if not d.admit:
@@ -256,10 +272,14 @@ def gate(cfg: Mapping[str, Any], me: str, metrics_url: str, settle_s: float = 10
             write_reason(me, f"expert {me} failed to load (journalctl -u {unit(me)} on the host)",
                          "expert_load_failed")
             return 0
-        # Hold the lock until the unit counts as loaded, so the next gate sees it.
-        end = time.monotonic() + settle_s
-        while time.monotonic() < end and unit_states([me]).get(me) not in LOADED_STATES:
-            time.sleep(0.1)
+        # Hold the lock until the unit counts as loaded, so the next gate sees it. A start
+        # that systemd refuses later (start limit, a missing standby) never runs the unit's
+        # ExecStopPost: say so here, or the waiting clients would wait the whole budget.
+        state = wait_states(me, ("inactive",), settle_s)
+        if state not in LOADED_STATES:
+            print(f"{unit(me)} did not start: it is {state or 'unknown'}", flush=True)
+            write_reason(me, f"expert {me} failed to load: its unit is {state or 'unknown'} "
+                             f"(journalctl -u {unit(me)} on the host)", "expert_load_failed")
     return 0
 
 
@@ -459,6 +479,8 @@ def hold(listener: socket.socket, me: str, backend_port: int, timeout_s: float, 
     t0 = time.monotonic()
     next_check = t0
     listener.setblocking(False)
+    sel = selectors.DefaultSelector()     # epoll: no limit at 1024 descriptors
+    sel.register(listener, selectors.EVENT_READ)
     outcome, code, why = "", "expert_not_loaded", ""
     while not outcome:
         now = time.monotonic()
@@ -475,12 +497,21 @@ def hold(listener: socket.socket, me: str, backend_port: int, timeout_s: float, 
                 outcome, code, why = "refused", "expert_load_failed", (
                     f"expert {me} did not load within {timeout_s:.0f} s (journalctl -u {unit(me)} on the host)")
                 break
-        readable, _, _ = select.select([listener] + [h.sock for h in held if not h.complete], [], [], 0.25)
-        for s in readable:
+        # every held socket stays watched: a complete request's client may still leave
+        # (EOF: dropped, its slot freed) or send more (kept, relayed as it came)
+        for h in held:
+            if h.sock not in sel.get_map():
+                sel.register(h.sock, selectors.EVENT_READ, h)
+        for key, _ in sel.select(0.25):
+            s = key.fileobj
             if s is listener:
                 try:
                     conn, _ = listener.accept()
                 except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:      # out of file descriptors, say: the others keep waiting
+                    print(f"expert {me}: cannot accept a waiting client ({e.strerror})", file=sys.stderr, flush=True)
+                    time.sleep(0.1)
                     continue
                 if len(held) >= max_waiting:
                     answer_one(conn, refusal(f"expert {me} is loading and {len(held)} requests already wait for "
@@ -493,7 +524,7 @@ def hold(listener: socket.socket, me: str, backend_port: int, timeout_s: float, 
                 if on_change:
                     on_change(len(held))
                 continue
-            h = next(x for x in held if x.sock is s)
+            h = key.data
             try:
                 chunk = s.recv(65536)
             except (BlockingIOError, InterruptedError):
@@ -502,13 +533,15 @@ def hold(listener: socket.socket, me: str, backend_port: int, timeout_s: float, 
                 chunk = b""
             if not chunk:                 # the client gave up
                 held.remove(h)
+                sel.unregister(s)
                 s.close()
                 counters.refuse("client_gone")
                 if on_change:
                     on_change(len(held))
                 continue
             h.buf += chunk
-            h.complete, h.stream = parse_request(h.buf)
+            if not h.complete:
+                h.complete, h.stream = parse_request(h.buf)
         now = time.monotonic()
         for h in list(held):
             if not (h.complete and h.stream) or now - h.last_sent < keepalive_s:
@@ -521,8 +554,10 @@ def hold(listener: socket.socket, me: str, backend_port: int, timeout_s: float, 
                 h.last_sent = now
             except OSError:
                 held.remove(h)
+                sel.unregister(h.sock)
                 h.sock.close()
                 counters.refuse("client_gone")
+    sel.close()
     if outcome == "refused":
         for h in held:
             h.sock.setblocking(True)
@@ -543,31 +578,42 @@ def hold(listener: socket.socket, me: str, backend_port: int, timeout_s: float, 
 
 
 def _pipe(a: socket.socket, b: socket.socket) -> None:
-    """Both directions until either side closes."""
-    socks = [a, b]
+    """Both directions until both are done (a half-close is passed on), with no
+    inactivity limit: a long non-streamed completion sends nothing until it ends."""
+    open_ = {a: b, b: a}
     try:
-        while True:
-            readable, _, _ = select.select(socks, [], [], 600)
-            if not readable:
-                return
+        while open_:
+            readable, _, _ = select.select(list(open_), [], [])
             for s in readable:
                 data = s.recv(65536)
+                other = open_[s]
                 if not data:
-                    return
-                (b if s is a else a).sendall(data)
+                    del open_[s]
+                    try:
+                        other.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    if s is b:          # the expert is done: nothing more for the client
+                        return
+                    continue
+                other.sendall(data)
     except OSError:
         return
 
 
 def _read_head(s: socket.socket) -> tuple[bytes, bytes]:
+    """The final response head (a 100 Continue, or any 1xx, skipped) and the bytes after it."""
     buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise ConnectionError("the expert closed before answering")
-        buf += chunk
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    return head, rest
+    while True:
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("the expert closed before answering")
+            buf += chunk
+        head, buf = buf.split(b"\r\n\r\n", 1)
+        parts = head.split(b" ", 2)
+        if not (len(parts) > 1 and parts[1].startswith(b"1") and len(parts[1]) == 3):
+            return head, buf
 
 
 def _body(s: socket.socket, head: bytes, rest: bytes):
@@ -652,20 +698,47 @@ def relay_all(held: Sequence[Held], backend_port: int, me: str) -> None:
         t.join()
 
 
+def kept_metrics(expert_id: str) -> str:
+    """Where the wait figures are kept between proxy runs (root's directory, world-readable;
+    the probe copies them to node exporter)."""
+    return os.path.join(REASONS, f"{expert_id}.prom")
+
+
+def keep_metrics(me: str, live: str) -> int:
+    """The proxy's ExecStopPost (privileged): keep its last figures, nothing waiting now."""
+    counters, loads, load_s = read_counters(live)
+    if not Path(live).exists():
+        return 0
+    os.makedirs(REASONS, mode=0o755, exist_ok=True)
+    write_metrics(kept_metrics(me), metrics_text(me, counters, 0, loads, load_s))
+    return 0
+
+
+def _more_descriptors() -> None:
+    try:
+        import resource  # noqa: PLC0415
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def front(me: str, backend_port: int, idle_s: int, timeout_s: float = 900, max_waiting: int = 64,
-          metrics: str | None = None) -> int:
+          metrics: str | None = None, via_port: int | None = None) -> int:
+    proxyd = [PROXYD, f"--exit-idle-time={idle_s}s", f"127.0.0.1:{backend_port}"]
     if healthy(backend_port):      # already loaded (a restart of the proxy alone)
-        os.execv(PROXYD, [PROXYD, f"--exit-idle-time={idle_s}s", f"127.0.0.1:{backend_port}"])
+        os.execv(PROXYD, proxyd)
     if int(os.environ.get("LISTEN_FDS", "0")) < 1:
         print(f"expert {me}: no socket passed (run by its socket unit)", file=sys.stderr)
         return 0
+    _more_descriptors()
     listener = socket.socket(fileno=3)
-    counters, loads, load_s = read_counters(metrics)
+    counters, loads, load_s = read_counters(kept_metrics(me) if metrics else None)
     t0 = time.monotonic()
     write_metrics(metrics, metrics_text(me, counters, 0, loads, load_s))
     outcome, held, code, why = hold(listener, me, backend_port, timeout_s, max_waiting, counters,
-                              on_change=lambda n: write_metrics(metrics, metrics_text(me, counters, n, loads,
-                                                                                      load_s)))
+                                    on_change=lambda n: write_metrics(metrics, metrics_text(me, counters, n, loads,
+                                                                                            load_s)))
     if outcome == "ready":
         loads, load_s = loads + 1, load_s + time.monotonic() - t0
     write_metrics(metrics, metrics_text(me, counters, 0, loads, load_s))
@@ -679,16 +752,24 @@ def front(me: str, backend_port: int, idle_s: int, timeout_s: float = 900, max_w
     print(f"expert {me} ready after {time.monotonic() - t0:.1f} s; relaying {len(held)} held request(s)"
           f" ({sum(1 for h in held if h.head_sent)} streamed with keep-alive comments); then the socket proxy",
           flush=True)
-    if held and os.fork() == 0:     # the child relays what was held; the parent becomes the proxy
-        try:
-            listener.close()
-            relay_all(held, backend_port, me)
-        finally:
+    if held:
+        # A grandchild relays what was held, through the socket (via_port) when given, so
+        # that the proxy counts those connections: its idle timer starts only once they end.
+        # The child exits at once, so the proxy (which reaps nothing) is left no zombie.
+        pid = os.fork()
+        if pid == 0:
+            if os.fork() == 0:
+                try:
+                    listener.close()
+                    relay_all(held, via_port or backend_port, me)
+                finally:
+                    os._exit(0)
             os._exit(0)
+        os.waitpid(pid, 0)
     for h in held:
         h.sock.close()
     listener.setblocking(True)
-    os.execv(PROXYD, [PROXYD, f"--exit-idle-time={idle_s}s", f"127.0.0.1:{backend_port}"])
+    os.execv(PROXYD, proxyd)
     return 0  # not reached
 
 
@@ -722,12 +803,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.add_argument("--idle", type=int, required=True, help="proxy exits after this many idle seconds")
     f.add_argument("--timeout", type=float, default=900, help="seconds the held clients wait for the load at most")
     f.add_argument("--max-waiting", type=int, default=64, help="held requests at most; more get 503 + Retry-After")
-    f.add_argument("--metrics", help="a .prom file for the wait figures")
+    f.add_argument("--metrics", help="a .prom file for the wait figures (kept by keep-metrics when it stops)")
+    f.add_argument("--port", type=int, help="the expert's own port (its socket): held requests are relayed "
+                                            "through it, so the proxy counts them")
+    k = sub.add_parser("keep-metrics", help="(the proxy's ExecStopPost) keep the wait figures across proxy runs")
+    k.add_argument("--expert", required=True)
+    k.add_argument("--metrics", required=True)
     s = sub.add_parser("failed", help="(the model unit's ExecStopPost) leave the reason of a failed start")
     s.add_argument("--expert", required=True)
     args = ap.parse_args(argv)
     if args.cmd == "front":
-        return front(args.expert, args.backend, args.idle, args.timeout, args.max_waiting, args.metrics)
+        return front(args.expert, args.backend, args.idle, args.timeout, args.max_waiting, args.metrics, args.port)
+    if args.cmd == "keep-metrics":
+        return keep_metrics(args.expert, args.metrics)
     if args.cmd == "failed":
         return failed(args.expert)
     try:

@@ -147,6 +147,31 @@ def _stop(pid: int, grace_s: float) -> int:
     return os.waitpid(pid, 0)[1]
 
 
+def _reap_group(pid: int, within_s: float = 10.0) -> None:
+    """The server's engine core and worker (its process group) outlive it when it dies:
+    kill what is left and wait until none is, so that its memory is free when the
+    handle hears the exit."""
+    end = time.monotonic() + within_s
+    while time.monotonic() < end:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.05)
+
+
+def _read_line(conn: socket.socket, limit: int = 4096) -> tuple[bytes, bytes]:
+    """One line, and what came after it (a stop sent right behind the start)."""
+    buf = b""
+    while b"\n" not in buf and len(buf) < limit:
+        chunk = conn.recv(limit)
+        if not chunk:
+            break
+        buf += chunk
+    line, _, rest = buf.partition(b"\n")
+    return line, rest
+
+
 def exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status) if status >= 0 else 1
 
@@ -171,10 +196,10 @@ def standby(path: str, argv: Sequence[str], module: str = SERVER, grace_s: float
         conn, _ = srv.accept()
         conn.settimeout(10)
         try:
-            line = conn.makefile("rb").readline()
+            line, rest = _read_line(conn)
             cmd = json.loads(line or b"{}").get("cmd")
         except (OSError, ValueError, AttributeError):
-            cmd = None
+            cmd, rest = None, b""
         if cmd != "start":
             _send(conn, {"error": f"unknown command {cmd!r}"})
             conn.close()
@@ -189,7 +214,7 @@ def standby(path: str, argv: Sequence[str], module: str = SERVER, grace_s: float
               file=sys.stderr, flush=True)
         _send(conn, {"pid": pid})
         conn.setblocking(False)
-        status = None
+        status = _stop(pid, grace_s) if b"stop" in rest else None
         while status is None:
             ready, _, _ = select.select([conn], [], [], 0.2)
             if ready:
@@ -203,6 +228,7 @@ def standby(path: str, argv: Sequence[str], module: str = SERVER, grace_s: float
             done, st = os.waitpid(pid, os.WNOHANG)
             if done:
                 status = st
+        _reap_group(pid)
         code = exit_code(status)
         print(f"{PREFIX} standby: server pid {pid} ended (exit {code}); waiting again", file=sys.stderr, flush=True)
         conn.setblocking(True)

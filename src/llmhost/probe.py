@@ -156,7 +156,7 @@ def merge_prom(texts: Sequence[str]) -> str:
 
 
 def included(pattern: str | None) -> str:
-    """The lazy proxies' wait figures (/run/llmhost-lazy-*/wait.prom), merged."""
+    """The lazy proxies' wait figures (/run/llmhost-admit/*.prom), merged."""
     if not pattern:
         return ""
     texts = []

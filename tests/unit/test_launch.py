@@ -140,3 +140,34 @@ def test_a_standby_forks_a_server_per_handle_and_the_handle_stops_it(tmp_path):
 def test_a_handle_without_a_standby_fails_in_one_line(tmp_path, capsys):
     assert launch.handle(str(tmp_path / "none.sock"), wait_s=0.3) == 1
     assert "handle: no standby on" in capsys.readouterr().err
+
+
+def test_a_stop_sent_right_behind_the_start_is_not_lost(tmp_path):
+    import socket  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import time  # noqa: PLC0415
+    (tmp_path / "fake_server.py").write_text(FAKE_SERVER)
+    (tmp_path / "llmhost_fake_marker.py").write_text("")
+    sock, port = str(tmp_path / "standby.sock"), _free_port()
+    env = {"PYTHONPATH": f"{tmp_path}:{Path(launch.__file__).parent.parent}", "PATH": "/usr/bin:/bin"}
+    standby = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from llmhost import launch; "
+         f"sys.exit(launch.standby({sock!r}, ['--port', '{port}'], module='fake_server', grace_s=3, once=True))"],
+        env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        c = socket.socket(socket.AF_UNIX)
+        end = time.monotonic() + 10
+        while True:
+            try:
+                c.connect(sock)
+                break
+            except OSError:
+                assert time.monotonic() < end
+                time.sleep(0.05)
+        c.sendall(b'{"cmd": "start"}\n{"cmd": "stop"}\n')
+        replies = c.makefile("rb").read().decode()
+        assert '"pid"' in replies and '"exit"' in replies
+        assert standby.wait(5) is not None          # once=True: it ended after that server
+    finally:
+        standby.kill()
+        standby.wait()

@@ -121,10 +121,9 @@ def test_the_lazy_wait_figures_are_merged_one_family_header_each(tmp_path):
     from llmhost.admit import Counters, metrics_text  # noqa: PLC0415
     from llmhost.probe import included  # noqa: PLC0415
     for eid, held in (("gemma-3", 2), ("aya-expanse", 1)):
-        d = tmp_path / f"llmhost-lazy-{eid}"
-        d.mkdir()
-        (d / "wait.prom").write_text(metrics_text(eid, Counters(held=held), 0, held, 30.0))
-    text = included(str(tmp_path / "llmhost-lazy-*/wait.prom"))
+        (tmp_path / f"{eid}.prom").write_text(metrics_text(eid, Counters(held=held), 0, held, 30.0))
+    (tmp_path / f"{eid}.reason").write_text("expert_not_loaded\nnot a metrics file")
+    text = included(str(tmp_path / "*.prom"))
     assert text.count("# TYPE llmhost_lazy_held_requests_total counter") == 1
     assert 'llmhost_lazy_held_requests_total{expert="gemma-3"} 2' in text
     assert 'llmhost_lazy_held_requests_total{expert="aya-expanse"} 1' in text

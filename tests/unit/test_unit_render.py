@@ -47,7 +47,8 @@ def test_a_lazy_expert_is_a_handle_on_a_standby_that_holds_the_sandbox_cpus_and_
     handle, standby = tmp_path / f"{e}.service", tmp_path / f"{e}-standby.service"
     sock = f"/run/llmhost-{e}/standby.sock"
     assert lines(handle, "ExecStart") == [f"/opt/vllm/venv/bin/python /usr/local/libexec/llmhost/vllm-start --handle {sock}"]
-    assert lines(handle, "BindsTo") == [f"llmhost-expert-{e}-standby.service"]
+    assert lines(handle, "Requires") == [f"llmhost-expert-{e}-standby.service"]
+    assert lines(standby, "OOMPolicy") == ["continue"]
     assert lines(handle, "ExecStartPost") and lines(handle, "ExecStopPost")      # readiness gate; failure reason
     assert not lines(handle, "CPUAffinity") and not lines(handle, "RuntimeDirectory")
     start = lines(standby, "ExecStart")[0]
