@@ -176,12 +176,50 @@ def exit_code(status: int) -> int:
     return os.waitstatus_to_exitcode(status) if status >= 0 else 1
 
 
+# Imported lazily by a start, after the API server's own import: the engine, its
+# executor and the CPU worker (vLLM 0.32's module names; any missing one is skipped).
+WARM_MODULES = ("vllm.v1.engine.async_llm", "vllm.v1.engine.core", "vllm.v1.executor.multiproc_executor",
+                "vllm.v1.worker.cpu_worker", "vllm.v1.worker.cpu_model_runner")
+
+
+def warm(argv: Sequence[str]) -> str:
+    """What a start would import and inspect after the server's import, done now: the
+    arguments parsed and the engine config made (model config, tokenizer config, the
+    model class inspection vLLM runs once per model), the engine and worker modules
+    and the model's class imported. The config itself is dropped; the server makes its
+    own. Nothing here runs a parallel torch operation (the fork's rule). Any failure
+    only makes the start slower: said, and skipped."""
+    t0 = time.monotonic()
+    done = []
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: PLC0415
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser  # noqa: PLC0415
+        from vllm.usage.usage_lib import UsageContext  # noqa: PLC0415
+        from vllm.utils.argparse_utils import FlexibleArgumentParser  # noqa: PLC0415
+        args = make_arg_parser(FlexibleArgumentParser()).parse_args(list(argv))
+        cfg = AsyncEngineArgs.from_cli_args(args).create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        done.append("engine config")
+        for name in WARM_MODULES:
+            try:
+                __import__(name)
+            except ImportError:
+                continue
+        done.append("engine and worker modules")
+        from vllm.model_executor.models import ModelRegistry  # noqa: PLC0415
+        ModelRegistry.resolve_model_cls(cfg.model_config.architectures, model_config=cfg.model_config)
+        done.append("model class")
+    except BaseException as e:  # noqa: BLE001  (SystemExit from argparse included: the server will say it)
+        return f"warm-up stopped after {', '.join(done) or 'nothing'}: {type(e).__name__}: {str(e)[:200]}"
+    return f"warmed up in {time.monotonic() - t0:.1f} s: {', '.join(done)}"
+
+
 def standby(path: str, argv: Sequence[str], module: str = SERVER, grace_s: float = STOP_GRACE_S,
             once: bool = False) -> int:
     """Import the server, then fork one per handle's connection, for as long as it lasts.
     No thread is ever started here: a fork copies only the calling thread."""
     t0 = time.monotonic()
     __import__(module)
+    said = warm(argv) if module == SERVER else "no warm-up"
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -190,7 +228,7 @@ def standby(path: str, argv: Sequence[str], module: str = SERVER, grace_s: float
     srv.bind(path)
     os.chmod(path, 0o600)
     srv.listen(4)
-    print(f"{PREFIX} standby: {module} imported in {time.monotonic() - t0:.1f} s; waiting on {path}",
+    print(f"{PREFIX} standby: {module} imported in {time.monotonic() - t0:.1f} s ({said}); waiting on {path}",
           file=sys.stderr, flush=True)
     while True:
         conn, _ = srv.accept()
