@@ -72,9 +72,9 @@ def run_load(base_url: str, experts: list[str], *, streams: int, requests_per_st
     t0 = time.monotonic()
     samples = stream.stream_pool(base_url, jobs, max_tokens, api_key, workers=len(experts) * streams)
     wall = time.monotonic() - t0
-    stats = {e: stats.summarize([s for (m, _), s in zip(jobs, samples) if m == e]) for e in experts}
-    total = sum(st.output_tokens for st in stats.values())
-    return LoadResult(stats, wall, total / wall if wall > 0 else 0.0)
+    per = {e: stats.summarize([s for (m, _), s in zip(jobs, samples) if m == e]) for e in experts}
+    total = sum(st.output_tokens for st in per.values())
+    return LoadResult(per, wall, total / wall if wall > 0 else 0.0)
 
 
 def log(msg: str) -> None:

@@ -28,6 +28,7 @@ docs/benchmarks.md and a raw JSON under reports/.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import struct
 import subprocess
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_profiles import (HOST, MODEL, MODEL_SRC, OUT_TOKENS, ROOT, STARTS_END, STARTS_START,  # noqa: E402
                             ask_auto, boot_host, deploy, log, machine, run_load, ssh)
 
-RUNS = 3
+RUNS = int(os.environ.get("LLMHOST_BENCH_RUNS", "3"))
 STATE = "/var/lib/llmhost"
 START, END = STARTS_START, STARTS_END
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -117,7 +118,8 @@ def phase_times(lines: list[tuple[float, str]], t0: float) -> dict[str, float]:
     out: dict[str, float] = {}
     last = t0
     for name, mark in PHASES:
-        hit = next((ts for ts, text in lines if mark in text and ts >= t0), None)
+        # after the previous mark: the old process's last lines are not this start's
+        hit = next((ts for ts, text in lines if mark in text and ts >= last), None)
         if hit is None:
             continue
         out[name] = round(hit - last, 2)
