@@ -334,14 +334,6 @@ def answer_one(conn: socket.socket, response: bytes, already: bytes = b"") -> No
         pass
 
 
-def listening_on(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
 def healthy(port: int, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as r:

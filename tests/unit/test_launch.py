@@ -105,8 +105,8 @@ def _get(port, timeout=10.0):
             time.sleep(0.05)
 
 
-def test_a_standby_forks_a_server_per_handle_and_the_handle_stops_it(tmp_path):
-    import signal  # noqa: PLC0415
+def start_standby(tmp_path, once=False):
+    """A real standby subprocess over the stand-in server: (process, its socket, the server's port, env)."""
     import subprocess  # noqa: PLC0415
     (tmp_path / "fake_server.py").write_text(FAKE_SERVER)
     (tmp_path / "llmhost_fake_marker.py").write_text("")
@@ -114,8 +114,15 @@ def test_a_standby_forks_a_server_per_handle_and_the_handle_stops_it(tmp_path):
     env = {"PYTHONPATH": f"{tmp_path}:{Path(launch.__file__).parent.parent}", "PATH": "/usr/bin:/bin"}
     standby = subprocess.Popen(
         [sys.executable, "-c", "import llmhost_fake_marker, sys; from llmhost import launch; "
-         f"sys.exit(launch.standby({sock!r}, ['--port', '{port}'], module='fake_server', grace_s=3))"],
+         f"sys.exit(launch.standby({sock!r}, ['--port', '{port}'], module='fake_server', grace_s=3, once={once}))"],
         env=env, stderr=subprocess.PIPE, text=True)
+    return standby, sock, port, env
+
+
+def test_a_standby_forks_a_server_per_handle_and_the_handle_stops_it(tmp_path):
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    standby, sock, port, env = start_standby(tmp_path)
     try:
         handles = []
         for _ in range(2):          # the standby outlives each server and forks the next
@@ -144,16 +151,8 @@ def test_a_handle_without_a_standby_fails_in_one_line(tmp_path, capsys):
 
 def test_a_stop_sent_right_behind_the_start_is_not_lost(tmp_path):
     import socket  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
     import time  # noqa: PLC0415
-    (tmp_path / "fake_server.py").write_text(FAKE_SERVER)
-    (tmp_path / "llmhost_fake_marker.py").write_text("")
-    sock, port = str(tmp_path / "standby.sock"), _free_port()
-    env = {"PYTHONPATH": f"{tmp_path}:{Path(launch.__file__).parent.parent}", "PATH": "/usr/bin:/bin"}
-    standby = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from llmhost import launch; "
-         f"sys.exit(launch.standby({sock!r}, ['--port', '{port}'], module='fake_server', grace_s=3, once=True))"],
-        env=env, stderr=subprocess.PIPE, text=True)
+    standby, sock, _, _ = start_standby(tmp_path, once=True)
     try:
         c = socket.socket(socket.AF_UNIX)
         end = time.monotonic() + 10
