@@ -21,6 +21,7 @@ from . import perf
 from . import routing as routing_mod
 from .plan_text import memory_table
 from .systemd import home_sandbox
+from .secret_names import REDACTED, is_secret_name
 from .translate import Translation, translate
 
 GIB = 1024**3
@@ -622,8 +623,6 @@ def port_problems(plans: Sequence[ExpertPlan], toolkit: Mapping[int, str] = TOOL
     return out
 
 
-SECRET_NAME_RE = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|(^|_)KEY($|_)|API_KEY", re.I)
-REDACTED = "<redacted: in the expert's env file, mode 0640>"
 
 
 def redact_env(experts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -632,7 +631,7 @@ def redact_env(experts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     the per-expert env files, 0640 to the service group."""
     out = []
     for e in experts:
-        env = {k: (REDACTED if SECRET_NAME_RE.search(k) else v) for k, v in (e.get("env") or {}).items()}
+        env = {k: (REDACTED if is_secret_name(k) else v) for k, v in (e.get("env") or {}).items()}
         out.append({**e, "env": env})
     return out
 
