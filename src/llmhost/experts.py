@@ -32,6 +32,23 @@ CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # inventory's front door ports and checks every expert port against them).
 TOOLKIT_PORTS = {8082: "the front door", 8405: "HAProxy's metrics endpoint", 9090: "Prometheus",
                  9100: "node exporter"}
+# Environment the toolkit owns (one list, docs/experts.md "What the toolkit owns"): the
+# plan's per-expert values, what every unit fixes (llmhost.systemd.FIXED_ENV) and what
+# the start itself needs. No expert's `env` and no `vllm_experts_extra_env` may set them.
+OWNED_ENV = frozenset({
+    "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "THP_MEM_ALLOC_ENABLE",   # planned per expert
+    "VLLM_USE_AOT_COMPILE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK",                   # fixed in every unit
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",                                        # never the hub at run time
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PATH", "HOME",     # what the start loads
+    "VLLM_HOST_IP", "VLLM_PORT", "VLLM_API_KEY", "VLLM_WORKER_MULTIPROC_METHOD",     # where and how it serves
+})
+OWNED_ENV_PREFIXES = ("LLMHOST_",)
+
+
+def owned_env(name: str) -> bool:
+    return name in OWNED_ENV or name.startswith(OWNED_ENV_PREFIXES)
+
+
 PRIORITY_MAX = 1000
 PROFILES = ("low_latency", "throughput", "legacy")
 # generate: a chat/completions model; pooling: an embedding model (vLLM --runner pooling),
@@ -41,6 +58,19 @@ RUNNERS = ("generate", "pooling")
 COMPILE_MODES = ("auto", "eager", "full")
 # Quantized checkpoints the CPU backend can serve (llmhost/perf.py says which on which CPU)
 QUANTIZATIONS = ("w8a8", "w4a16", "w4a8")
+# A domain names a group of experts in reports, metrics labels and routing: a short label.
+DOMAIN_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+# A path on the host that becomes part of a unit's BindReadOnlyPaths= (':' separates its
+# fields, spaces its entries, '%' starts a systemd specifier) and of vLLM's argv.
+HOST_PATH_RE = re.compile(r"^/[A-Za-z0-9._+@=/-]*$")
+# Trees no expert's model may be (they belong to the system, or are rewritten at boot).
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/tmp", "/var/tmp", "/dev/shm")
+# Sizes and counts beyond any host this toolkit plans (the largest C4A has 72 vCPUs and
+# 576 GB): bounds that keep arithmetic finite and messages readable.
+GIB_MAX = 65536
+CORES_MAX = 1024
+THRESHOLD_MAX = 1e6
+AUTO_UNLOAD_MAX_S = 30 * 86400   # systemd takes far more, but a lazy expert idle a month is preloaded
 ROUTE_EXAMPLES_MAX = 50
 ROUTE_EXAMPLE_CHARS = 2000
 DEFAULT_PORT_BASE = 8101
@@ -199,6 +229,22 @@ def _label(raw: Any, index: int) -> str:
     return f"expert #{index + 1}"
 
 
+def host_path_problem(path: str) -> str | None:
+    """Why an absolute path on the host cannot be used in a unit and an argv (None when it can)."""
+    if not path.startswith("/"):
+        return "must be an absolute path on the host"
+    if not HOST_PATH_RE.match(path):
+        return ("use letters, digits and . _ + @ = - / only (':' splits a unit's bind entry, a space ends "
+                "it, '%' is a systemd specifier)")
+    parts = path.split("/")
+    if ".." in parts or "." in parts or "//" in path:
+        return "'.', '..' and '//' are not allowed: give the path itself"
+    norm = path.rstrip("/") or "/"
+    if norm == "/" or any(norm == t or norm.startswith(t + "/") for t in SYSTEM_TREES):
+        return f"must not be / or under {', '.join(SYSTEM_TREES)}"
+    return None
+
+
 def parse_lazy(raw: Any, n_experts: int) -> LazyLoading:
     if raw is None:
         return LazyLoading(warmup_pool_size=n_experts, max_loaded_experts=n_experts)
@@ -235,6 +281,9 @@ def parse_lazy(raw: Any, n_experts: int) -> LazyLoading:
         problems.append("lazy_loading field 'warmup_pool_size': larger than max_loaded_experts")
     if lazy.enabled and (lazy.auto_unload_after_s is None or lazy.auto_unload_after_s < 1):
         problems.append("lazy_loading field 'auto_unload_after_s': a positive number of seconds is needed when enabled")
+    elif lazy.auto_unload_after_s is not None and not 1 <= lazy.auto_unload_after_s <= AUTO_UNLOAD_MAX_S:
+        problems.append(f"lazy_loading field 'auto_unload_after_s': 1..{AUTO_UNLOAD_MAX_S} seconds (30 days), "
+                        f"got {lazy.auto_unload_after_s}")
     if problems:
         raise ConfigError(problems)
     return lazy
@@ -300,8 +349,12 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
                         f"expert's proxy and standby units), got {eid!r}")
     if not 0 <= raw["priority"] <= PRIORITY_MAX:
         problems.append(f"{who} field 'priority': must be 0..{PRIORITY_MAX}, got {raw['priority']}")
-    if not raw["model"].startswith("/"):
-        problems.append(f"{who} field 'model': must be an absolute path on the host, got {raw['model']!r}")
+    why = host_path_problem(raw["model"])
+    if why:
+        problems.append(f"{who} field 'model': {why}, got {raw['model']!r}")
+    if not DOMAIN_RE.match(raw["domain"]):
+        problems.append(f"{who} field 'domain': a short label (letters, digits, space, '.', '_' or '-', at most "
+                        f"64), got {raw['domain']!r:.80}")
     profile = raw.get("profile", "low_latency")
     if profile not in PROFILES:
         problems.append(f"{who} field 'profile': must be one of {', '.join(PROFILES)}, got {profile!r}")
@@ -309,11 +362,11 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     if port is not None and not 1024 <= port <= 65535:
         problems.append(f"{who} field 'port': must be 1024..65535, got {port}")
     kv = raw.get("kv_cache_gib", 4)
-    if kv <= 0:
-        problems.append(f"{who} field 'kv_cache_gib': must be > 0, got {kv}")
+    if not 0 < kv <= GIB_MAX:
+        problems.append(f"{who} field 'kv_cache_gib': must be > 0 and at most {GIB_MAX}, got {kv}")
     w = raw.get("weights_gib")
-    if w is not None and w <= 0:
-        problems.append(f"{who} field 'weights_gib': must be > 0, got {w}")
+    if w is not None and not 0 < w <= GIB_MAX:
+        problems.append(f"{who} field 'weights_gib': must be > 0 and at most {GIB_MAX}, got {w}")
     runner = raw.get("runner") or "generate"
     if runner not in RUNNERS:
         problems.append(f"{who} field 'runner': must be one of {', '.join(RUNNERS)}, got {runner!r}")
@@ -321,6 +374,8 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     if cores is not None and cores < (0 if runner == "pooling" else 1):
         problems.append(f"{who} field 'cores': must be >= 1 (0 only for a pooling expert, which then runs on "
                         f"the reserved CPUs), got {cores}")
+    elif cores is not None and cores > CORES_MAX:
+        problems.append(f"{who} field 'cores': at most {CORES_MAX}, got {cores}")
     compile_mode = raw.get("compile") or "auto"
     if compile_mode not in COMPILE_MODES:
         problems.append(f"{who} field 'compile': must be one of {', '.join(COMPILE_MODES)}, got {compile_mode!r}")
@@ -362,6 +417,9 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     for k, v in env.items():
         if not isinstance(k, str) or not ENV_RE.match(k):
             problems.append(f"{who} field 'env.{k}': not an environment variable name")
+        elif owned_env(k):
+            problems.append(f"{who} field 'env.{k}': set by the toolkit (the plan, the unit or the start); "
+                            "no expert may change it")
         elif not isinstance(v, (str, int, float)) or isinstance(v, bool):
             problems.append(f"{who} field 'env.{k}': value must be a string or number, got {v!r}")
     engine = raw.get("engine") or {}
@@ -372,8 +430,9 @@ def parse_expert(raw: Any, index: int) -> tuple[Expert | None, list[str]]:
     for k, v in thr.items():
         if k not in THRESHOLD_FIELDS:
             problems.append(f"{who} field 'thresholds.{k}': unknown key (known: {', '.join(THRESHOLD_FIELDS)})")
-        elif not _typed(v, _NUM) or v <= 0:
-            problems.append(f"{who} field 'thresholds.{k}': expected a positive number, got {v!r}")
+        elif not _typed(v, _NUM) or not 0 < v <= THRESHOLD_MAX:
+            problems.append(f"{who} field 'thresholds.{k}': expected a positive number (at most {THRESHOLD_MAX:g}), "
+                            f"got {v!r}")
     if problems:
         return None, problems
     return Expert(

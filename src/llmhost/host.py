@@ -10,7 +10,46 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .capabilities import parse_cpuinfo
+from .experts import ConfigError
 from .plan import GIB, Host
+
+EXPECT_FIELDS = ("cpus", "memory_gib", "arch", "cpu")
+EXPECT_CPUS_MAX = 1024          # beyond any single host this toolkit plans
+EXPECT_MEMORY_GIB = (1, 65536)
+ARCHES = ("x86_64", "aarch64")
+
+
+def saved_cpus() -> list[str]:
+    """Names of the saved /proc/cpuinfo files (llmhost/data/cpuinfo-NAME.txt)."""
+    return sorted(p.name[len("cpuinfo-"):-len(".txt")] for p in resources.files("llmhost").joinpath("data").iterdir()
+                  if p.name.startswith("cpuinfo-") and p.name.endswith(".txt"))
+
+
+def parse_expect(raw: Any) -> dict[str, Any]:
+    """`llmhost_host_expect` checked: {} when unset, else cpus (1..1024), memory_gib
+    (1..65536), arch and cpu (a saved cpuinfo name). ConfigError naming the field."""
+    if raw in (None, "", {}):
+        return {}
+    where = "llmhost_host_expect"
+    if not isinstance(raw, Mapping):
+        raise ConfigError([f"{where}: must be a mapping of {', '.join(EXPECT_FIELDS)}, got {type(raw).__name__}"])
+    problems = [f"{where} field '{k}': unknown key (known: {', '.join(EXPECT_FIELDS)})" for k in raw
+                if k not in EXPECT_FIELDS]
+    cpus, mem = raw.get("cpus"), raw.get("memory_gib")
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= EXPECT_CPUS_MAX:
+        problems.append(f"{where} field 'cpus': a whole number of CPUs 1..{EXPECT_CPUS_MAX}, got {cpus!r}")
+    lo, hi = EXPECT_MEMORY_GIB
+    if isinstance(mem, bool) or not isinstance(mem, (int, float)) or not lo <= mem <= hi:
+        problems.append(f"{where} field 'memory_gib': a number of GiB {lo}..{hi}, got {mem!r}")
+    arch = raw.get("arch")
+    if arch is not None and arch not in ARCHES:
+        problems.append(f"{where} field 'arch': one of {', '.join(ARCHES)}, got {arch!r}")
+    cpu = raw.get("cpu")
+    if cpu is not None and cpu not in saved_cpus():
+        problems.append(f"{where} field 'cpu': one of the saved CPUs ({', '.join(saved_cpus())}), got {cpu!r}")
+    if problems:
+        raise ConfigError(problems)
+    return dict(raw)
 
 
 def from_probe(cpu: Mapping[str, Any], cpu_source: str = "affinity") -> Host:
@@ -34,7 +73,7 @@ def cpu_profile(name: str) -> dict[str, Any]:
 
 def from_vars(hv: dict[str, Any]) -> tuple[Host, str]:
     """The host as the inventory describes it (offline), or else this machine."""
-    exp = hv.get("llmhost_host_expect")
+    exp = parse_expect(hv.get("llmhost_host_expect"))
     if exp:
         info = cpu_profile(exp["cpu"]) if exp.get("cpu") else {"arch": exp.get("arch", "x86_64"), "isa": {}}
         return Host(tuple(range(int(exp["cpus"]))), int(float(exp["memory_gib"]) * GIB),

@@ -57,6 +57,42 @@ class Shared:
     frontdoor_port: int = 8082
     frontdoor_metrics_bind: str = "127.0.0.1"
     frontdoor_metrics_port: int = 8405
+    # HAProxy's metrics have no authentication: an address other than loopback needs the
+    # reason it is safe (the firewall rule or network that limits who reaches it).
+    frontdoor_metrics_exposure_note: str = ""
+
+
+# Ports the host needs for itself: a front door or metrics port there would take it.
+HOST_PORTS = {22: "ssh"}
+# Trees a toolkit directory must not be (it is created and re-owned by the deploy).
+SHARED_DIR_DENY = ("/", "/etc", "/opt", "/usr", "/usr/local", "/var", "/var/lib", "/srv", "/home", "/root",
+                   "/run", "/boot", "/bin", "/sbin", "/lib", "/lib64")
+
+
+def _dir_problem(name: str, v: str) -> str | None:
+    from .experts import HOST_PATH_RE  # noqa: PLC0415
+
+    if not v.startswith("/"):
+        return f"llmhost_{name}: must be an absolute path on the host, got {v!r}"
+    if not HOST_PATH_RE.match(v) or ".." in v.split("/") or "." in v.split("/") or "//" in v:
+        return f"llmhost_{name}: letters, digits and . _ + @ = - / only, no '.', '..' or '//' parts, got {v!r}"
+    norm = v.rstrip("/") or "/"
+    if norm in SHARED_DIR_DENY or any(norm == t or norm.startswith(t + "/") for t in
+                                      ("/tmp", "/var/tmp", "/dev", "/proc", "/sys", "/run")):
+        return (f"llmhost_{name}: {v!r} is a system or shared directory; the deploy creates and re-owns this "
+                "directory, so give one of its own (such as /etc/llmhost or /opt/vllm/venv)")
+    return None
+
+
+def _loopback(addr: str) -> bool:
+    import ipaddress  # noqa: PLC0415
+
+    if addr == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(addr.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_shared(raw: Mapping[str, Any] | None) -> Shared:
@@ -75,11 +111,20 @@ def parse_shared(raw: Mapping[str, Any] | None) -> Shared:
             if not 1 <= v <= 65535:
                 problems.append(f"llmhost_{name}: must be 1..65535, got {v}")
         else:
+            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+                problems.append(f"llmhost_{name}: expected a string, got {v!r:.80}")
+                continue
             v = str(v)
             if CONTROL_RE.search(v):
                 problems.append(f"llmhost_{name}: control characters are not allowed")
-            elif name in ("venv", "config_dir") and not v.startswith("/"):
-                problems.append(f"llmhost_{name}: must be an absolute path on the host, got {v!r}")
+            elif name in ("venv", "config_dir"):
+                why = _dir_problem(name, v)
+                if why:
+                    problems.append(why)
+            elif name == "frontdoor_metrics_bind" and not _bind_ok(v):
+                problems.append(f"llmhost_{name}: an IP address, '*' or localhost, got {v!r:.80}")
+            elif name == "vllm_version" and not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+([.+a-z0-9]*)$", v):
+                problems.append(f"llmhost_{name}: a release such as 0.32.0, got {v!r:.80}")
         out[name] = v
     unknown = sorted(set(raw) - set(asdict(Shared())))
     problems += [f"llmhost_plan_shared: unknown key {k!r}" for k in unknown]
@@ -88,7 +133,34 @@ def parse_shared(raw: Mapping[str, Any] | None) -> Shared:
     shared = Shared(**out)
     if shared.frontdoor_port == shared.frontdoor_metrics_port:
         raise ConfigError([f"llmhost_frontdoor_metrics_port: {shared.frontdoor_metrics_port} is the front door's port"])
+    taken = {**HOST_PORTS, **{p: w for p, w in TOOLKIT_PORTS.items() if w not in ("the front door",
+                                                                                 "HAProxy's metrics endpoint")}}
+    for name in ("frontdoor_port", "frontdoor_metrics_port"):
+        port = getattr(shared, name)
+        if port in taken:
+            problems.append(f"llmhost_{name}: {port} is {taken[port]}'s port on the host")
+    if shared.venv == shared.config_dir:
+        problems.append(f"llmhost_venv: the same directory as llmhost_config_dir ({shared.venv})")
+    if not _loopback(shared.frontdoor_metrics_bind) and len(shared.frontdoor_metrics_exposure_note.strip()) < 10:
+        problems.append(f"llmhost_frontdoor_metrics_bind: {shared.frontdoor_metrics_bind} publishes HAProxy's "
+                        "metrics, which have no authentication; keep 127.0.0.1 (Prometheus on the host scrapes "
+                        "it), or say in llmhost_frontdoor_metrics_exposure_note which firewall rule limits who "
+                        "reaches it")
+    if problems:
+        raise ConfigError(problems)
     return shared
+
+
+def _bind_ok(addr: str) -> bool:
+    import ipaddress  # noqa: PLC0415
+
+    if addr in ("*", "localhost"):
+        return True
+    try:
+        ipaddress.ip_address(addr.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 def toolkit_ports(shared: Shared) -> dict[int, str]:

@@ -12,17 +12,17 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-# Name fragments that mark a value as a secret, matched case-insensitively on the
-# whole name split at '_' or '-' (KEY matches API_KEY and KEY, not KEYBOARD).
-# Whole words: TOKEN, SECRET, PASSWORD, PASSWD, PASS, PASSPHRASE, PWD, CREDENTIAL(S),
-# KEY, APIKEY, AUTH, AUTHORIZATION, COOKIE, SESSION, PRIVATE, CERT_KEY.
-SECRET_WORDS = (
-    "token", "tokens", "secret", "secrets", "password", "passwd", "pass", "passphrase", "pwd",
-    "credential", "credentials", "key", "keys", "apikey", "auth", "authorization", "cookie", "session",
-    "private", "bearer", "signature",
-)
-# Fragments matched anywhere (names written without separators: HFTOKEN, DBPASSWORD).
-SECRET_FRAGMENTS = ("token", "secret", "passw", "passphrase", "credential", "apikey", "api_key", "privatekey")
+# A name holds a secret when, split at '_', '-' or '.' and matched case-insensitively,
+# - its LAST word is one of FINAL_WORDS (HF_TOKEN, API_KEY, DB_PASS, BASIC_AUTH; not
+#   max_num_batched_tokens or long_prefill_token_threshold, whose token is a count), or
+# - any word is one of ANY_WORDS (DB_PASSWORD_FILE, CLIENT_SECRET_ID), or
+# - it contains one of FRAGMENTS (names written without separators: HFTOKEN, DBPASSWORD).
+FINAL_WORDS = ("token", "key", "keys", "pass", "pwd", "auth", "authorization", "cookie", "bearer", "signature",
+               "apikey", "passphrase", "secret", "password", "passwd", "credential", "credentials")
+ANY_WORDS = ("secret", "secrets", "password", "passwd", "passphrase", "credential", "credentials", "apikey",
+             "privatekey")
+FRAGMENTS = ("secret", "passw", "passphrase", "credential", "apikey", "privatekey", "hftoken", "accesstoken",
+             "authtoken")
 _WORD_SPLIT = re.compile(r"[_\-.]+")
 REDACTED = "<redacted: in the expert's env file, mode 0640>"
 REDACTED_VALUE = "<redacted>"
@@ -33,9 +33,10 @@ def is_secret_name(name: Any) -> bool:
     if not isinstance(name, str) or not name:
         return False
     low = name.lower()
-    if any(f in low for f in SECRET_FRAGMENTS):
-        return True
-    return any(w in SECRET_WORDS for w in _WORD_SPLIT.split(low) if w)
+    words = [w for w in _WORD_SPLIT.split(low) if w]
+    if not words:
+        return False
+    return words[-1] in FINAL_WORDS or any(w in ANY_WORDS for w in words) or any(f in low for f in FRAGMENTS)
 
 
 def redact_mapping(values: Mapping[str, Any], marker: str = REDACTED_VALUE) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from . import compile_mode as compile_mod
 from . import dtype as dtype_mod
 from .experts import PROFILE_TABLE, Expert
 from .perf import quant_support
+from .secret_names import is_secret_name
 
 # Flags that existed in older vLLM and are gone. They are dropped (or errors in
 # strict mode) only when the installed vLLM indeed lacks them.
@@ -43,8 +44,24 @@ GPU_ONLY = {
 SCHEMA_KEYS = {
     "expert_id": "expert_id", "model_path": "model", "domain": "domain", "priority": "priority",
 }
-# Keys the toolkit owns: set from the schema, never from engine settings.
-OWNED_FLAGS = {"model", "host", "port", "served_model_name", "runner"}
+# Keys the toolkit owns: set from the schema and the plan, never from engine settings
+# (one list, docs/experts.md "What the toolkit owns"): where the expert listens and what it
+# serves (the front door and the health checks count on 127.0.0.1:<port>, plain HTTP,
+# the id as model name, one API server in front of one engine).
+OWNED_FLAGS = {
+    "model", "host", "port", "served_model_name", "runner",
+    "uds", "headless", "api_server_count", "root_path",
+    "ssl_keyfile", "ssl_certfile", "ssl_ca_certs", "ssl_cert_reqs", "enable_ssl_refresh",
+    "data_parallel_size", "data_parallel_address", "data_parallel_rpc_port", "data_parallel_start_rank",
+    "data_parallel_size_local",
+}
+# Engine settings that carry a secret: vLLM would take it from argv, which `ps`, the unit
+# file, experts.json and the journal show. Any name llmhost.secret_names counts as one.
+SECRET_FLAGS_HELP = {
+    "api_key": "the front door's keys guard the experts (llmhost_api_keys, in the vault)",
+    "hf_token": "weights are never loaded from a hub at run time; if a tokenizer needs it, set env HF_TOKEN "
+                "(its env file is 0640)",
+}
 AWQ_GPTQ = {"awq", "awq_marlin", "gptq", "gptq_marlin", "gptq_marlin_24"}
 FP8_KV = {"fp8", "fp8_e4m3", "fp8_e5m2"}
 GEMMA3_MARKERS = ("gemma-3", "gemma3", "gemma_3")
@@ -69,6 +86,23 @@ def value_problem(key: str, value: Any, spec: Mapping[str, Any]) -> str | None:
     kind = spec.get("kind")
     if kind in ("bool_optional", "store_true", "store_false"):
         return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+    many = spec.get("nargs") in ("+", "*")
+    if isinstance(value, (list, tuple)):
+        if not many:
+            return f"takes one value, got a list {list(value)!r:.80}"
+        if not value:
+            return "an empty list; leave the setting out instead"
+        bad = [v for v in value if isinstance(v, (list, tuple, dict)) or v is None]
+        if bad:
+            return f"each item is one value, got {bad[0]!r:.60}"
+        items = list(value)
+    else:
+        items = [value]
+    dashed = [v for v in items if isinstance(v, str) and v.startswith("-")]
+    if dashed:
+        return f"a value may not start with '-' (it would read as another flag), got {dashed[0]!r:.60}"
+    if isinstance(value, (list, tuple)):
+        return None
     vtype = spec.get("type")
     if isinstance(value, bool) and vtype in ("int", "float"):
         return f"expected a number, got {value!r}"
@@ -199,6 +233,11 @@ def translate(
         elif k in OWNED_FLAGS:
             t.report.append(Line(k, "rejected", "set by the toolkit from expert_id, model and the plan; "
                                   "remove it from engine"))
+            settings.pop(k)
+        elif k in SECRET_FLAGS_HELP or (is_secret_name(k) and not isinstance(settings[k], bool)):
+            t.report.append(Line(k, "rejected", "a secret in vLLM's arguments shows in ps, the unit file and "
+                                 "experts.json; " + SECRET_FLAGS_HELP.get(k, "give it through env (the env "
+                                                                            "file is 0640)")))
             settings.pop(k)
 
     if expert.pooling and settings.get("enable_prefix_caching"):

@@ -14,7 +14,7 @@ TOP = {
     "warnings": list, "routing": type(None), "host_profile": type(None),
 }
 SHARED = {"vllm_version": str, "venv": str, "config_dir": str, "frontdoor_port": int,
-          "frontdoor_metrics_bind": str, "frontdoor_metrics_port": int}
+          "frontdoor_metrics_bind": str, "frontdoor_metrics_port": int, "frontdoor_metrics_exposure_note": str}
 EXPERT = {
     "expert_id": str, "port": int, "backend_port": int, "domain": str, "priority": int, "profile": str,
     "model": str, "model_source": type(None), "thresholds": dict, "preload_tcmalloc": bool, "cores": list,

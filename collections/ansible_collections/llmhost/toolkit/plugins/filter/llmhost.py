@@ -121,7 +121,7 @@ PLAN_ARGUMENT_SPEC: dict[str, dict[str, Any]] = {
     "strict": {"type": "bool", "default": False},
     "default_expert": {"type": "str"},
     "cpu_source": {"type": "str", "default": "affinity", "choices": ["affinity", "online"]},
-    "expect_cpus": {"type": "raw"},                       # llmhost_host_expect.cpus: plan for this many
+    "host_expect": {"type": "raw"},                       # llmhost_host_expect: plan for its cpus
     "start_budget_s": {"type": "raw", "default": DEFAULT_START_BUDGET_S},
     "shared": {"type": "dict"},                           # llmhost_plan_shared
     "routing": {"type": "raw"},                           # llmhost_routing
@@ -142,7 +142,10 @@ def plan(experts: Any, **kwargs: Any) -> dict:
         raise AnsibleFilterError("llmhost.toolkit.plan: " + "; ".join(checked.error_messages))
     a = checked.validated_parameters
     host = host_mod.from_probe(a["cpu"], a["cpu_source"])
-    expect = int(a["expect_cpus"]) if a["expect_cpus"] not in (None, "") else None
+    try:
+        expect = host_mod.parse_expect(a["host_expect"]).get("cpus")
+    except ConfigError as e:
+        raise AnsibleFilterError("the experts config cannot work:\n  " + "\n  ".join(e.problems)) from None
     reserved_cores = a["reserved_cores"]
     if reserved_cores is None or reserved_cores == "":
         reserved_cores = default_reserved(max(len(host.cpus), expect or 0))
