@@ -6,8 +6,10 @@ expert's planned memory (weights + KV cache + server overhead). A lazy expert
 starts on demand: its socket's first connection starts its proxy service, which
 runs this twice.
 
-`llmhost-admit gate --expert ID` (ExecStartPre=+, privileged), under a lock, from
-the planned memory of the experts loaded or starting:
+`llmhost-admit gate --expert ID` (ExecStartPre=+, privileged), under a lock (waited
+for --lock-wait seconds at most: past it the start is refused, `expert_admission_busy`),
+from the planned memory of the experts loaded or starting and the front door's usage
+(HAProxy's metrics at --frontdoor-metrics, the inventory's metrics address):
 - it fits (their memory plus its own within the budget, and fewer than
   max_loaded_experts loaded, an optional extra cap): start the expert's model unit;
 - it does not: stop idle lazy experts (no request in flight at the front door),
@@ -17,6 +19,9 @@ the planned memory of the experts loaded or starting:
   keep listening, so each loads again on its next request;
 - nothing idle frees enough: refuse, naming what is loaded and what it weighs. The
   reason is left for the front step.
+A lazy expert whose usage is unknown (the metrics unreachable or unparsable, or the
+expert missing from them) counts as busy: never stopped. When only stopping such an
+expert would have made room, the refusal says so (`expert_usage_unknown`).
 The gate does not wait for the model to load: the model's unit is "activating"
 (counted, and never stopped) before the lock is released.
 
@@ -35,6 +40,11 @@ rounds.
 
 `llmhost-admit decide --expert ID [--loaded A,B --busy A --budget-gib N]`: what the
 gate would do now (or in the situation given), changing nothing.
+
+`llmhost-admit drain --expert ID` / `ready --expert ID` (root, the deploy of a changed
+preloaded expert): through HAProxy's runtime API (--admin-socket), put the expert's
+server in maintenance and wait until its sessions end (bounded by --timeout), or put
+it back in service. No front door, or no such server in it: nothing to do, said.
 
 Stdlib only: shipped to the host as one script.
 """
@@ -59,6 +69,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 LOCK = "/run/llmhost-admit.lock"
+LOCK_WAIT_S = 45.0                  # default of --lock-wait (the units pass the plan's value)
+DEACTIVATING_WAIT_S = 60.0          # the gate waits this long for a model still stopping
+SETTLE_S = 10.0                     # and this long for a start to count as loaded
+METRICS_URL = "http://127.0.0.1:8405/metrics"   # the plan's default metrics address
+ADMIN_SOCKET = "/run/haproxy/admin.sock"
 REASONS = "/run/llmhost-admit"      # <expert>.reason: why its last start was refused or failed
 PROXYD = "/lib/systemd/systemd-socket-proxyd"
 LOADED_STATES = ("active", "activating", "reloading", "deactivating")
@@ -79,9 +94,15 @@ def proxy_unit(expert_id: str) -> str:
 class Usage:
     in_flight: int             # requests at the front door now
     idle_s: float              # seconds since its last request began (large when never)
+    known: bool = True         # False: no front door numbers for it (counted as busy)
 
 
-UNSEEN = Usage(0, 1e9)   # no front door numbers for it: nothing in flight, no recent request
+UNKNOWN = Usage(0, 0.0, known=False)   # not in the front door's numbers: never taken for idle
+
+# The refusals' codes (the 503's error code and the reason of llmhost_lazy_refused_requests_total)
+NO_ROOM = "expert_not_loaded"
+USAGE_UNKNOWN = "expert_usage_unknown"
+ADMISSION_BUSY = "expert_admission_busy"
 
 
 @dataclass(frozen=True)
@@ -89,6 +110,7 @@ class Decision:
     admit: bool
     evict: tuple[str, ...]
     why: str
+    code: str = ""             # a refusal's code: NO_ROOM or USAGE_UNKNOWN
 
 
 def _gib(e: Mapping[str, Any]) -> float:
@@ -106,15 +128,20 @@ def _weighs(e: Mapping[str, Any], note: str = "") -> str:
 
 def decide(me: str, experts: Sequence[Mapping[str, Any]], states: Mapping[str, str],
            usage: Mapping[str, Usage], budget_gib: float | None = None,
-           max_loaded: int | None = None) -> Decision:
+           max_loaded: int | None = None, usage_problem: str = "") -> Decision:
     """Pure: admit `me` (stopping whom), or refuse, from planned memory, unit states
-    and front door usage. budget_gib None: no memory budget (count only)."""
+    and front door usage. budget_gib None: no memory budget (count only). An expert
+    without usage (not in `usage`, or not known) counts as busy; usage_problem says
+    why the front door's numbers are missing, for the refusal."""
     by_id = {e["expert_id"]: e for e in experts}
     mine = _gib(by_id.get(me, {}))
     budget = float("inf") if budget_gib is None else float(budget_gib)
     cap = len(experts) if max_loaded is None else int(max_loaded)
     loaded = [e for e in experts if e["expert_id"] != me and states.get(e["expert_id"]) in LOADED_STATES]
     used = sum(_gib(e) for e in loaded)
+
+    def use(e: Mapping[str, Any]) -> Usage:
+        return usage.get(e["expert_id"], UNKNOWN)
 
     def fits(mem: float, n: int) -> bool:
         return mem + mine <= budget + 1e-9 and n < cap
@@ -127,21 +154,27 @@ def decide(me: str, experts: Sequence[Mapping[str, Any]], states: Mapping[str, s
     if fits(used, len(loaded)):
         return Decision(True, (), f"room for {me}: " + (situation(used, len(loaded)) or f"{len(loaded)} loaded"))
 
-    def idle(e: Mapping[str, Any]) -> bool:
-        return (not e.get("preload", True) and not e.get("pinned") and states.get(e["expert_id"]) == "active"
-                and usage.get(e["expert_id"], UNSEEN).in_flight == 0)
+    def stoppable(e: Mapping[str, Any]) -> bool:
+        return not e.get("preload", True) and not e.get("pinned") and states.get(e["expert_id"]) == "active"
 
-    candidates = sorted((e for e in loaded if idle(e)),
-                        key=lambda e: (_cost(e), -usage.get(e["expert_id"], UNSEEN).idle_s, e["expert_id"]))
-    evict: list[Mapping[str, Any]] = []
-    mem, n = used, len(loaded)
-    for e in candidates:
-        if fits(mem, n):
-            break
-        evict.append(e)
-        mem, n = mem - _gib(e), n - 1
+    def idle(e: Mapping[str, Any]) -> bool:
+        return stoppable(e) and use(e).known and use(e).in_flight == 0
+
+    def pick(eligible: Callable[[Mapping[str, Any]], bool]) -> tuple[list[Mapping[str, Any]], float, int]:
+        candidates = sorted((e for e in loaded if eligible(e)),
+                            key=lambda e: (_cost(e), -use(e).idle_s, e["expert_id"]))
+        evict: list[Mapping[str, Any]] = []
+        mem, n = used, len(loaded)
+        for e in candidates:
+            if fits(mem, n):
+                break
+            evict.append(e)
+            mem, n = mem - _gib(e), n - 1
+        return evict, mem, n
+
+    evict, mem, n = pick(idle)
     if fits(mem, n):
-        names = ", ".join(f"{_weighs(e)}, last request {usage.get(e['expert_id'], UNSEEN).idle_s:.0f} s ago, "
+        names = ", ".join(f"{_weighs(e)}, last request {use(e).idle_s:.0f} s ago, "
                           f"evict cost {_cost(e):g}" for e in evict)
         return Decision(True, tuple(e["expert_id"] for e in evict),
                         f"stopping idle {names} for {me}: {situation(mem, n)}")
@@ -154,39 +187,63 @@ def decide(me: str, experts: Sequence[Mapping[str, Any]], states: Mapping[str, s
             return "pinned"
         if states.get(eid) != "active":
             return "starting"
-        return "busy" if usage.get(eid, UNSEEN).in_flight else "idle"
+        if not use(e).known:
+            return "usage unknown"
+        return "busy" if use(e).in_flight else "idle"
 
     listing = ", ".join(_weighs(e, note(e)) for e in loaded) or "none"
     limit = (f"needs {mine:.1f} GiB and the budget is {budget:.1f} GiB with {used:.1f} GiB planned for the loaded "
              f"experts" if budget_gib is not None and used + mine > budget else
              f"max_loaded_experts {cap} are loaded")
+    unknown = [e["expert_id"] for e in loaded if stoppable(e) and not use(e).known]
+    # would taking the unknown ones for idle have made room? Then the unknown usage is why.
+    if unknown and fits(*pick(lambda e: stoppable(e) and (not use(e).known or use(e).in_flight == 0))[1:]):
+        why = usage_problem or "not in the front door's metrics"
+        return Decision(False, (), f"expert {me} {limit} ({listing}); the front door's usage of "
+                                   f"{', '.join(unknown)} is unknown ({why}), so none is stopped: it may be "
+                                   "serving; retry later", USAGE_UNKNOWN)
     return Decision(False, (), f"expert {me} {limit} ({listing}), and stopping every idle lazy one would not make "
-                               "room; retry when one is idle")
+                               "room; retry when one is idle", NO_ROOM)
 
 
 _METRIC = re.compile(r'^(haproxy_backend_(?:current_sessions|last_session_seconds))\{[^}]*proxy="be_([^"]+)"[^}]*\}\s+(\S+)')
 
 
 def parse_haproxy_metrics(text: str) -> dict[str, Usage]:
-    """Per expert from HAProxy's Prometheus endpoint: sessions now, seconds since the last."""
+    """Per expert from HAProxy's Prometheus endpoint: sessions now, seconds since the last.
+    Only a backend with a readable sessions figure is in the result (a value that is not
+    a number leaves it out: unknown, so busy)."""
     cur: dict[str, float] = {}
     last: dict[str, float] = {}
+    bad: set[str] = set()
     for line in text.splitlines():
         m = _METRIC.match(line)
         if m:
-            (cur if m.group(1).endswith("current_sessions") else last)[m.group(2)] = float(m.group(3))
+            try:
+                v = float(m.group(3))
+            except ValueError:
+                bad.add(m.group(2))
+                continue
+            if v != v:   # NaN
+                bad.add(m.group(2))
+                continue
+            (cur if m.group(1).endswith("current_sessions") else last)[m.group(2)] = v
     # HAProxy reports -1 for "never"
-    return {b: Usage(int(cur.get(b, 0)), 1e9 if last.get(b, -1) < 0 else last[b]) for b in set(cur) | set(last)}
+    return {b: Usage(int(cur[b]), 1e9 if last.get(b, -1) < 0 else last[b]) for b in set(cur) - bad}
 
 
-def frontdoor_usage(url: str, timeout: float = 2.0) -> dict[str, Usage]:
+def frontdoor_usage(url: str, timeout: float = 2.0) -> tuple[dict[str, Usage], str]:
+    """(usage per expert, why it is missing). Unreachable or unparsable: no usage at all,
+    and the problem named; the gate then stops no lazy expert (any may be serving)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return parse_haproxy_metrics(r.read().decode("utf-8", "replace"))
-    except OSError:
-        # No front door numbers (it is down, so nothing is in flight through it): lazy
-        # experts count as idle; stopping one is safe, it reloads on its next request.
-        return {}
+            text = r.read().decode("utf-8", "replace")
+    except (OSError, ValueError) as e:      # refused, timed out, HTTP error, a malformed URL
+        return {}, f"the front door's metrics at {url} did not answer: {getattr(e, 'reason', None) or e}"
+    usage = parse_haproxy_metrics(text)
+    if not usage:
+        return {}, f"the front door's metrics at {url} have no readable haproxy_backend_current_sessions"
+    return usage, ""
 
 
 def unit_states(expert_ids: Sequence[str], run: Callable[..., Any] = subprocess.run) -> dict[str, str]:
@@ -247,26 +304,52 @@ def wait_states(me: str, leave: Sequence[str], within_s: float,
     return state
 
 
-def gate(cfg: Mapping[str, Any], me: str, metrics_url: str, settle_s: float = 10.0) -> int:
+def take_lock(f: Any, within_s: float, poll_s: float = 0.1) -> float | None:
+    """flock(f) exclusively within `within_s` seconds: the seconds waited, or None when
+    another holder kept it all that time."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return time.monotonic() - t0
+        except BlockingIOError:
+            if time.monotonic() - t0 >= within_s:
+                return None
+            time.sleep(poll_s)
+
+
+def gate(cfg: Mapping[str, Any], me: str, metrics_url: str, settle_s: float = SETTLE_S,
+         lock_wait_s: float = LOCK_WAIT_S, lock_path: str = LOCK,
+         usage: Callable[[str], tuple[dict[str, Usage], str]] | None = None,
+         states: Callable[[Sequence[str]], Mapping[str, str]] | None = None,
+         run: Callable[..., Any] = subprocess.run) -> int:
     experts = cfg["experts"]
     budget, cap = budget_of(cfg)
-    with open(LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    usage = usage or frontdoor_usage
+    states = states or unit_states
+    with open(lock_path, "w") as lock:
+        if take_lock(lock, lock_wait_s) is None:
+            why = (f"expert {me} was not started: the admission gate waited {lock_wait_s:.0f} s for another "
+                   f"expert's start decision ({lock_path} held); retry shortly")
+            print("refused: " + why, flush=True)
+            write_reason(me, why, ADMISSION_BUSY)
+            return 0  # the front step answers the waiting requests with the reason
         ids = [e["expert_id"] for e in experts]
         # a model still stopping (its proxy idled out) must be gone before this start,
         # or the front would find the old server answering and relay to it
-        wait_states(me, ("deactivating",), 60)
-        d = decide(me, experts, unit_states(ids), frontdoor_usage(metrics_url), budget, cap)
+        wait_states(me, ("deactivating",), DEACTIVATING_WAIT_S, states)
+        used, problem = usage(metrics_url)
+        if problem:
+            print(f"usage unknown: {problem}; no lazy expert is taken for idle", flush=True)
+        d = decide(me, experts, states(ids), used, budget, cap, problem)
         print(("admitted: " if d.admit else "refused: ") + d.why, flush=True)
         if not d.admit:
-            write_reason(me, d.why)
+            write_reason(me, d.why, d.code or NO_ROOM)
             return 0  # the front step answers the waiting requests with the reason
         if d.evict:
-            subprocess.run(["systemctl", "stop", *[u for e in d.evict for u in (proxy_unit(e), unit(e))]],
-                           check=False)
+            run(["systemctl", "stop", *[u for e in d.evict for u in (proxy_unit(e), unit(e))]], check=False)
         clear_reason(me)
-        r = subprocess.run(["systemctl", "start", "--no-block", unit(me)], capture_output=True, text=True,
-                           check=False)
+        r = run(["systemctl", "start", "--no-block", unit(me)], capture_output=True, text=True, check=False)
         if r.returncode != 0:
             print(f"{unit(me)} did not start: {r.stderr.strip()}", flush=True)
             write_reason(me, f"expert {me} failed to load (journalctl -u {unit(me)} on the host)",
@@ -275,7 +358,7 @@ def gate(cfg: Mapping[str, Any], me: str, metrics_url: str, settle_s: float = 10
         # Hold the lock until the unit counts as loaded, so the next gate sees it. A start
         # that systemd refuses later (start limit, a missing standby) never runs the unit's
         # ExecStopPost: say so here, or the waiting clients would wait the whole budget.
-        state = wait_states(me, ("inactive",), settle_s)
+        state = wait_states(me, ("inactive",), settle_s, states)
         if state not in LOADED_STATES:
             print(f"{unit(me)} did not start: it is {state or 'unknown'}", flush=True)
             write_reason(me, f"expert {me} failed to load: its unit is {state or 'unknown'} "
@@ -765,6 +848,100 @@ def front(me: str, backend_port: int, idle_s: int, timeout_s: float = 900, max_w
     return 0  # not reached
 
 
+def admin_command(cmd: str, socket_path: str = ADMIN_SOCKET, timeout: float = 5.0) -> str:
+    """One command to HAProxy's runtime API (one per connection) and its whole answer."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(socket_path)
+        s.sendall(cmd.encode() + b"\n")
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    return out.decode("utf-8", "replace")
+
+
+def server_stat(text: str, backend: str, server: str) -> dict[str, str] | None:
+    """The row of `show stat` (CSV, header "# pxname,svname,...") for backend/server."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return None
+    head = lines[0][2:].split(",")
+    for line in lines[1:]:
+        row = dict(zip(head, line.split(",")))
+        if row.get("pxname") == backend and row.get("svname") == server:
+            return row
+    return None
+
+
+Admin = Callable[[str], str]
+
+
+def _admin(socket_path: str) -> Admin:
+    return lambda cmd: admin_command(cmd, socket_path)
+
+
+def drain(me: str, admin: Admin, timeout_s: float, poll_s: float = 0.5,
+          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """Put expert `me`'s server (be_<id>/<id>) in maintenance at the front door and wait,
+    at most timeout_s, until its sessions end. New requests then wait in the front door's
+    hold (llmhost-hold.lua) instead of reaching a restarting server. Returns what was done:
+    drained (the server is in maintenance now), restore (put it back in service after:
+    false when it already was in maintenance), sessions_left, waited_s, msg."""
+    backend, server = f"be_{me}", me
+    try:
+        row = server_stat(admin("show stat"), backend, server)
+    except OSError as e:
+        return {"drained": False, "restore": False, "sessions_left": 0, "waited_s": 0.0,
+                "msg": f"expert {me}: the front door's runtime API did not answer ({e.strerror or e}): nothing to drain"}
+    if row is None:
+        return {"drained": False, "restore": False, "sessions_left": 0, "waited_s": 0.0,
+                "msg": f"expert {me}: the front door has no server {backend}/{server} yet: nothing to drain"}
+    was = row.get("status", "")
+    answer = admin(f"set server {backend}/{server} state maint").strip()
+    if answer:
+        raise RuntimeError(f"expert {me}: the front door refused to put {backend}/{server} in maintenance: {answer}")
+    t0 = clock()
+    left = int(row.get("scur") or 0)
+    while True:
+        row = server_stat(admin("show stat"), backend, server) or {}
+        left = int(row.get("scur") or 0)
+        if left == 0 or clock() - t0 >= timeout_s:
+            break
+        sleep(poll_s)
+    waited = clock() - t0
+    msg = (f"expert {me}: {backend}/{server} in maintenance at the front door (new requests wait); "
+           + (f"its sessions ended in {waited:.1f} s" if left == 0 else
+              f"{left} session(s) still open after {timeout_s:.0f} s: the restart cuts them"))
+    return {"drained": True, "restore": not was.startswith("MAINT"), "sessions_left": left,
+            "waited_s": round(waited, 1), "msg": msg}
+
+
+def ready(me: str, admin: Admin) -> dict[str, Any]:
+    """Put expert `me`'s server back in service at the front door (after drain)."""
+    backend, server = f"be_{me}", me
+    try:
+        row = server_stat(admin("show stat"), backend, server)
+    except OSError as e:
+        return {"ready": False, "msg": f"expert {me}: the front door's runtime API did not answer "
+                                       f"({e.strerror or e}): nothing to put back"}
+    if row is None:
+        return {"ready": False, "msg": f"expert {me}: the front door has no server {backend}/{server}: nothing to put back"}
+    answer = admin(f"set server {backend}/{server} state ready").strip()
+    if answer:
+        raise RuntimeError(f"expert {me}: the front door refused to put {backend}/{server} back in service: {answer}")
+    row = server_stat(admin("show stat"), backend, server) or {}
+    return {"ready": True, "status": row.get("status", ""),
+            "msg": f"expert {me}: {backend}/{server} back in service at the front door ({row.get('status', '?')})"}
+
+
+def metrics_address(arg: str | None, cfg: Mapping[str, Any]) -> str:
+    """The metrics URL the gate reads: the one given, else the config's, else the default."""
+    return arg or str(cfg.get("frontdoor_metrics") or METRICS_URL)
+
+
 def _read_cfg(path: str) -> dict[str, Any]:
     cfg = json.loads(Path(path).read_text())
     if not isinstance(cfg, dict) or not isinstance(cfg.get("experts"), list):
@@ -780,11 +957,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = sub.add_parser("gate", help="admit (stopping idle lazy experts by cost) or refuse; start the model")
     g.add_argument("--config", default="/etc/llmhost/admission.json")
     g.add_argument("--expert", required=True)
-    g.add_argument("--frontdoor-metrics", default="http://127.0.0.1:8405/metrics")
+    g.add_argument("--frontdoor-metrics", help="HAProxy's Prometheus endpoint (default: the config's "
+                                               f"frontdoor_metrics, else {METRICS_URL})")
+    g.add_argument("--lock-wait", type=float, default=LOCK_WAIT_S,
+                   help="seconds to wait for another start's decision at most; then refuse")
     d = sub.add_parser("decide", help="what the gate would do now, or in the situation given; changes nothing")
     d.add_argument("--config", default="/etc/llmhost/admission.json")
     d.add_argument("--expert", required=True)
-    d.add_argument("--frontdoor-metrics", default="http://127.0.0.1:8405/metrics")
+    d.add_argument("--frontdoor-metrics", help="HAProxy's Prometheus endpoint (as for gate)")
     d.add_argument("--loaded", help="comma-separated experts taken as loaded (default: the units' states)")
     d.add_argument("--busy", default="", help="comma-separated experts taken as serving a request")
     d.add_argument("--pinned", default="", help="comma-separated experts taken as pinned")
@@ -803,7 +983,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     k.add_argument("--metrics", required=True)
     s = sub.add_parser("failed", help="(the model unit's ExecStopPost) leave the reason of a failed start")
     s.add_argument("--expert", required=True)
+    for name, what in (("drain", "put a preloaded expert's server in maintenance at the front door and wait "
+                                 "for its sessions to end (before its restart); prints JSON"),
+                       ("ready", "put it back in service at the front door (after the restart); prints JSON")):
+        x = sub.add_parser(name, help=what)
+        x.add_argument("--expert", required=True)
+        x.add_argument("--admin-socket", default=ADMIN_SOCKET, help="HAProxy's runtime API socket")
+        if name == "drain":
+            x.add_argument("--timeout", type=float, default=120, help="seconds to wait for the sessions at most")
     args = ap.parse_args(argv)
+    if args.cmd in ("drain", "ready"):
+        try:
+            out = (drain(args.expert, _admin(args.admin_socket), args.timeout) if args.cmd == "drain"
+                   else ready(args.expert, _admin(args.admin_socket)))
+        except (RuntimeError, OSError) as e:
+            print(str(e) if isinstance(e, RuntimeError) else
+                  f"expert {args.expert}: the front door's runtime API failed ({e})", file=sys.stderr)
+            return 1
+        print(json.dumps(out))
+        return 0
     if args.cmd == "front":
         return front(args.expert, args.backend, args.idle, args.timeout, args.max_waiting, args.metrics, args.port)
     if args.cmd == "keep-metrics":
@@ -815,27 +1013,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{args.config}: cannot read the admission config ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
+    url = metrics_address(args.frontdoor_metrics, cfg)
     if args.cmd == "gate":
-        return gate(cfg, args.expert, args.frontdoor_metrics)
+        return gate(cfg, args.expert, url, lock_wait_s=args.lock_wait)
     ids = [e["expert_id"] for e in cfg["experts"]]
     unknown = [x for x in [args.expert] + (args.loaded or "").split(",") + args.busy.split(",")
                + args.pinned.split(",") if x and x not in ids]
     if unknown:
         print(f"no such expert: {', '.join(unknown)} (experts: {', '.join(ids)})", file=sys.stderr)
         return 2
+    problem = ""
     if args.loaded is None:
         states = unit_states(ids)
-        usage = frontdoor_usage(args.frontdoor_metrics)
+        usage, problem = frontdoor_usage(url)
+        if problem:
+            print(f"usage unknown: {problem}", file=sys.stderr)
     else:
         on = set(args.loaded.split(",")) | {e["expert_id"] for e in cfg["experts"] if e.get("preload", True)}
         states = {i: ("active" if i in on else "inactive") for i in ids}
-        usage = {i: Usage(1, 0) for i in args.busy.split(",") if i}
+        busy = {i for i in args.busy.split(",") if i}
+        usage = {i: (Usage(1, 0) if i in busy else Usage(0, 1e9)) for i in ids}
     budget, cap = budget_of(cfg)
     if args.budget_gib is not None:
         budget = args.budget_gib
     pinned = {x for x in args.pinned.split(",") if x}
     experts = [{**e, "pinned": True} if e["expert_id"] in pinned else e for e in cfg["experts"]]
-    dec = decide(args.expert, experts, states, usage, budget, cap)
+    dec = decide(args.expert, experts, states, usage, budget, cap, problem)
     print(("admit" if dec.admit else "refuse") + (f", stop {', '.join(dec.evict)}" if dec.evict else "")
           + f": {dec.why}")
     return 0 if dec.admit else 1

@@ -20,6 +20,8 @@ EXPERTS = [{"expert_id": "phi", "preload": True, "memory_gib": 10},
            {"expert_id": "aya", "preload": False, "memory_gib": 12, "evict_cost": 5.6},
            {"expert_id": "tiny", "preload": False, "memory_gib": 4, "evict_cost": 1}]
 UP = {"phi": "active", "mistral": "active", "qwen": "active"}
+# the front door's numbers: every expert idle a long while (usage known)
+IDLE = {e["expert_id"]: Usage(0, 9999) for e in EXPERTS}
 
 
 def with_(eid, **kw):
@@ -48,7 +50,7 @@ def test_short_of_memory_stops_the_cheapest_idle_lazy_expert_never_a_preloaded_o
 
 def test_stops_as_many_as_needed_cheapest_first():
     states = {**UP, "gemma": "active", "aya": "active", "tiny": "active"}
-    d = decide("aya", with_("aya", memory_gib=30), states, {}, budget_gib=60)
+    d = decide("aya", with_("aya", memory_gib=30), states, IDLE, budget_gib=60)
     assert d.evict == ("tiny", "gemma")
 
 
@@ -84,13 +86,13 @@ def test_max_loaded_experts_stays_an_extra_cap():
 
 def test_an_old_config_without_memory_is_count_only():
     experts = [{k: v for k, v in e.items() if k not in ("memory_gib", "evict_cost")} for e in EXPERTS]
-    d = decide("aya", experts, {**UP, "gemma": "active"}, {}, budget_gib=None, max_loaded=4)
+    d = decide("aya", experts, {**UP, "gemma": "active"}, IDLE, budget_gib=None, max_loaded=4)
     assert d.admit and d.evict == ("gemma",)
 
 
-def test_without_front_door_numbers_a_loaded_lazy_expert_counts_as_idle():
-    d = decide("aya", EXPERTS, {**UP, "gemma": "active"}, {}, budget_gib=50)
-    assert d.admit and d.evict == ("gemma",)
+def test_with_front_door_numbers_an_idle_loaded_lazy_expert_is_stopped():
+    d = decide("aya", EXPERTS, {**UP, "gemma": "active"}, IDLE, budget_gib=50)
+    assert d.admit and d.evict == ("gemma",) and d.code == ""
 
 
 def test_decide_command_what_if(tmp_path, capsys):
@@ -307,3 +309,353 @@ def test_a_model_error_after_the_stream_head_becomes_an_sse_error_event(model):
     t.join(10)
     assert not t.is_alive()
     assert 'data: {"error": {"message": "no such model", "code": 404}}' in got and got.endswith("data: [DONE]\n\n")
+
+
+# --- unknown usage never evicts; the metrics address; the bounded lock -------------------
+
+LAZY_UP = {**UP, "gemma": "active"}
+NEEDS_GEMMA_GONE = 50     # aya (12) fits only once gemma (25) is stopped: 24 + 25 + 12 > 50
+
+
+@pytest.mark.parametrize("case,usage,problem,admit,evict,code,says", [
+    ("idle, known", {"gemma": Usage(0, 300)}, "", True, ("gemma",), "",
+     "stopping idle gemma 25.0 GiB, last request 300 s ago"),
+    ("busy, known", {"gemma": Usage(2, 0)}, "", False, (), "expert_not_loaded", "gemma 25.0 GiB (busy)"),
+    ("metrics unreachable", {}, "the front door's metrics at http://127.0.0.1:9/metrics did not answer: refused",
+     False, (), "expert_usage_unknown", "usage of gemma is unknown (the front door's metrics at "
+                                         "http://127.0.0.1:9/metrics did not answer: refused), so none is stopped"),
+    ("metrics unparsable", {}, "the front door's metrics at U have no readable haproxy_backend_current_sessions",
+     False, (), "expert_usage_unknown", "no readable haproxy_backend_current_sessions"),
+    ("expert missing from them", {"aya": Usage(0, 5)}, "", False, (), "expert_usage_unknown",
+     "usage of gemma is unknown (not in the front door's metrics)"),
+    ("explicitly unknown", {"gemma": Usage(0, 9999, known=False)}, "", False, (), "expert_usage_unknown",
+     "gemma 25.0 GiB (usage unknown)"),
+])
+def test_unknown_usage_never_evicts_and_the_refusal_says_why(case, usage, problem, admit, evict, code, says):
+    d = decide("aya", EXPERTS, LAZY_UP, usage, budget_gib=NEEDS_GEMMA_GONE, usage_problem=problem)
+    assert (d.admit, d.evict, d.code) == (admit, evict, code), (case, d)
+    assert says in d.why, (case, d.why)
+
+
+def test_unknown_usage_is_not_the_reason_when_stopping_it_would_not_help():
+    # even with gemma stopped, aya (12) does not fit in 30 GiB beside the preloaded 24: plain no room
+    d = decide("aya", EXPERTS, LAZY_UP, {}, budget_gib=30, usage_problem="down")
+    assert not d.admit and d.code == "expert_not_loaded" and "gemma 25.0 GiB (usage unknown)" in d.why
+
+
+def test_a_known_idle_expert_is_stopped_beside_an_unknown_one():
+    # gemma's usage unknown (kept), tiny idle and enough: tiny goes
+    d = decide("aya", EXPERTS, {**LAZY_UP, "tiny": "active"}, {"tiny": Usage(0, 60)}, budget_gib=61)
+    assert d.admit and d.evict == ("tiny",)
+
+
+@pytest.mark.parametrize("case,text,expect", [
+    ("numbers", 'haproxy_backend_current_sessions{proxy="be_gemma"} 2\n'
+                'haproxy_backend_last_session_seconds{proxy="be_gemma"} 0\n', {"gemma": Usage(2, 0.0)}),
+    ("not a number", 'haproxy_backend_current_sessions{proxy="be_gemma"} abc\n', {}),
+    ("NaN", 'haproxy_backend_current_sessions{proxy="be_gemma"} NaN\n', {}),
+    ("only the last session, no sessions figure", 'haproxy_backend_last_session_seconds{proxy="be_gemma"} 3\n', {}),
+    ("an HTML page", "<html><body>502 Bad Gateway</body></html>", {}),
+])
+def test_parse_haproxy_metrics_leaves_out_what_it_cannot_read(case, text, expect):
+    assert parse_haproxy_metrics(text) == expect, case
+
+
+class Metrics(BaseHTTPRequestHandler):
+    body = b""
+    status = 200
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+
+@pytest.fixture
+def metrics_server():
+    servers = []
+
+    def start(status, body):
+        handler = type("H", (Metrics,), {"status": status, "body": body})
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/metrics"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case,status,body,known,says", [
+    ("answers", 200, b'haproxy_backend_current_sessions{proxy="be_gemma"} 0\n', {"gemma"}, ""),
+    ("an HTTP error", 503, b"no", set(), "did not answer: Service Unavailable"),
+    ("unparsable", 200, b"garbage\n", set(), "have no readable haproxy_backend_current_sessions"),
+    ("nobody listens", None, b"", set(), "did not answer:"),
+])
+def test_frontdoor_usage_names_the_address_and_the_problem(metrics_server, case, status, body, known, says):
+    from llmhost.admit import frontdoor_usage  # noqa: PLC0415
+    url = metrics_server(status, body) if status else f"http://127.0.0.1:{free_port()}/metrics"
+    usage, problem = frontdoor_usage(url, timeout=2)
+    assert set(usage) == known, case
+    assert (says in problem and url in problem) if says else problem == "", (case, problem)
+
+
+@pytest.fixture
+def gate_env(tmp_path, monkeypatch):
+    """The gate with its reason files in tmp_path, stand-in unit states and systemctl."""
+    monkeypatch.setattr("llmhost.admit.REASONS", str(tmp_path / "reasons"))
+    calls = []
+
+    class R:
+        returncode, stderr = 0, ""
+
+    def run(argv, **kw):
+        calls.append(argv)
+        return R()
+
+    started = set()
+
+    def states(ids):
+        return {i: ("active" if i in LAZY_UP or i in started else "inactive") for i in ids}
+
+    def run_and_start(argv, **kw):
+        if argv[:3] == ["systemctl", "start", "--no-block"]:
+            started.add(argv[3].removeprefix("llmhost-expert-").removesuffix(".service"))
+        return run(argv, **kw)
+
+    cfg = {"experts": EXPERTS, "lazy_loading": {"memory_budget_gib": NEEDS_GEMMA_GONE}}
+    return cfg, calls, states, run_and_start, tmp_path / "llmhost-admit.lock"
+
+
+@pytest.mark.parametrize("case,usage,stopped,code,says", [
+    ("front door down", ({}, "the front door's metrics at U did not answer: refused"), False,
+     "expert_usage_unknown", "so none is stopped"),
+    ("gemma missing from the metrics", ({"tiny": Usage(0, 1)}, ""), False, "expert_usage_unknown",
+     "usage of gemma is unknown (not in the front door's metrics)"),
+    ("gemma busy", ({"gemma": Usage(1, 0)}, ""), False, "expert_not_loaded", "gemma 25.0 GiB (busy)"),
+    ("gemma idle", ({"gemma": Usage(0, 120)}, ""), True, None, None),
+])
+def test_the_gate_stops_only_what_it_knows_is_idle(gate_env, capsys, case, usage, stopped, code, says):
+    from llmhost.admit import gate, read_reason  # noqa: PLC0415
+    cfg, calls, states, run, lock = gate_env
+    assert gate(cfg, "aya", "U", settle_s=0.5, lock_path=str(lock), usage=lambda url: usage, states=states,
+                run=run) == 0
+    stops = [c for c in calls if c[:2] == ["systemctl", "stop"]]
+    assert bool(stops) == stopped, (case, calls)
+    reason = read_reason("aya")
+    if code:
+        assert reason[0] == code and says in reason[1], (case, reason)
+        assert not any(c[:2] == ["systemctl", "start"] for c in calls), case
+        assert says in capsys.readouterr().out
+    else:
+        assert reason is None and stops[0][2:] == ["llmhost-expert-gemma-proxy.service", "llmhost-expert-gemma.service"]
+
+
+def test_the_gate_reads_the_address_it_is_given(gate_env):
+    from llmhost.admit import gate  # noqa: PLC0415
+    cfg, _, states, run, lock = gate_env
+    asked = []
+    gate(cfg, "tiny", "http://[::1]:9405/metrics", settle_s=0.5, lock_path=str(lock),
+         usage=lambda url: (asked.append(url), ({}, "down"))[1], states=states, run=run)
+    assert asked == ["http://[::1]:9405/metrics"]
+
+
+@pytest.mark.parametrize("held_s,wait_s,refused", [(0.0, 1.0, False), (0.6, 2.0, False), (5.0, 0.5, True)])
+def test_the_gate_waits_for_its_lock_within_its_bound(gate_env, held_s, wait_s, refused):
+    import fcntl  # noqa: PLC0415
+
+    from llmhost.admit import gate, read_reason  # noqa: PLC0415
+    cfg, calls, states, run, lock = gate_env
+    other = open(lock, "w")
+    fcntl.flock(other, fcntl.LOCK_EX)
+    releaser = threading.Timer(held_s, lambda: fcntl.flock(other, fcntl.LOCK_UN)) if held_s else None
+    if releaser:
+        releaser.start()
+    else:
+        fcntl.flock(other, fcntl.LOCK_UN)
+    t0 = time.monotonic()
+    gate(cfg, "tiny", "U", settle_s=0.5, lock_path=str(lock), lock_wait_s=wait_s,
+         usage=lambda url: ({"gemma": Usage(0, 1)}, ""), states=states, run=run)
+    took = time.monotonic() - t0
+    if releaser:
+        releaser.cancel()
+    other.close()
+    started = any(c[:2] == ["systemctl", "start"] for c in calls)
+    if refused:
+        code, why = read_reason("tiny")
+        assert code == "expert_admission_busy" and "waited 0 s for another expert's start decision" in why, why
+        assert not started and took < 2.0
+    else:
+        assert started and read_reason("tiny") is None
+
+
+@pytest.mark.parametrize("code", ["expert_usage_unknown", "expert_admission_busy"])
+def test_the_front_answers_and_counts_the_new_refusals(model, code):
+    lst = listener()
+    port = lst.getsockname()[1]
+    why = f"why of {code}"
+    t0 = time.monotonic()
+    t, counters, result = run_front(lst, model, ready_after_s=99,
+                                    reason=lambda: (code, why) if time.monotonic() - t0 > 1.0 else None)
+    plain = request(port, {"model": "gemma", "messages": []}, idle_timeout_s=5.0)
+    got = read_all(plain).decode()
+    plain.close()
+    t.join(10)
+    assert got.startswith("HTTP/1.1 503") and f'"code": "{code}"' in got and why in got
+    assert result["outcome"] == "refused" and counters.refused == {code: 1}
+    assert f'llmhost_lazy_refused_requests_total{{expert="gemma",reason="{code}"}} 1' in metrics_text(
+        "gemma", counters, 0, 0, 0.0)
+
+
+@pytest.mark.parametrize("arg,cfg,expect", [
+    ("http://10.0.0.5:9405/metrics", {"frontdoor_metrics": "http://127.0.0.1:1/metrics"},
+     "http://10.0.0.5:9405/metrics"),
+    (None, {"frontdoor_metrics": "http://127.0.0.1:9405/metrics"}, "http://127.0.0.1:9405/metrics"),
+    (None, {}, "http://127.0.0.1:8405/metrics"),
+])
+def test_metrics_address_given_then_configured_then_default(arg, cfg, expect):
+    from llmhost.admit import metrics_address  # noqa: PLC0415
+    assert metrics_address(arg, cfg) == expect
+
+
+def test_decide_command_reads_the_configured_address_and_says_unknown(tmp_path, capsys, monkeypatch):
+    cfg = tmp_path / "admission.json"
+    cfg.write_text(json.dumps({"experts": EXPERTS, "lazy_loading": {"memory_budget_gib": NEEDS_GEMMA_GONE}}))
+    monkeypatch.setattr("llmhost.admit.unit_states", lambda ids: {i: LAZY_UP.get(i, "inactive") for i in ids})
+    url = f"http://127.0.0.1:{free_port()}/metrics"
+    assert main(["decide", "--config", str(cfg), "--expert", "aya", "--frontdoor-metrics", url]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("refuse: ") and "usage of gemma is unknown" in out and url in err
+
+
+# --- draining a preloaded expert at the front door (HAProxy's runtime API) ---------------
+
+STAT_HEAD = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,status"
+
+
+class FakeHAProxy:
+    """The runtime API's answers for one backend be_general/general: sessions that end
+    after a few polls."""
+
+    def __init__(self, sessions=(2, 1, 0), status="UP", refuse=""):
+        self.sessions, self.status, self.refuse, self.cmds = list(sessions), status, refuse, []
+
+    def __call__(self, cmd):
+        self.cmds.append(cmd)
+        if cmd.startswith("set server be_general/general state "):
+            if self.refuse:
+                return self.refuse + "\n"
+            self.status = {"maint": "MAINT", "ready": "UP"}[cmd.rsplit(" ", 1)[1]]
+            return "\n"
+        if cmd == "show stat":
+            scur = self.sessions.pop(0) if len(self.sessions) > 1 else self.sessions[0]
+            return (f"{STAT_HEAD}\nopenai,FRONTEND,,,0,1,2000,5,OPEN\n"
+                    f"be_general,general,0,0,{scur},3,,9,{self.status}\nbe_general,BACKEND,0,0,{scur},3,,9,UP\n")
+        return "Unknown command\n"
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+    def sleep(self, s):
+        self.t += s
+
+
+@pytest.mark.parametrize("case,fake,timeout,drained,restore,left,says", [
+    ("sessions end", FakeHAProxy((2, 2, 1, 0)), 120, True, True, 0, "its sessions ended in 1.0 s"),
+    ("idle already", FakeHAProxy((0,)), 120, True, True, 0, "its sessions ended in 0.0 s"),
+    ("a long stream outlasts the bound", FakeHAProxy((3,)), 2, True, True, 3,
+     "3 session(s) still open after 2 s: the restart cuts them"),
+    ("already in maintenance by hand", FakeHAProxy((0,), status="MAINT"), 120, True, False, 0, "sessions ended"),
+])
+def test_drain_waits_for_the_sessions_within_its_bound(case, fake, timeout, drained, restore, left, says):
+    from llmhost.admit import drain  # noqa: PLC0415
+    clock = Clock()
+    out = drain("general", fake, timeout, poll_s=0.5, clock=clock, sleep=clock.sleep)
+    assert (out["drained"], out["restore"], out["sessions_left"]) == (drained, restore, left), (case, out)
+    assert says in out["msg"], (case, out["msg"])
+    assert "set server be_general/general state maint" in fake.cmds and fake.status == "MAINT"
+    assert clock.t <= timeout + 0.5
+
+
+@pytest.mark.parametrize("case,admin,says", [
+    ("a new expert, not in the front door yet",
+     lambda cmd: f"{STAT_HEAD}\nbe_coder,coder,0,0,0,0,,1,UP\n", "has no server be_general/general yet"),
+    ("no HAProxy on the host", lambda cmd: (_ for _ in ()).throw(FileNotFoundError(2, "No such file or directory")),
+     "did not answer (No such file or directory): nothing to drain"),
+])
+def test_drain_with_nothing_to_drain_changes_nothing(case, admin, says):
+    from llmhost.admit import drain, ready  # noqa: PLC0415
+    out = drain("general", admin, 120)
+    assert not out["drained"] and not out["restore"] and says in out["msg"], (case, out)
+    assert not ready("general", admin)["ready"]
+
+
+def test_drain_and_ready_fail_in_one_line_when_haproxy_refuses():
+    from llmhost.admit import drain, ready  # noqa: PLC0415
+    with pytest.raises(RuntimeError, match="refused to put be_general/general in maintenance: No such server"):
+        drain("general", FakeHAProxy(refuse="No such server."), 10)
+    with pytest.raises(RuntimeError, match="refused to put be_general/general back in service"):
+        ready("general", FakeHAProxy(refuse="Permission denied."))
+
+
+def test_ready_puts_the_server_back():
+    from llmhost.admit import ready  # noqa: PLC0415
+    fake = FakeHAProxy((0,), status="MAINT")
+    out = ready("general", fake)
+    assert out == {"ready": True, "status": "UP",
+                   "msg": "expert general: be_general/general back in service at the front door (UP)"}
+    assert fake.cmds[-2] == "set server be_general/general state ready"
+
+
+def test_drain_and_ready_commands_over_a_real_unix_socket(tmp_path, capsys):
+    """The CLI against a stand-in runtime API socket: one command per connection."""
+    fake = FakeHAProxy((1, 0))
+    path = str(tmp_path / "admin.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            with c:
+                cmd = c.recv(4096).decode().strip()
+                c.sendall(fake(cmd).encode())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert main(["drain", "--expert", "general", "--admin-socket", path, "--timeout", "10"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["drained"] and out["restore"] and out["sessions_left"] == 0 and fake.status == "MAINT"
+        assert main(["ready", "--expert", "general", "--admin-socket", path]) == 0
+        assert json.loads(capsys.readouterr().out)["status"] == "UP"
+        fake.refuse = "No such server."
+        assert main(["drain", "--expert", "general", "--admin-socket", path]) == 1
+        err = capsys.readouterr().err
+        assert err.strip() == "expert general: the front door refused to put be_general/general in maintenance: No such server."
+    finally:
+        stop.set()
+        t.join(2)
+        srv.close()
