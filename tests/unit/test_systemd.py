@@ -153,3 +153,20 @@ def test_the_proxy_unit_passes_the_gate_the_plans_address_and_its_lock_bound(sha
     assert pre == ["ExecStartPre=+/usr/bin/python3 /usr/local/libexec/llmhost/llmhost-admit gate --config "
                    f"/etc/llmhost/admission.json --expert gemma --frontdoor-metrics {url} --lock-wait 45"]
     assert f"IPAddressAllow={allow}" in unit.splitlines()
+
+
+def test_ip_allow_lists_only_a_loopback_service():
+    from llmhost.systemd import ip_allow
+
+    loop = {"deny": "any", "allow": "localhost"}
+    none = {"deny": "", "allow": ""}
+    # Prometheus on loopback scraping loopback targets; a wildcard metrics bind is reached on loopback
+    assert ip_allow(["127.0.0.1:9090"], ["127.0.0.1:8405", "127.0.0.1:9100", "0.0.0.0:8405", "*:8405"]) == loop
+    assert ip_allow(["[::1]:9100"]) == ip_allow(["localhost:9100"]) == ip_allow() == loop
+    # a target beyond loopback is added by address, v4 and v6, each once
+    assert ip_allow(["127.0.0.1:9090"], ["10.0.0.5:8405", "http://[fd00::1]:8405/metrics", "10.0.0.5:1"]) == \
+        {"deny": "any", "allow": "localhost 10.0.0.5 fd00::1"}
+    # a service that serves the network, or a target only DNS can place: no list (it would cut them)
+    for listen, connect in ((["0.0.0.0:9090"], []), ([":9100"], []), (["*:9100"], []), (["10.0.0.2:9100"], []),
+                            (["127.0.0.1:9090"], ["metrics.example:8405"])):
+        assert ip_allow(listen, connect) == none, (listen, connect)

@@ -225,6 +225,7 @@ class FilterModule:
             "expert_previous_unit": systemd.previous_unit,
             "live_caps_problems": translate.live_caps_problems,
             "port_holders": systemd.port_holders,
+            "unit_ip_allow": systemd.ip_allow,
             "preload_env": preload_env,
             "plan_summary": summary,
             "weights_bytes": find_results_bytes,
