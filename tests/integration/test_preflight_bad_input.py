@@ -37,6 +37,20 @@ CASES = [
     ("negative weights", {"weights_gib": -50}, "expert 'coder' field 'weights_gib'"),
     ("unknown quantization", {"quantization": "int3"}, "expert 'coder' field 'quantization'"),
     ("accept_miss without a reason", {"accept_miss": "ok"}, "expert 'coder' field 'accept_miss'"),
+    ("a list smuggling --host", {"engine": {"tokenizer": ["x.org", "--host", "0.0.0.0"]}},
+     "expert 'coder' field 'tokenizer'"),
+    ("env the toolkit owns", {"env": {"HF_HUB_OFFLINE": "0"}}, "expert 'coder' field 'env.HF_HUB_OFFLINE'"),
+    ("a secret in argv", {"engine": {"api_key": "sk-live-0123456789"}}, "expert 'coder' field 'api_key'"),
+    ("model path with a colon", {"model": "/srv/models/a:/etc"}, "expert 'coder' field 'model'"),
+]
+# Inventory variables beside the experts (tests/unit/test_hostile_inputs.py has the whole table).
+VARIABLE_CASES = [
+    ("host description without memory", {"llmhost_host_expect": {"cpus": 32}}, "llmhost_host_expect field 'memory_gib'"),
+    ("cpus as words", {"llmhost_host_expect": {"cpus": "32 cores", "memory_gib": 64}},
+     "llmhost_host_expect field 'cpus'"),
+    ("metrics on every address", {"llmhost_frontdoor_metrics_bind": "0.0.0.0"}, "llmhost_frontdoor_metrics_bind"),
+    ("config dir /tmp", {"llmhost_config_dir": "/tmp"}, "llmhost_config_dir"),
+    ("front door on ssh", {"llmhost_frontdoor_port": 22}, "llmhost_frontdoor_port"),
 ]
 
 
@@ -71,6 +85,16 @@ def test_bad_input_fails_in_the_preflight_before_any_change(tmp_path, case, chan
     assert r.changed == {} and r.failed == {"probe-host": 1}, (r.changed, r.failed)
     failed = [e["event_data"]["task"] for e in r.events if e.get("event") == "runner_on_failed"]
     assert len(failed) == 1 and "plan" in failed[0].lower(), failed
+
+
+@pytest.mark.parametrize("case,variables,expect", VARIABLE_CASES, ids=[c[0] for c in VARIABLE_CASES])
+def test_bad_variables_fail_in_the_preflight_before_any_change(tmp_path, case, variables, expect):
+    r = run_preflight(tmp_path, GOOD, **variables)
+    out = " ".join(r.stdout.split())
+    assert r.rc != 0, f"{case}: the preflight passed"
+    assert expect in out, out[-3000:]
+    assert "Traceback" not in out and "KeyError" not in out and "ValueError" not in out
+    assert r.changed == {} and r.failed == {"probe-host": 1}, (r.changed, r.failed)
 
 
 def test_llmhost_deploy_says_the_stage_and_the_refusal(tmp_path):
