@@ -7,7 +7,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from . import admit
-from .experts import CONTROL_RE, RESERVED_SUFFIXES
+from .experts import CONTROL_RE, RESERVED_SUFFIXES, owned_env
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -123,6 +123,10 @@ def expert_env(plan_env: Mapping[str, Any], extra_env: Mapping[str, Any] | None,
 
     The extra env adds variables; it may not change one the plan decided (such as
     VLLM_CPU_OMP_THREADS_BIND, which must equal the unit's CPUAffinity)."""
+    owned = sorted(k for k in (extra_env or {}) if owned_env(str(k)) and k not in plan_env)
+    if owned:
+        raise ValueError(f"vllm_experts_extra_env: {', '.join(owned)} is set by the toolkit (the unit or the "
+                         "start); no setting may change it")
     clash = sorted(set(extra_env or {}) & set(plan_env))
     if clash:
         raise ValueError(f"vllm_experts_extra_env: {', '.join(clash)} is decided by the plan for expert "

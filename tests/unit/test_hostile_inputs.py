@@ -274,3 +274,12 @@ def test_the_tables_hold_at_least_sixty_cases():
     assert n >= 60, n
     assert len({c[0] for c in EXPERT_CASES + LAZY_CASES + SHARED_CASES + EXPECT_CASES}) == n
     assert copy.deepcopy(good()) == good()
+
+
+@pytest.mark.parametrize("name", ["HF_HUB_OFFLINE", "LD_PRELOAD", "LLMHOST_VLLM_START", "PYTHONPATH"])
+def test_the_roles_extra_env_cannot_set_what_the_toolkit_owns(name):
+    from llmhost.systemd import expert_env
+
+    with pytest.raises(ValueError, match=f"vllm_experts_extra_env: {name} is set by the toolkit"):
+        expert_env({"VLLM_CPU_KVCACHE_SPACE": "1"}, {name: "x"}, None, "coder")
+    assert 'OMP_DISPLAY_ENV="false"' in expert_env({"VLLM_CPU_KVCACHE_SPACE": "1"}, {"OMP_DISPLAY_ENV": "false"}, None)
