@@ -8,7 +8,7 @@ from ansible.errors import AnsibleFilterError
 
 from llmhost import tuning
 from llmhost.experts import ConfigError
-from llmhost import capabilities, frontdoor, install, routing, systemd, translate
+from llmhost import capabilities, frontdoor, inputs, install, routing, systemd, translate
 from llmhost import host as host_mod
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
@@ -197,6 +197,13 @@ def host_profile_script(_: Any = None) -> str:
     return hostprofile.__file__
 
 
+def role_input_problems(values: Any, role: str) -> list[str]:
+    """A role's inputs checked for meaning (llmhost.inputs): one line per problem."""
+    if not isinstance(values, dict):
+        raise AnsibleFilterError("llmhost.toolkit.role_input_problems: a mapping of the role's variables")
+    return inputs.problems(role, values)
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -206,6 +213,7 @@ class FilterModule:
             "iosched_items": tuning.iosched_items,
             "tuning_explain": tuning.explain,
             "plan": plan,
+            "role_input_problems": role_input_problems,
             "torch_source": torch_source,
             "frontdoor_routes": frontdoor.routes,
             "frontdoor_map": frontdoor.model_map,

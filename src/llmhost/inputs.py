@@ -1,0 +1,153 @@
+"""The roles' own inputs, checked for meaning before any change (the preflight stage).
+
+Ansible's argument specs check a role variable's type; they do not know that a
+listen address lands in a daemon's command line, that an interval becomes a
+systemd time span, or that an address other than loopback publishes something
+without authentication. Each role's `tasks/validate.yml` hands its variables to
+`problems(role, values)`, which answers one line per problem naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from typing import Any, Callable, Mapping
+
+Check = Callable[[str, Any, Mapping[str, Any]], "str | None"]
+
+# A systemd time span ("15min", "1h 30s", "90"), and Prometheus's durations ("15s", "15d").
+SYSTEMD_SPAN_RE = re.compile(r"^\s*(\d+(\.\d+)?\s*(us|ms|s|sec|seconds?|m|min|minutes?|h|hr|hours?|d|days?|w|weeks?)?"
+                             r"\s*)+$")
+PROM_DURATION_RE = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+EXPOSURE_NOTE_MIN = 10
+
+
+def _host_port(value: Any) -> tuple[str, int] | None:
+    if not isinstance(value, str) or not value or value != value.strip() or any(c in value for c in " \"'\\$`;"):
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    host = host.strip("[]")
+    if host not in ("", "localhost", "*"):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return None
+    return host, int(port)
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen(note_var: str) -> Check:
+    """host:port of an unauthenticated endpoint: loopback, or a note saying what guards it."""
+    def check(name: str, value: Any, values: Mapping[str, Any]) -> str | None:
+        hp = _host_port(value)
+        if hp is None:
+            return f"{name}: an address and port such as 127.0.0.1:9090, got {value!r:.80}"
+        note = values.get(note_var) or ""
+        if not loopback(hp[0]) and (not isinstance(note, str) or len(note.strip()) < EXPOSURE_NOTE_MIN):
+            return (f"{name}: {value} publishes an endpoint that has no authentication; keep 127.0.0.1, or say in "
+                    f"{note_var} which firewall rule or network limits who reaches it")
+        return None
+    return check
+
+
+def systemd_span(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
+    if not isinstance(value, str) or not SYSTEMD_SPAN_RE.match(value) or not any(ch.isdigit() for ch in value):
+        return f"{name}: a systemd time span such as 15min or 1h, got {value!r:.80}"
+    return None
+
+
+def prom_duration(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
+    if not isinstance(value, str) or not PROM_DURATION_RE.match(value):
+        return f"{name}: a Prometheus duration such as 15s, 5m or 15d, got {value!r:.80}"
+    return None
+
+
+def whole(lo: int, hi: int) -> Check:
+    def check(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            return f"{name}: a whole number {lo}..{hi}, got {value!r:.80}"
+        return None
+    return check
+
+
+def share(lo: float, hi: float) -> Check:
+    def check(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not lo < value <= hi:
+            return f"{name}: a number above {lo:g} and at most {hi:g}, got {value!r:.80}"
+        return None
+    return check
+
+
+def pattern(rx: re.Pattern[str], what: str) -> Check:
+    def check(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
+        if not isinstance(value, str) or not rx.match(value):
+            return f"{name}: {what}, got {value!r:.80}"
+        return None
+    return check
+
+
+def abs_path(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not re.match(r"^/[A-Za-z0-9._+@=/-]*$", value) or ".." in value.split("/"):
+        return f"{name}: an absolute path of letters, digits and . _ + @ = - /, no '..', got {value!r:.80}"
+    return None
+
+
+RULES: dict[str, dict[str, Check]] = {
+    "monitoring": {
+        "monitoring_listen": listen("monitoring_exposure_note"),
+        "monitoring_node_exporter_listen": listen("monitoring_exposure_note"),
+        "monitoring_scrape_interval": prom_duration,
+        "monitoring_evaluation_interval": prom_duration,
+        "monitoring_retention": prom_duration,
+        "monitoring_probe_interval": systemd_span,
+        "monitoring_probe_stale_after_s": whole(60, 30 * 86400),
+        "monitoring_probe_timeout_s": whole(10, 86400),
+        "monitoring_error_ratio": share(0, 1),
+        "monitoring_memory_available_ratio": share(0, 1),
+        "monitoring_route_fallback_ratio": share(0, 1),
+        "monitoring_textfile_dir": abs_path,
+    },
+    "smoke_test": {
+        "smoke_test_repeat": whole(1, 1000),
+        "smoke_test_warmup": whole(0, 100),
+        "smoke_test_concurrency": whole(1, 256),
+        "smoke_test_max_tokens": whole(1, 8192),
+        "smoke_test_gate_max_worse": share(0, 100),
+    },
+    "vllm_experts": {
+        "vllm_experts_user": pattern(USER_RE, "a system user name (lower case, at most 31)"),
+        "vllm_experts_state_subdir": pattern(NAME_RE, "one directory name under /var/lib (no '/' or '..')"),
+        "vllm_experts_restart_sec": whole(1, 3600),
+        "vllm_experts_start_limit_burst": whole(1, 100),
+    },
+}
+
+
+def problems(role: str, values: Mapping[str, Any]) -> list[str]:
+    """One line per problem in the role's inputs (only those present in `values`)."""
+    rules = RULES.get(role)
+    if rules is None:
+        return [f"llmhost.inputs: no rules for role {role!r}"]
+    out = []
+    for name, check in rules.items():
+        if name in values:
+            why = check(name, values[name], values)
+            if why:
+                out.append(why)
+    return out
