@@ -75,8 +75,22 @@ def prom_duration(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _number(value: Any) -> Any:
+    """An inventory number that YAML or a template left as a string ("5", "0.25")."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip(), 10)
+        except ValueError:
+            try:
+                return float(value.strip())
+            except ValueError:
+                return value
+    return value
+
+
 def whole(lo: int, hi: int) -> Check:
     def check(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
+        value = _number(value)
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             return f"{name}: a whole number {lo}..{hi}, got {value!r:.80}"
         return None
@@ -85,6 +99,7 @@ def whole(lo: int, hi: int) -> Check:
 
 def share(lo: float, hi: float) -> Check:
     def check(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
+        value = _number(value)
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or not lo < value <= hi:
             return f"{name}: a number above {lo:g} and at most {hi:g}, got {value!r:.80}"

@@ -51,6 +51,10 @@ VARIABLE_CASES = [
     ("metrics on every address", {"llmhost_frontdoor_metrics_bind": "0.0.0.0"}, "llmhost_frontdoor_metrics_bind"),
     ("config dir /tmp", {"llmhost_config_dir": "/tmp"}, "llmhost_config_dir"),
     ("front door on ssh", {"llmhost_frontdoor_port": 22}, "llmhost_frontdoor_port"),
+    ("Prometheus on every address", {"monitoring_listen": "0.0.0.0:9090"}, "monitoring_listen"),
+    ("a probe interval in words", {"monitoring_probe_interval": "every hour"}, "monitoring_probe_interval"),
+    ("no smoke requests", {"smoke_test_repeat": 0}, "smoke_test_repeat"),
+    ("a state dir outside /var/lib", {"vllm_experts_state_subdir": "../etc"}, "vllm_experts_state_subdir"),
 ]
 
 

@@ -146,6 +146,27 @@ EXPECT_CASES: list[tuple[str, Any, str]] = [
 ]
 
 
+# (case id, role, its variables, the variable the refusal names)
+ROLE_CASES: list[tuple[str, str, dict[str, Any], str]] = [
+    ("Prometheus on every address", "monitoring", {"monitoring_listen": "0.0.0.0:9090"}, "monitoring_listen"),
+    ("node exporter on every address", "monitoring", {"monitoring_node_exporter_listen": "[::]:9100"},
+     "monitoring_node_exporter_listen"),
+    ("a listen address injecting a flag", "monitoring", {"monitoring_listen": "127.0.0.1:9090 --web.enable-admin-api"},
+     "monitoring_listen"),
+    ("a listen address by name", "monitoring", {"monitoring_listen": "prom.example.org:9090"}, "monitoring_listen"),
+    ("a scrape interval in words", "monitoring", {"monitoring_scrape_interval": "often"}, "monitoring_scrape_interval"),
+    ("a retention with a newline", "monitoring", {"monitoring_retention": "15d\n--x"}, "monitoring_retention"),
+    ("a probe interval in words", "monitoring", {"monitoring_probe_interval": "every hour"}, "monitoring_probe_interval"),
+    ("an error ratio of 5", "monitoring", {"monitoring_error_ratio": 5}, "monitoring_error_ratio"),
+    ("a textfile dir with ..", "monitoring", {"monitoring_textfile_dir": "/var/lib/../../etc"}, "monitoring_textfile_dir"),
+    ("no smoke requests", "smoke_test", {"smoke_test_repeat": 0}, "smoke_test_repeat"),
+    ("a million streams", "smoke_test", {"smoke_test_concurrency": 10**6}, "smoke_test_concurrency"),
+    ("a user with a space", "vllm_experts", {"vllm_experts_user": "llm user"}, "vllm_experts_user"),
+    ("a state dir outside /var/lib", "vllm_experts", {"vllm_experts_state_subdir": "../etc"}, "vllm_experts_state_subdir"),
+    ("restart every 0 s", "vllm_experts", {"vllm_experts_restart_sec": 0}, "vllm_experts_restart_sec"),
+]
+
+
 def changed(change: dict[str, Any]) -> list[dict[str, Any]]:
     ex = good()
     for k, v in change.items():
@@ -269,10 +290,29 @@ def test_secret_env_values_are_redacted_from_the_effective_config():
     assert cfg.count(REDACTED) == 3
 
 
+@pytest.mark.parametrize("case,role,values,expect", ROLE_CASES, ids=[c[0] for c in ROLE_CASES])
+def test_a_roles_hostile_input_is_refused_naming_the_variable(case, role, values, expect):
+    from llmhost.inputs import problems
+
+    out = problems(role, values)
+    assert len(out) == 1 and out[0].startswith(expect + ":"), (case, out)
+
+
+def test_the_roles_good_inputs_and_an_exposure_note_pass():
+    from llmhost.inputs import problems
+
+    assert problems("monitoring", {"monitoring_listen": "127.0.0.1:9090", "monitoring_probe_interval": "1h 30min",
+                                   "monitoring_retention": "15d", "monitoring_error_ratio": "0.05",
+                                   "monitoring_textfile_dir": "/var/lib/prometheus/node-exporter"}) == []
+    assert problems("monitoring", {"monitoring_listen": "10.0.0.5:9090",
+                                   "monitoring_exposure_note": "nftables: only 10.0.0.0/24 reaches 9090"}) == []
+    assert problems("smoke_test", {"smoke_test_repeat": "5", "smoke_test_gate_max_worse": 0.25}) == []
+
+
 def test_the_tables_hold_at_least_sixty_cases():
-    n = len(EXPERT_CASES) + len(LAZY_CASES) + len(SHARED_CASES) + len(EXPECT_CASES)
+    n = len(EXPERT_CASES) + len(LAZY_CASES) + len(SHARED_CASES) + len(EXPECT_CASES) + len(ROLE_CASES)
     assert n >= 60, n
-    assert len({c[0] for c in EXPERT_CASES + LAZY_CASES + SHARED_CASES + EXPECT_CASES}) == n
+    assert len({c[0] for c in EXPERT_CASES + LAZY_CASES + SHARED_CASES + EXPECT_CASES + ROLE_CASES}) == n
     assert copy.deepcopy(good()) == good()
 
 
