@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from importlib import resources
@@ -29,7 +33,7 @@ from . import host as host_mod
 from . import site_templates
 from .experts import ConfigError
 from .gate import DEFAULT_MAX_WORSE
-from .legacy import import_legacy, loads_lenient
+from .legacy import VAULT_KEYS_VAR, import_legacy, loads_lenient
 from .model_files import float_sources, local_shapes, local_weights
 from .plan import DEFAULT_START_BUDGET_S, Shared, build_plan, default_reserved, parse_shared
 from .plan_text import memory_table, performance_table
@@ -49,6 +53,164 @@ def saved_capabilities(version: str = DEFAULT_VLLM_VERSION) -> dict[str, Any]:
 
 class UsageError(Exception):
     """A one-line error about the command's input (a file, an option): exit 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming the option (`llmhost smoke: argument
+    --repeat: ...`), exit 2, instead of the usage block."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+# --- option shapes, checked by argparse before anything is done (exit 2) -----------------------
+
+# An inventory host name: what hosts.yml, host_vars/NAME.yml and the plan accept.
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+EXPERT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")   # experts.ID_RE
+
+
+def host_name_problem(name: str) -> str | None:
+    """Why a string cannot be an inventory host name (None when it can)."""
+    if not HOST_NAME_RE.match(name) or ".." in name or name.endswith("."):
+        return (f"an inventory host name is letters, digits, '.', '-' and '_' (no path separators, '..', "
+                f"spaces or control characters), got {name!r:.80}")
+    return None
+
+
+def _host_name(text: str) -> str:
+    why = host_name_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(why)
+    return text
+
+
+def _count(lo: int, hi: int) -> Any:
+    """A whole number in lo..hi, for argparse."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"a whole number {lo}..{hi}, got {text!r:.40}") from None
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"a whole number {lo}..{hi}, got {n}")
+        return n
+    parse.__name__ = "count"
+    return parse
+
+
+def _url(text: str) -> str:
+    """http(s)://host[:port][/path] without credentials, query or spaces."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    bad = f"an http:// or https:// address such as http://127.0.0.1:8082, got {text!r:.80}"
+    if not text.isprintable() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(bad)
+    try:
+        u = urlsplit(text)
+        port = u.port
+    except ValueError:
+        raise argparse.ArgumentTypeError(bad) from None
+    if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment or "@" in u.netloc:
+        raise argparse.ArgumentTypeError(bad)
+    if port == 0:
+        raise argparse.ArgumentTypeError(f"port 1..65535, got {text!r:.80}")
+    return text
+
+
+def _expert(text: str) -> str:
+    if not EXPERT_ID_RE.match(text):
+        raise argparse.ArgumentTypeError(f"an expert id (lower-case letters, digits, '.', '_', '-'), got {text!r:.80}")
+    return text
+
+
+def _api_key(text: str) -> str:
+    if not text or not text.isprintable() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError("a bearer key: not empty, no spaces or control characters "
+                                         "(the value is not shown)")
+    return text
+
+
+# --- paths, checked before anything is done (exit 1) --------------------------------------------
+
+def need_file(path: str | None, what: str) -> None:
+    """A file the command reads must exist and be a readable regular file."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{what} {path}: no such file")
+    if p.is_dir():
+        raise UsageError(f"{what} {path}: is a directory, not a file")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{what} {path}: not readable by this user")
+
+
+def need_writable(path: str | None, what: str, may_exist: bool = True) -> None:
+    """A file the command writes: not a directory, and its folder exists or can be made."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {path}: is a directory; give a file name")
+    if p.exists() and not may_exist:
+        raise UsageError(f"{what} {path}: exists; nothing overwritten")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UsageError(f"{what} {path}: not writable by this user")
+    parent = p.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: cannot write in {parent}")
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Every path option of the command checked before anything is done (UsageError)."""
+    cmd = args.cmd
+    need_file(getattr(args, "caps", None), "--caps")
+    if cmd == "import-legacy":
+        need_file(args.file, "file")
+        if args.out:
+            check_new_tree(Path(args.out))
+            need_writable(os.path.join(args.out, "hosts.yml"), "--out")
+    elif cmd == "plan":
+        if not os.path.exists(args.inventory):
+            raise UsageError(f"-i {args.inventory}: no such inventory file or directory")
+        need_file(args.cpuinfo, "--cpuinfo")
+    elif cmd == "smoke":
+        need_file(args.config, "--config")
+        need_file(args.api_key_file, "--api-key-file")
+        need_file(args.host_profile, "--host-profile")
+        for opt, path in (("--numerics-baseline", args.numerics_baseline), ("--baseline", args.baseline)):
+            if path and Path(path).exists():
+                need_file(path, opt)
+            need_writable(path, opt)
+        outs = {"--json": args.json, "--chart": args.chart, "--html": args.html}
+        for opt, path in outs.items():
+            need_writable(path, opt)
+        given = [(o, os.path.abspath(p)) for o, p in outs.items() if p]
+        given += [(o, os.path.abspath(p)) for o, p in (("--config", args.config), ("--baseline", args.baseline),
+                                                         ("--numerics-baseline", args.numerics_baseline)) if p]
+        for i, (o1, p1) in enumerate(given):
+            for o2, p2 in given[i + 1:]:
+                if p1 == p2:
+                    raise UsageError(f"{o1} and {o2} name the same file {p1}; one would overwrite the other")
+        if args.api_key and args.api_key_file:
+            raise UsageError("--api-key and --api-key-file: give one")
+    elif cmd == "deploy":
+        if not os.path.exists(args.inventory):
+            raise UsageError(f"-i {args.inventory}: no such inventory")
+        need_file(args.playbook, "--playbook")
+    elif cmd == "profile":
+        if args.quick and not args.measure:
+            raise UsageError("--quick goes with --measure")
+        if args.host and not args.inventory:
+            raise UsageError("--host goes with -i INVENTORY")
+        need_file(args.file, "--file")
+        if args.inventory and not os.path.exists(args.inventory):
+            raise UsageError(f"-i {args.inventory}: no such inventory file or directory")
 
 
 def read_text(path: str, what: str) -> str:
@@ -84,13 +246,78 @@ def check_new_tree(root: Path) -> None:
         raise UsageError(f"--out {root}: exists and is not an empty folder; nothing overwritten")
 
 
-def write_new_tree(root: Path, files: dict[str, str]) -> None:
+def tree_paths(root: Path, files: dict[str, str]) -> dict[str, Path]:
+    """Each file's path, every one checked to stay inside root (resolved: no '..', no
+    absolute name, no symlink out). UsageError before anything is written."""
+    base = root.resolve()
+    out = {}
+    for rel in files:
+        target = (root / rel).resolve()
+        if Path(rel).is_absolute() or not target.is_relative_to(base) or target == base:
+            raise UsageError(f"--out {root}: {rel!r} would be written outside it; nothing written")
+        out[rel] = target
+    return out
+
+
+def write_new_tree(root: Path, files: dict[str, str], private: frozenset[str] = frozenset()) -> None:
+    """Write the files under root (every path checked first); the `private` ones mode 0600."""
+    paths = tree_paths(root, files)
     for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
+        target = paths[rel]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if rel in private:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(target, 0o600)
+        else:
+            target.write_text(text, encoding="utf-8")
+
+
+VAULT_FILE = "group_vars/llm_hosts/vault.yml"
+# The host a legacy import is checked against when its inventory describes none yet:
+# big enough that only what the config itself gets wrong is refused (the fit on the real
+# host is for `llmhost plan` once host_vars describes it).
+NOMINAL_HOST = {"aarch64": {"arch": "aarch64", "cpu": "neoverse-v2", "cpus": 512, "memory_gib": 8192},
+                "x86_64": {"arch": "x86_64", "cpus": 512, "memory_gib": 8192}}
+
+
+def vault_text(source: str, keys: list[str]) -> str:
+    """The vault file of an import: the old server's bearer keys as the front door's."""
+    return ("---\n"
+            f"# From `llmhost import-legacy {source}`: the old server's bearer keys, now the front door's\n"
+            "# (frontdoor.yml reads them; only their sha256 hashes reach the host). This file is\n"
+            "# in clear, mode 0600: encrypt it before anything else, and never commit it in clear:\n"
+            "#\n"
+            f"#   ansible-vault encrypt {VAULT_FILE}\n"
+            "#   ansible-playbook -i THIS_INVENTORY site.yml --ask-vault-pass\n"
+            "#\n"
+            "# `llmhost plan` does not read it (it skips encrypted files).\n"
+            + yaml.safe_dump({VAULT_KEYS_VAR: keys}, sort_keys=False, allow_unicode=True))
+
+
+def legacy_plan_problems(files: dict[str, str], host: str, arch: str, caps: str | None) -> tuple[list[str], str]:
+    """What `llmhost plan` says of the inventory an import would write: its problems
+    (empty when it plans) and on what host it was planned."""
+    with tempfile.TemporaryDirectory(prefix="llmhost-import-") as tmp:
+        write_new_tree(Path(tmp), files)
+        name, hv = inventory_hostvars(tmp, host)
+        on = "the host that host_vars describes"
+        if not hv.get("llmhost_host_expect"):
+            nominal = NOMINAL_HOST[arch]
+            hv["llmhost_host_expect"] = nominal
+            on = (f"any {arch} host big enough (host_vars/{host}.yml does not describe the host yet: "
+                  "fill in llmhost_host_expect, then `llmhost plan` says whether it fits)")
+        try:
+            make_plan(hv, caps_path=caps)
+        except ConfigError as e:
+            return e.problems, on
+    return [], on
 
 
 def cmd_import_legacy(args: argparse.Namespace) -> int:
+    """Nothing is written (files or stdout) unless the import is clean and `llmhost plan`
+    accepts what it would write; secrets go to a separate vault file only."""
     text = read_text(args.file, "file")
     if args.out:
         check_new_tree(Path(args.out))
@@ -114,55 +341,170 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     experts_yaml = yaml.safe_dump(res.inventory(), sort_keys=False, allow_unicode=True)
     files = site_templates.legacy_skeleton(Path(args.file).name, args.arch, args.host, experts_yaml)
-    if args.out:
-        write_new_tree(Path(args.out), files)
-        print(f"inventory: {args.out} ({', '.join(files)}); next: llmhost plan -i {args.out}", file=sys.stderr)
-    else:
-        sys.stdout.write(files["group_vars/llm_hosts/experts.yml"])
     if res.rejected:
-        print(f"\n{len(res.rejected)} rejected:", file=sys.stderr)
+        if not args.out:   # what passed, for review; the exit status says it is not usable as is
+            sys.stdout.write(files["group_vars/llm_hosts/experts.yml"])
+        print(f"\n{len(res.rejected)} rejected; " + ("no file written:" if args.out else
+              "left out of the YAML on stdout, which is for review only:"), file=sys.stderr)
         for r in res.rejected:
             print(f"  {r}", file=sys.stderr)
         return 1
+    problems, on = legacy_plan_problems(files, args.host, args.arch, args.caps)
+    if problems:
+        print(f"\n`llmhost plan` would refuse this inventory (planned on {on}); nothing written:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    if args.out:
+        private = frozenset()
+        if res.frontdoor_keys:
+            files[VAULT_FILE] = vault_text(Path(args.file).name, res.frontdoor_keys)
+            private = frozenset({VAULT_FILE})
+        write_new_tree(Path(args.out), files, private)
+        print(f"inventory: {args.out} ({', '.join(files)}); planned on {on}; next: llmhost plan -i {args.out}",
+              file=sys.stderr)
+        if res.frontdoor_keys:
+            print(f"SECRET: {len(res.frontdoor_keys)} bearer key(s) of the old server in {args.out}/{VAULT_FILE} "
+                  f"(mode 0600, in clear): encrypt it now: ansible-vault encrypt {args.out}/{VAULT_FILE}",
+                  file=sys.stderr)
+    else:
+        sys.stdout.write(files["group_vars/llm_hosts/experts.yml"])
+        if res.frontdoor_keys:
+            print(f"SECRET: {len(res.frontdoor_keys)} bearer key(s) of the old server left out of stdout; "
+                  f"run with --out DIR to get them in DIR/{VAULT_FILE} (mode 0600) for ansible-vault",
+                  file=sys.stderr)
+    for name in res.secrets_left_out:
+        print(f"SECRET: {name} left out (not written anywhere); see its line above", file=sys.stderr)
     return 0
+
+
+def _plain(v: Any) -> Any:
+    """Ansible's tagged and lazy containers as plain Python values."""
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, dict) or hasattr(v, "items"):
+        return {_plain(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+class Unresolved(UsageError):
+    """A templated inventory value that cannot be known offline."""
+
+
+class ResolvedVars(dict):  # type: ignore[type-arg]
+    """A host's llmhost_* variables with their Jinja resolved as Ansible resolves them,
+    each one when first read. A value that needs what only a live run has (facts, a
+    vault not given, a lookup that fails here) is an Unresolved error naming the
+    variable and the item, and how to get the authoritative answer."""
+
+    def __init__(self, raw: dict[str, Any], templar: Any, inventory: str, vaulted: list[str]):
+        super().__init__()
+        self._raw, self._templar, self._inventory, self._vaulted = raw, templar, inventory, vaulted
+
+    def _resolve(self, v: Any, path: str) -> Any:
+        from ansible.errors import AnsibleError  # noqa: PLC0415
+
+        if isinstance(v, str):
+            try:
+                return _plain(self._templar.template(v))
+            except AnsibleError as e:
+                why = " ".join(str(e).split())[:200]
+                vault = (f"; encrypted files skipped, llmhost plan reads no vault: {', '.join(self._vaulted)}"
+                         if self._vaulted else "")
+                raise Unresolved(
+                    f"inventory {self._inventory}: {path} = {v!r:.80} cannot be resolved offline ({why}{vault}); "
+                    "a value from facts or the host is known only on a live run: the preflight plans it, "
+                    f"`ansible-playbook -i {self._inventory} site.yml --tags preflight --check`") from None
+        if isinstance(v, dict) or hasattr(v, "items"):
+            return {_plain(k): self._resolve(x, f"{path}.{k}") for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [self._resolve(x, f"{path}[{i}]") for i, x in enumerate(v)]
+        return _plain(v)
+
+    def __missing__(self, key: str) -> Any:
+        if key not in self._raw:
+            raise KeyError(key)
+        val = self._resolve(self._raw[key], key)
+        super().__setitem__(key, val)
+        return val
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[key] if (dict.__contains__(self, key) or key in self._raw) else default
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self._raw
+
+    def keys(self) -> Any:  # type: ignore[override]
+        return list(dict.fromkeys([*self._raw, *dict.keys(self)]))
 
 
 def inventory_hostvars(inventory: str, host: str | None) -> tuple[str, dict[str, Any]]:
     from ansible.inventory.manager import InventoryManager  # noqa: PLC0415
     from ansible.parsing.dataloader import DataLoader  # noqa: PLC0415
+    from ansible.template import Templar  # noqa: PLC0415
     from ansible.vars.manager import VariableManager  # noqa: PLC0415
 
     from ansible.errors import AnsibleError  # noqa: PLC0415
 
     if not os.path.exists(inventory):
         raise UsageError(f"inventory {inventory}: no such file or directory")
-    loader = DataLoader()
+    vaulted: list[str] = []
+
+    class Loader(DataLoader):
+        """Skips vault-encrypted vars files (the plan needs no secret) and says so when
+        a value needs one."""
+
+        def load_from_file(self, file_name: str, *a: Any, **kw: Any) -> Any:
+            path = self.path_dwim(file_name)
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(14)
+            except OSError:
+                head = b""
+            if head == b"$ANSIBLE_VAULT":
+                vaulted.append(os.path.relpath(path, inventory if os.path.isdir(inventory) else "."))
+                return {}
+            return super().load_from_file(file_name, *a, **kw)
+
+    loader = Loader()
     try:
         inv = InventoryManager(loader=loader, sources=[inventory])
     except AnsibleError as e:
         raise UsageError(f"inventory {inventory}: {' '.join(str(e).split())[:240]}") from None
     hosts = [h.name for h in inv.get_hosts("llm_hosts")] or [h.name for h in inv.get_hosts()]
     if not hosts:
-        raise SystemExit(f"{inventory}: no hosts")
+        raise UsageError(f"inventory {inventory}: no hosts")
     name = host or hosts[0]
     if name not in hosts:
-        raise SystemExit(f"{inventory}: no host {name!r} (hosts: {', '.join(hosts)})")
+        raise UsageError(f"inventory {inventory}: no host {name!r} (hosts: {', '.join(hosts)[:200]})")
     vm = VariableManager(loader=loader, inventory=inv)
     try:
         hv = vm.get_vars(host=inv.get_host(name), include_hostvars=False)
     except AnsibleError as e:
         raise UsageError(f"inventory {inventory}: {' '.join(str(e).split())[:240]}") from None
-    return name, {k: v for k, v in hv.items() if k.startswith("llmhost_")}
+    templar = Templar(loader=loader, variables=hv)
+    return name, ResolvedVars({k: v for k, v in hv.items() if k.startswith("llmhost_")}, templar, inventory,
+                              vaulted)
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    name, hv = inventory_hostvars(args.inventory, args.host)
+def make_plan(hv: dict[str, Any], *, caps_path: str | None = None, cpuinfo: str | None = None,
+              strict: bool = False) -> tuple[Any, Any, str, dict[str, Any]]:
+    """The plan of a host's variables: (plan, host, where the host came from, caps).
+    ConfigError with one line per problem when it does not work."""
     host, source = host_mod.from_vars(hv)
-    if args.cpuinfo:
-        host, cpu_source = host_mod.with_cpuinfo(host, args.cpuinfo)
+    if cpuinfo:
+        host, cpu_source = host_mod.with_cpuinfo(host, cpuinfo)
         source += f"; {cpu_source}"
     shared = parse_shared({k: hv.get(f"llmhost_{k}") for k in asdict(Shared())})
-    caps = load_caps(args.caps, shared.vllm_version)
+    caps = load_caps(caps_path, shared.vllm_version)
     reserved = hv.get("llmhost_reserved_cores")
     if reserved is None:
         reserved = default_reserved(len(host.cpus))
@@ -170,19 +512,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
         try:
             reserved = int(str(reserved), 10)
         except ValueError:
-            print(f"{name}: the plan does not work:\n  llmhost_reserved_cores: expected a whole number of CPUs, "
-                  f"got {reserved!r}", file=sys.stderr)
-            return 1
+            raise ConfigError([f"llmhost_reserved_cores: expected a whole number of CPUs, got {reserved!r:.60}"]) \
+                from None
+    plan = build_plan(hv.get("llmhost_experts"), hv.get("llmhost_lazy_loading"), caps, host,
+                      reserved_cores=int(reserved), strict=strict,
+                      weights_bytes=local_weights(hv.get("llmhost_experts")),
+                      default_expert=hv.get("llmhost_default_expert") or None, shared=shared,
+                      start_budget_s=hv.get("llmhost_start_budget_s", DEFAULT_START_BUDGET_S),
+                      routing=hv.get("llmhost_routing"), host_profile=hv.get("llmhost_host_profile"),
+                      checkpoints=local_shapes(hv.get("llmhost_experts")),
+                      float_sources=float_sources(hv.get("llmhost_experts")),
+                      core_split=str(hv.get("llmhost_core_split") or "priority"))
+    return plan, host, source, caps
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    name, hv = inventory_hostvars(args.inventory, args.host)
     try:
-        plan = build_plan(hv.get("llmhost_experts"), hv.get("llmhost_lazy_loading"), caps, host,
-                          reserved_cores=int(reserved), strict=args.strict,
-                          weights_bytes=local_weights(hv.get("llmhost_experts")),
-                          default_expert=hv.get("llmhost_default_expert") or None, shared=shared,
-                          start_budget_s=hv.get("llmhost_start_budget_s", DEFAULT_START_BUDGET_S),
-                          routing=hv.get("llmhost_routing"), host_profile=hv.get("llmhost_host_profile"),
-                          checkpoints=local_shapes(hv.get("llmhost_experts")),
-                          float_sources=float_sources(hv.get("llmhost_experts")),
-                          core_split=str(hv.get("llmhost_core_split") or "priority"))
+        plan, host, source, caps = make_plan(hv, caps_path=args.caps, cpuinfo=args.cpuinfo, strict=args.strict)
     except ConfigError as e:
         print(f"{name}: the plan does not work:", file=sys.stderr)
         for p in e.problems:
@@ -350,15 +697,26 @@ def _share(text: str) -> float:
     try:
         return gate.check_max_worse(float(text))
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{e} ({text!r})") from None
+        msg = str(e) if "max_worse" in str(e) else "a share above 0 and at most 10 (0.25 is 25 %)"
+        raise argparse.ArgumentTypeError(f"{msg} ({text!r:.40})") from None
+
+
+THRESHOLD_NAMES = ("ttft_p50_s", "ttft_p95_s", "tbt_p95_s", "decode_tps_min")
+THRESHOLD_MAX = 1e6   # seconds or tokens/s: anything above is a typo
 
 
 def _threshold(text: str) -> tuple[str, float]:
     k, _, v = text.partition("=")
-    if k not in ("ttft_p50_s", "ttft_p95_s", "tbt_p95_s", "decode_tps_min") or not v:
-        raise argparse.ArgumentTypeError(f"--threshold NAME=VALUE with NAME one of ttft_p50_s, ttft_p95_s, "
-                                         f"tbt_p95_s, decode_tps_min; got {text!r}")
-    return k, float(v)
+    if k not in THRESHOLD_NAMES or not v:
+        raise argparse.ArgumentTypeError(f"NAME=VALUE with NAME one of {', '.join(THRESHOLD_NAMES)}; "
+                                         f"got {text!r:.60}")
+    try:
+        x = float(v)
+    except ValueError:
+        x = math.nan
+    if not math.isfinite(x) or not 0 < x <= THRESHOLD_MAX:
+        raise argparse.ArgumentTypeError(f"{k}: a number above 0 and at most {THRESHOLD_MAX:g}, got {v!r:.40}")
+    return k, x
 
 
 def cmd_capabilities(args: argparse.Namespace) -> int:
@@ -426,9 +784,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0 if r.rc == 0 else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="llmhost", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    """The command's parser; every option's shape and range is checked by its type."""
+    ap = Parser(prog="llmhost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     il = sub.add_parser("import-legacy", help="legacy config*.json -> inventory YAML")
     il.add_argument("file")
@@ -437,29 +795,31 @@ def main(argv: list[str] | None = None) -> int:
     il.add_argument("--caps", help=f"capabilities JSON (default: the saved one for vLLM {DEFAULT_VLLM_VERSION})")
     il.add_argument("--out", metavar="DIR", help="write a new inventory here (hosts, host_vars, group_vars) "
                     "instead of the experts YAML on stdout; DIR must not exist or be empty")
-    il.add_argument("--host", default="models-europe", help="the host's name in the new inventory")
+    il.add_argument("--host", default="models-europe", type=_host_name,
+                    help="the host's name in the new inventory (letters, digits, '.', '-', '_')")
     il.set_defaults(func=cmd_import_legacy)
     pl = sub.add_parser("plan", help="print each expert's cores, memory, argv and env")
-    pl.add_argument("-i", "--inventory", required=True)
-    pl.add_argument("--host")
-    pl.add_argument("--caps")
+    pl.add_argument("-i", "--inventory", required=True, help="the inventory (file or folder)")
+    pl.add_argument("--host", type=_host_name, help="the inventory host to plan (default: the first)")
+    pl.add_argument("--caps", help="capabilities JSON (default: the saved one for the pinned vLLM)")
     pl.add_argument("--cpuinfo", help="plan for the CPU of this saved /proc/cpuinfo (dtype and ISA rules)")
     pl.add_argument("--strict", action="store_true", help="every dropped key is an error")
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--json", action="store_true", help="the plan as JSON on stdout")
     pl.set_defaults(func=cmd_plan)
     sm = sub.add_parser("smoke", help="stream through the front door: TTFT, TBT, tokens/s, coherence")
-    sm.add_argument("--url", default="http://127.0.0.1:8082", help="the front door")
+    sm.add_argument("--url", default="http://127.0.0.1:8082", type=_url, help="the front door")
     sm.add_argument("--config", help="effective config (/etc/llmhost/experts.json) with thresholds; "
                     "default: the front door's /v1/models, no thresholds")
-    sm.add_argument("--expert", action="append", help="only this expert (repeatable)")
-    sm.add_argument("--repeat", type=int, default=5, help="measured requests per stream")
-    sm.add_argument("--warmup", type=int, default=1)
-    sm.add_argument("--concurrency", type=int, default=1, help="parallel streams per expert")
-    sm.add_argument("--max-tokens", type=int, default=64, help="fixed output length of measured requests")
+    sm.add_argument("--expert", action="append", type=_expert, help="only this expert (repeatable)")
+    sm.add_argument("--repeat", type=_count(1, 10000), default=5, help="measured requests per stream (1..10000)")
+    sm.add_argument("--warmup", type=_count(0, 1000), default=1, help="unmeasured requests first (0..1000)")
+    sm.add_argument("--concurrency", type=_count(1, 1024), default=1, help="parallel streams per expert (1..1024)")
+    sm.add_argument("--max-tokens", type=_count(1, 1 << 20), default=64,
+                    help="fixed output length of measured requests (1..1048576)")
     sm.add_argument("--shared-prefix", action="store_true", help="a shared long system prompt (prefix caching)")
     sm.add_argument("--threshold", action="append", type=_threshold, metavar="NAME=VALUE",
                     help="override a threshold for every expert")
-    sm.add_argument("--api-key", help="bearer key (or LLMHOST_API_KEY); visible in ps, prefer --api-key-file")
+    sm.add_argument("--api-key", type=_api_key, help="bearer key (or LLMHOST_API_KEY); visible in ps, prefer --api-key-file")
     sm.add_argument("--api-key-file", help="read the bearer key from this file (mode 0600 or stricter)")
     sm.add_argument("--host-profile", metavar="FILE", help="the host's measured profile (JSON, written by the "
                     "install stage): predicted against measured per expert")
@@ -472,26 +832,33 @@ def main(argv: list[str] | None = None) -> int:
                     "(written from this run when absent and the run passed)")
     sm.add_argument("--max-worse", type=_share, default=DEFAULT_MAX_WORSE, metavar="SHARE",
                     help=f"with --baseline: how much worse TTFT p50 and TBT p95 may get (default "
-                    f"{DEFAULT_MAX_WORSE}, i.e. {DEFAULT_MAX_WORSE:.0%})")
+                    f"{DEFAULT_MAX_WORSE}, i.e. {DEFAULT_MAX_WORSE * 100:.0f} %%)")
     sm.set_defaults(func=cmd_smoke)
     dp = sub.add_parser("deploy", help="run site.yml (or a stage) with a line per stage and counts at the end")
-    dp.add_argument("-i", "--inventory", required=True)
+    dp.add_argument("-i", "--inventory", required=True, help="the inventory (file or folder)")
     dp.add_argument("--playbook", default="site.yml", help="site.yml or playbooks/STAGE.yml")
     dp.add_argument("ansible_args", nargs=argparse.REMAINDER,
                     help="after --: passed to ansible-playbook (--check, --tags, --limit, -e ...)")
     dp.set_defaults(func=cmd_deploy)
     pr = sub.add_parser("profile", help="a host profile (read bandwidth by cores, matmul per core) as inventory YAML")
-    pr.add_argument("--measure", action="store_true", help="measure this machine (needs torch: the vLLM venv)")
+    src = pr.add_mutually_exclusive_group()
+    src.add_argument("--measure", action="store_true", help="measure this machine (needs torch: the vLLM venv)")
+    src.add_argument("--file", help="a profile the install stage wrote (<venv>/llmhost-host-profile.json)")
+    src.add_argument("-i", "--inventory", help="show the inventory's llmhost_host_profile")
     pr.add_argument("--quick", action="store_true", help="with --measure: fewer runs per point")
-    pr.add_argument("--file", help="a profile the install stage wrote (<venv>/llmhost-host-profile.json)")
-    pr.add_argument("-i", "--inventory", help="show the inventory's llmhost_host_profile")
-    pr.add_argument("--host")
+    pr.add_argument("--host", type=_host_name, help="with -i: the inventory host (default: the first)")
     pr.set_defaults(func=cmd_profile)
     cp = sub.add_parser("capabilities", help="print the saved vLLM capabilities")
-    cp.add_argument("--caps")
+    cp.add_argument("--caps", help="print this capabilities JSON instead (checked first)")
     cp.set_defaults(func=cmd_capabilities)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     try:
+        check_inputs(args)
         return int(args.func(args))
     except UsageError as e:
         print(f"llmhost {args.cmd}: {e}", file=sys.stderr)

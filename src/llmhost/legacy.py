@@ -3,6 +3,12 @@
 The seed's files carry `#` and `//` comments and trailing commas; `loads_lenient`
 reads them. `import_legacy` returns the inventory data and one report line per
 input key, with the verdicts of translate.py.
+
+Secrets never reach the inventory in clear: an old bearer key (`api_key` of an
+expert, of `server_config`, of `performance_tuning` or at the top) becomes a
+front-door key, kept apart in `frontdoor_keys` for the vault file the CLI writes
+(0600, to encrypt with ansible-vault); any other secret-looking setting
+(secret_names.is_secret_name, at any depth) is left out and named, never shown.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .experts import ConfigError, Expert, parse_experts
+from .secret_names import is_secret_name
 from .translate import SCHEMA_KEYS, Line, classify, translate
 
 # Old-server features that were never engine settings; the toolkit has its own
@@ -34,6 +41,16 @@ ROUTER = {"expert_id": "router", "runner": "pooling", "aliases": ["all-MiniLM-L6
           "model": "/srv/models/all-MiniLM-L6-v2", "domain": "routing", "priority": 9, "weights_gib": 0.1,
           "kv_cache_gib": 1, "cores": 0, "engine": {"max_model_len": 256}}
 ROUTER_MODELS = ("all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
+# The front door's keys, as frontdoor.yml of the new inventory reads them (from the vault).
+VAULT_KEYS_VAR = "vault_frontdoor_api_keys"
+# Names under which the old server kept the bearer key its clients send.
+API_KEY_NAMES = ("api_key", "api_keys", "apikey", "apikeys")
+# Where a left-out secret goes instead, when it is still needed.
+SECRET_HINTS = {
+    "hf_token": "weights are never fetched from a hub at run time; if a tokenizer still needs a token, "
+                "give it as env HF_TOKEN of the expert (its env file is 0640, docs/experts.md)",
+}
+SECRET_HINT = "if it is still needed, keep it in an ansible-vault file and pass it as an expert's env"
 
 
 def strip_comments(text: str) -> str:
@@ -80,6 +97,10 @@ class Imported:
     report: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Bearer keys of the old server: the front door's keys, for the vault file only.
+    frontdoor_keys: list[str] = field(default_factory=list)
+    # Secret-looking settings left out ("expert.key"), never written anywhere.
+    secrets_left_out: list[str] = field(default_factory=list)
 
     def inventory(self) -> dict[str, Any]:
         return {"llmhost_lazy_loading": self.lazy_loading, **({"llmhost_routing": self.routing} if self.routing else {}),
@@ -109,6 +130,57 @@ def _estimate_weights(data: Mapping[str, Any], eid: str) -> float | None:
             if m:
                 return float(m.group(1))
     return None
+
+
+def holds_secret(key: Any, value: Any) -> bool:
+    """A setting whose name, or the name of anything nested in its value, looks secret."""
+    if is_secret_name(key):
+        return True
+    if isinstance(value, Mapping):
+        return any(holds_secret(k, v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_secret("", v) for v in value)
+    return False
+
+
+def _secret_names(key: str, value: Any) -> list[str]:
+    """The secret-looking names in a setting (never its values)."""
+    out = [key] if is_secret_name(key) else []
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            out += [f"{key}.{n}" for n in _secret_names(str(k), v)]
+    elif isinstance(value, list):
+        for v in value:
+            out += [f"{key}.{n.split('.', 1)[-1]}" for n in _secret_names("", v) if n]
+    return out
+
+
+def _take_secret(res: Imported, where: str, key: str, value: Any) -> None:
+    """A secret setting of an expert (`where` its id) or a section ('' for the top level):
+    an old bearer key becomes a front-door key (vault file only); anything else is left
+    out. The value is never put in a report line."""
+    label = f"{where}.{key}" if where else key
+    who = (f"field '{label}'" if where in ("", "server_config", "performance_tuning")
+           else f"expert '{where}' field '{key}'")
+    if key.lower().replace("-", "_") in API_KEY_NAMES:
+        if value in (None, "", []):
+            res.report.append(f"{label}: dropped: empty (the old server had no key here)")
+            return
+        keys = [value] if isinstance(value, str) else value
+        if not isinstance(keys, list) or not keys or not all(
+                isinstance(k, str) and k and k.isprintable() and not any(c.isspace() for c in k) for k in keys):
+            res.rejected.append(f"{who}: an old bearer key must be a string or a list of strings without "
+                                "spaces or control characters (the value is not shown)")
+            return
+        res.frontdoor_keys += [k for k in keys if k not in res.frontdoor_keys]
+        res.report.append(f"{label}: translated (an old bearer key becomes a front-door key: written only to "
+                          f"the vault file as {VAULT_KEYS_VAR}, never to the inventory in clear)")
+        return
+    names = ", ".join(_secret_names(key, value)) or key
+    res.secrets_left_out.append(label)
+    hint = SECRET_HINTS.get(key.lower().replace("-", "_"), SECRET_HINT)
+    res.report.append(f"{label}: dropped: holds a secret ({names}); not written anywhere, the value is not "
+                      f"shown; {hint}")
 
 
 def _shape_problems(data: Any) -> list[str]:
@@ -144,10 +216,14 @@ def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> 
     if arch == "aarch64" and "isa" not in caps["cpu"]:
         caps["cpu"]["isa"] = {"bf16": True, "fp16": True, "neon": True}
     perf = dict(data.get("performance_tuning") or {})
+    for k in [k for k in perf if holds_secret(k, perf[k])]:
+        _take_secret(res, "performance_tuning", str(k), perf.pop(k))
     for key, val in data.items():
         if key in ("experts", "performance_tuning", "lazy_loading"):
             continue
-        if key == "embedding_model":
+        if is_secret_name(key):
+            _take_secret(res, "", str(key), val)
+        elif key == "embedding_model":
             name = str((val or {}).get("model_name", "")) if isinstance(val, Mapping) else str(val or "")
             if name.lower() in ROUTER_MODELS:
                 res.routing = {"embedder": ROUTER["expert_id"], "timeout_ms": 50}
@@ -162,6 +238,9 @@ def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> 
         elif key == "server_config":
             res.report.append(f"{key}: translated (the front door listens on {(val or {}).get('port', 8082)!r}; "
                               "experts bind 127.0.0.1 only)")
+            for k, v in (val or {}).items():
+                if holds_secret(k, v):
+                    _take_secret(res, key, str(k), v)
         else:
             res.report.append(f"{key}: dropped: not a vLLM setting (unknown section)")
     for k, v in perf.items():
@@ -192,6 +271,8 @@ def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> 
             res.report.append(f"{eid}.expert_id: translated ({raw['expert_id']!r} becomes {eid!r})")
         engine_in = {k: v for k, v in raw.items() if k not in SCHEMA_KEYS and k not in EXPERT_META
                      and k != "use_cases"}
+        for k in [k for k in engine_in if holds_secret(k, engine_in[k])]:
+            _take_secret(res, eid, str(k), engine_in.pop(k))
         for k, v in perf.items():
             engine_in.setdefault(k, v)
         legacy_dtype = engine_in.pop("dtype", None)
@@ -255,4 +336,4 @@ def import_legacy(data: Any, caps: Mapping[str, Any], arch: str = "aarch64") -> 
     return res
 
 
-__all__ = ["Line", "Imported", "import_legacy", "loads_lenient", "strip_comments"]
+__all__ = ["Line", "Imported", "VAULT_KEYS_VAR", "holds_secret", "import_legacy", "loads_lenient", "strip_comments"]
