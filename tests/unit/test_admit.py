@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llmhost.admit import (Counters, Decision, Usage, decide, hold, main, metrics_text, parse_haproxy_metrics,
+from llmhost.admit import (Counters, Decision, Usage, _admin, decide, hold, main, metrics_text, parse_haproxy_metrics,
                            parse_request, read_counters, relay_all, unit_states)
 
 # planned GiB: the preloaded 10 + 8 + 6, a slow 25 GiB lazy one and two cheaper ones
@@ -389,6 +389,7 @@ def metrics_server():
     yield start
     for s in servers:
         s.shutdown()
+        s.server_close()
 
 
 def free_port():
@@ -512,6 +513,7 @@ def test_the_front_answers_and_counts_the_new_refusals(model, code):
     got = read_all(plain).decode()
     plain.close()
     t.join(10)
+    lst.close()
     assert got.startswith("HTTP/1.1 503") and f'"code": "{code}"' in got and why in got
     assert result["outcome"] == "refused" and counters.refused == {code: 1}
     assert f'llmhost_lazy_refused_requests_total{{expert="gemma",reason="{code}"}} 1' in metrics_text(
@@ -659,3 +661,129 @@ def test_drain_and_ready_commands_over_a_real_unix_socket(tmp_path, capsys):
         stop.set()
         t.join(2)
         srv.close()
+
+
+# --- drain, the front door's hold (llmhost-hold.lua) and ready, against a real HAProxy ----
+
+HOLD_LUA = __import__("pathlib").Path(__file__).resolve().parents[2] / "roles/frontdoor/files/llmhost-hold.lua"
+
+
+class Expert(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def handle(self):
+        try:
+            super().handle()
+        except ConnectionError:
+            pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        out = b'{"choices":[{"message":{"content":"Paris"}}]}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+@pytest.fixture
+def frontdoor(tmp_path):
+    """HAProxy with one preloaded expert's backend as the frontdoor role writes it (the hold
+    before the 503), the stand-in expert behind it, and its runtime API socket."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    if not shutil.which("haproxy"):
+        pytest.fail("haproxy is not installed (scripts/bootstrap installs it)")
+    expert = ThreadingHTTPServer(("127.0.0.1", 0), Expert)
+    threading.Thread(target=expert.serve_forever, daemon=True).start()
+    port, sock = free_port(), str(tmp_path / "admin.sock")
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(f"""global
+    stats socket {sock} mode 600 level admin
+    lua-load-per-thread {HOLD_LUA}
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+frontend openai
+    bind 127.0.0.1:{port}
+    option http-buffer-request
+    use_backend be_general
+backend be_general
+    http-request lua.llmhost_hold 2 if {{ nbsrv() eq 0 }}
+    http-request return status 503 content-type application/json string '{{"error":{{"code":"expert_unavailable"}}}}' if {{ nbsrv() eq 0 }}
+    option httpchk GET /health
+    http-check expect status 200
+    server general 127.0.0.1:{expert.server_address[1]} check inter 200ms fall 1 rise 1
+""")
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    from llmhost.admit import admin_command, server_stat  # noqa: PLC0415
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if (server_stat(admin_command("show stat", sock), "be_general", "general") or {}).get("status") == "UP":
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("haproxy did not start: " + proc.stdout.read().decode()[-2000:])
+    yield port, sock, expert
+    proc.kill()
+    proc.wait()
+    expert.shutdown()
+    expert.server_close()
+
+
+def ask_frontdoor(port):
+    import http.client  # noqa: PLC0415
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    c.request("POST", "/v1/chat/completions", '{"model":"general"}', {"Content-Type": "application/json"})
+    r = c.getresponse()
+    return r.status, r.read().decode(), time.monotonic() - t0
+
+
+@pytest.mark.parametrize("case,back_after_s,expect_status,waits", [
+    ("back in service within the hold: the request waited and is answered", 1.0, 200, (0.9, 2.0)),
+    ("still in maintenance past the hold (2 s): the 503 as before", None, 503, (1.9, 3.5)),
+])
+def test_a_request_to_a_drained_expert_waits_for_it_in_the_front_door(frontdoor, case, back_after_s, expect_status,
+                                                                      waits):
+    from llmhost.admit import drain, ready  # noqa: PLC0415
+    port, sock, _ = frontdoor
+    assert ask_frontdoor(port)[0] == 200
+    out = main(["drain", "--expert", "general", "--admin-socket", sock, "--timeout", "5"])
+    assert out == 0
+    if back_after_s is not None:
+        threading.Timer(back_after_s, lambda: ready("general", _admin(sock))).start()
+    status, body, took = ask_frontdoor(port)
+    assert status == expect_status, (case, body)
+    assert waits[0] <= took <= waits[1], (case, took)
+    ready("general", _admin(sock))
+    assert ask_frontdoor(port)[0] == 200
+    assert not drain("general", _admin("/nonexistent/admin.sock"), 1)["drained"]
+
+
+def test_a_crashed_expert_is_not_waited_for(frontdoor):
+    """Down for another reason than a deploy (not in maintenance): the 503 at once."""
+    port, sock, expert = frontdoor
+    expert.shutdown()
+    expert.server_close()
+    from llmhost.admit import admin_command, server_stat  # noqa: PLC0415
+    deadline = time.monotonic() + 5
+    while (server_stat(admin_command("show stat", sock), "be_general", "general") or {}).get("status", "").startswith("UP"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    status, _, took = ask_frontdoor(port)
+    assert status == 503 and took < 0.5
