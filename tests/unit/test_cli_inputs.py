@@ -355,3 +355,38 @@ llmhost_api_keys: "{{ vault_frontdoor_api_keys }}"
 llmhost_unrelated: "{{ ansible_hostname }}"
 """)
     assert main(["plan", "-i", str(inv)]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where,key,value", [
+    ("expert", "api_key", "sk-S3CRET"),
+    ("expert", "apiKey", "sk-S3CRET"),
+    ("expert", "hf_token", "S3CRET"),
+    ("expert", "env", {"HF_TOKEN": "S3CRET", "OMP_NUM_THREADS": "4"}),
+    ("expert", "hf_overrides", {"auth": {"password": "S3CRET"}}),
+    ("expert", "db_password", "S3CRET"),
+    ("performance_tuning", "api_key", "sk-S3CRET"),
+    ("performance_tuning", "hf_token", "S3CRET"),
+    ("server_config", "api_keys", ["sk-S3CRET", "sk-OTHER"]),
+    ("server_config", "ssl_keyfile_password", "S3CRET"),
+    ("top", "api_key", "sk-S3CRET"),
+])
+def test_no_secret_reaches_the_inventory_or_the_report(where, key, value):
+    from llmhost.legacy import import_legacy  # noqa: PLC0415
+    import yaml  # noqa: PLC0415
+
+    data: dict = {"experts": [{"expert_id": "a", "model_path": "/srv/models/a"}],
+                  "notes": {"memory_estimation": {"a_model": "~1 GB"}}}
+    if where == "expert":
+        data["experts"][0][key] = value
+    elif where == "top":
+        data[key] = value
+    else:
+        data[where] = {key: value}
+    res = import_legacy(data, cli.saved_capabilities(), arch="x86_64")
+    shown = yaml.safe_dump(res.inventory()) + "\n".join(res.report + res.warnings + res.rejected)
+    assert "S3CRET" not in shown and "OTHER" not in shown, shown
+    assert res.rejected == []
+    if key.lower().replace("-", "_") in ("api_key", "api_keys", "apikey"):
+        assert "sk-S3CRET" in res.frontdoor_keys and res.secrets_left_out == []
+    else:
+        assert res.frontdoor_keys == [] and res.secrets_left_out == [f"{'a' if where == 'expert' else where}.{key}"]
