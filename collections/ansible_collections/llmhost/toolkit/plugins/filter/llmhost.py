@@ -66,7 +66,11 @@ def admission(plan: dict) -> dict:
     the memory budget and max_loaded_experts (no paths, no argv). The lazy experts'
     standbys are resident all the time: the gate's budget is what they leave, and a
     lazy expert weighs what its server adds to its standby."""
+    shared = plan.get("shared") or {}
     return {"managed_by": "llmhost",
+            # where the gate reads HAProxy's usage (its unit passes the same; `llmhost-admit decide` by hand reads this)
+            "frontdoor_metrics": systemd.frontdoor_metrics_url(shared.get("frontdoor_metrics_bind", "127.0.0.1"),
+                                                               shared.get("frontdoor_metrics_port", 8405)),
             "experts": [{"expert_id": e["expert_id"], "preload": e["preload"], "pinned": e.get("pinned"),
                          "memory_gib": round(e["memory_gib"] - e.get("standby_gib", 0), 2),
                          "evict_cost": e.get("evict_cost")} for e in plan["experts"]],
