@@ -41,8 +41,9 @@ EMBEDDER_CHECK = "check inter 500ms fall 1 rise 2"
 def routes(plan: Mapping[str, Any], maxconn_overrides: Mapping[str, Any] | None = None,
            maxqueue_overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """One entry per expert, final: backend, server port, names, concurrency cap
-    (max_num_seqs unless overridden), queue (4x the cap unless overridden), and the
-    server's health-check options ("" for a lazy expert)."""
+    (max_num_seqs unless overridden), queue (4x the cap unless overridden), the
+    server's health-check options ("" for a lazy expert), and its runner (generate or
+    pooling: the endpoints its backend accepts)."""
     ids = {e["expert_id"] for e in plan["experts"]}
     for what, over in (("frontdoor_maxconn_overrides", maxconn_overrides), ("frontdoor_maxqueue_overrides",
                                                                           maxqueue_overrides)):
@@ -60,6 +61,7 @@ def routes(plan: Mapping[str, Any], maxconn_overrides: Mapping[str, Any] | None 
         out.append({
             "expert_id": e["expert_id"], "backend": backend(e["expert_id"]), "port": e["port"],
             "names": list(e.get("names") or [e["expert_id"]]), "maxconn": cap, "maxqueue": queue, "lazy": lazy,
+            "runner": e.get("runner") or "generate",
             "server_options": f"maxconn {cap} maxqueue {queue}" + (
                 "" if lazy else f" {EMBEDDER_CHECK if e['expert_id'] == embedder else HEALTH_CHECK}"),
         })
@@ -93,13 +95,27 @@ def models_list(plan: Mapping[str, Any], created: int = 0) -> dict[str, Any]:
         for e in plan["experts"]]}
 
 
+# What a key may hold: it travels as `Authorization: Bearer <key>`, one header, one
+# token of printable ASCII (no space, no comma), as the front door checks.
+KEY_CHARS = re.compile(r"[!-~]+")
+
+
 def key_hashes(keys: Iterable[str]) -> list[str]:
-    """sha256 hex of each API key: only hashes are written to the host."""
+    """sha256 hex of each API key: only hashes are written to the host. A key the front
+    door could never accept (a space, a comma, a character outside printable ASCII) is
+    refused here; so is a single string, which would be hashed character by character."""
+    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+        raise ValueError("llmhost_api_keys: a list of keys (- sk-...), not a single string")
     out = []
-    for k in keys:
-        k = str(k).strip()
+    for i, k in enumerate(keys, 1):
+        if not isinstance(k, str):
+            raise ValueError(f"llmhost_api_keys: key #{i} is not a string")
+        k = k.strip()
         if not k:
             raise ValueError("llmhost_api_keys: an empty key")
+        if not KEY_CHARS.fullmatch(k) or "," in k:
+            raise ValueError(f"llmhost_api_keys: key #{i} holds a space, a comma or a character outside printable "
+                             "ASCII; a client could never send it as one Bearer token")
         out.append(hashlib.sha256(k.encode()).hexdigest())
     return out
 

@@ -27,9 +27,19 @@ from .frontdoor import backend
 
 DEFAULT_TIMEOUT_MS = 50
 TIMEOUT_RANGE_MS = (5, 5000)
-# Characters of the last user message sent to the embedder (the model reads at most
-# 256 word pieces; the rest would only cost time). The Lua cuts at the same length.
+# Characters of each route example sent to the embedder at deploy, and bytes of the last
+# user message the front door's Lua sends (cut on a UTF-8 character boundary): the
+# embedder reads only its first max_model_len tokens anyway (vLLM truncates to them,
+# TRUNCATE below), the rest would only cost time.
 MAX_TEXT_CHARS = 1000
+MAX_TEXT_BYTES = 2000
+# vLLM's embeddings API (0.32): truncate_prompt_tokens -1 is the model's max_model_len;
+# "right" keeps the first tokens. Without it a text over the limit is an error (a long
+# or CJK prompt: a fallback on every such request, a failed centroid build at deploy).
+TRUNCATE = {"truncate_prompt_tokens": -1, "truncation_side": "right"}
+# WordPiece and BPE tokenizers give at most one token per character, plus the two
+# special tokens: a bound the plan can check without the tokenizer.
+SPECIAL_TOKENS = 2
 CENTROIDS_FILE = "/etc/haproxy/llmhost-centroids.json"
 ROUTE_CONFIG_FILE = "/etc/haproxy/llmhost-route.json"
 # Where the front door's metrics listener serves the routing counters (Prometheus text).
@@ -95,7 +105,27 @@ def problems(routing: Routing | None, experts: Sequence[Expert], default_expert:
     elif default_expert not in {e.expert_id for e in targets}:
         warn.append(f"the default expert '{default_expert}' has no route_examples: 'auto' reaches it only "
                     "on a fallback")
+    if emb.pooling:
+        warn += long_examples(targets, emb)
     return out, warn
+
+
+def long_examples(targets: Sequence[Expert], embedder: Expert) -> list[str]:
+    """A warning per route example that may be longer than the embedder reads: it is
+    embedded from its first tokens only (vLLM truncates; the deploy does not fail)."""
+    limit = embedder.effective_engine().get("max_model_len")
+    out = []
+    for e in targets:
+        for i, x in enumerate(e.route_examples):
+            n = min(len(x), MAX_TEXT_CHARS)
+            if isinstance(limit, int) and n + SPECIAL_TOKENS > limit:
+                out.append(f"expert '{e.expert_id}' field 'route_examples[{i}]': {len(x)} characters may exceed "
+                           f"the embedder '{embedder.expert_id}''s limit of {limit} tokens (max_model_len; up to one "
+                           "token per character); only its first tokens are embedded")
+            elif len(x) > MAX_TEXT_CHARS:
+                out.append(f"expert '{e.expert_id}' field 'route_examples[{i}]': {len(x)} characters; only the "
+                           f"first {MAX_TEXT_CHARS} are embedded")
+    return out
 
 
 def inputs_sha256(embedder_model: str, embedder_weights_bytes: int | None,
@@ -160,7 +190,7 @@ def nearest(vector: Sequence[float], cents: Mapping[str, Sequence[float]]) -> tu
 def embed_request(section_: Mapping[str, Any]) -> dict[str, Any]:
     """The one /v1/embeddings body that embeds every example at deploy."""
     return {"model": section_["embedder_model"],
-            "input": [x[:MAX_TEXT_CHARS] for d in section_["domains"] for x in d["examples"]]}
+            "input": [x[:MAX_TEXT_CHARS] for d in section_["domains"] for x in d["examples"]], **TRUNCATE}
 
 
 def centroids_file(section_: Mapping[str, Any], response: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,9 +204,11 @@ def centroids_file(section_: Mapping[str, Any], response: Mapping[str, Any]) -> 
             "centroids": [{"expert_id": o, "vector": [round(x, 7) for x in c]} for o, c in cents.items()]}
 
 
-def lua_config(section_: Mapping[str, Any]) -> dict[str, Any]:
-    """What the front door's Lua reads at start (llmhost-route.json)."""
+def lua_config(section_: Mapping[str, Any], embedder_dst: str | None = None) -> dict[str, Any]:
+    """What the front door's Lua reads at start (llmhost-route.json). embedder_dst: where
+    the Lua sends its call (HAProxy's address syntax, unix@PATH): the front door's own
+    proxy to the embedder, whose timeouts bound the call, connect included."""
     return {"embedder_url": f"http://127.0.0.1:{section_['embedder_port']}/v1/embeddings",
-            "embedder_backend": backend(section_["embedder"]),
+            "embedder_dst": embedder_dst, "embedder_backend": backend(section_["embedder"]),
             "embedder_model": section_["embedder_model"], "timeout_ms": section_["timeout_ms"],
-            "max_text_chars": section_["max_text_chars"], "centroids_file": section_["centroids_file"]}
+            "max_text_bytes": MAX_TEXT_BYTES, **TRUNCATE, "centroids_file": section_["centroids_file"]}

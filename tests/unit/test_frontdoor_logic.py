@@ -56,3 +56,22 @@ def test_model_list_shows_names_not_host_paths():
                          "names": ["phi-4-mini", "phi4_fast"], "preload": True}]}
     text = json.dumps(models_list(plan))
     assert "/home" not in text and "phi4_fast" in text
+
+
+@pytest.mark.parametrize("keys,expected", [
+    ("sk-abc", "a list of keys (- sk-...), not a single string"),
+    (["sk-a b"], "key #1 holds a space, a comma or a character outside printable ASCII"),
+    (["sk-1", "sk-a,b"], "key #2 holds a space, a comma"),
+    (["sk-clé"], "key #1 holds a space, a comma or a character outside printable ASCII"),
+    (["sk-\x01"], "key #1 holds"),
+    ([123], "key #1 is not a string"),
+])
+def test_a_key_no_client_could_send_as_one_bearer_token_is_refused(keys, expected):
+    with pytest.raises(ValueError) as e:
+        frontdoor.key_hashes(keys)
+    assert expected in str(e.value) and str(e.value).startswith("llmhost_api_keys: ")
+
+
+def test_each_route_says_its_runner():
+    plan = {"experts": [dict(PLAN["experts"][0]), dict(PLAN["experts"][1], runner="pooling")]}
+    assert [r["runner"] for r in frontdoor.routes(plan)] == ["generate", "pooling"]

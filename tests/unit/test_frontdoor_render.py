@@ -125,13 +125,40 @@ def test_access_log_per_source_limit_and_one_start_budget(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     cfg = (out / "haproxy.cfg").read_text()
     assert "log /dev/log local0 info" in cfg and "model=%[var(txn.model)]" in cfg
-    assert "track-sc0 src" in cfg and "sc_conn_cur(0) gt 4" in cfg
+    # counted per connection, from the accept: idle connections count too
+    assert "tcp-request connection track-sc0 src" in cfg and "sc_conn_cur(0) gt 4" in cfg
+    assert "http-request track-sc0" not in cfg
     # the plan's start budget (900 s) + 120: HAProxy outlasts systemd's start timeout
     assert "timeout server 1020s" in cfg
     (tmp_path / "q").mkdir()
-    quiet = render(tmp_path / "q", frontdoor_access_log=False)
+    quiet = render(tmp_path / "q", frontdoor_access_log=False, frontdoor_per_source_maxconn=0)
     qcfg = (quiet / "haproxy.cfg").read_text()
-    assert "local0 notice" in qcfg and "track-sc0" not in qcfg
+    assert "local0 notice" in qcfg and "track-sc0" not in qcfg and "sc_conn_cur" not in qcfg
+    # on by default, 64 connections per address
+    (tmp_path / "d").mkdir()
+    assert "sc_conn_cur(0) gt 64" in (render(tmp_path / "d") / "haproxy.cfg").read_text()
+
+
+def test_the_front_door_checks_are_in_the_rendered_config(tmp_path):
+    out = render(tmp_path, frontdoor_api_keys=["sk-test-1"], frontdoor_max_n=2, frontdoor_max_json_depth=16,
+                 frontdoor_timeout_request_s=7)
+    assert haproxy_check(out / "haproxy.cfg").returncode == 0
+    cfg = (out / "haproxy.cfg").read_text()
+    # one Authorization header, "Bearer <token>" only
+    assert "req.hdr_cnt(authorization) eq 1" in cfg and "-m reg -i '^Bearer [!-~]+$'" in cfg
+    assert "word(2,' ')" not in cfg
+    # the body's checks, with the settings
+    assert "lua-load " + str(out / "llmhost-check.lua") in cfg and "lua.llmhost_check 2 16" in cfg
+    assert (out / "llmhost-check.lua").exists()
+    # 413 from the announced length before the body is waited for; no blanket body buffering
+    assert cfg.index("if { req.body_size gt 245760 }") < cfg.index("wait-for-body time 7s")
+    assert "option http-buffer-request" not in cfg and "timeout http-request 7s" in cfg
+    # an errorfile for every status HAProxy answers by itself, each a JSON body
+    for status in (400, 401, 403, 404, 405, 407, 408, 410, 413, 425, 429, 500, 501, 502, 503, 504):
+        assert f"errorfile {status} " in cfg
+        head, body = (out / f"errors/{status}.http").read_text().split("\n\n", 1)
+        assert head.startswith(f"HTTP/1.0 {status} ") and "Content-Type: application/json" in head
+        assert set(json.loads(body)["error"]) == {"message", "type", "code"}
 
 
 def test_front_door_ports_and_timeout_checked_against_the_plan():
@@ -143,3 +170,250 @@ def test_front_door_ports_and_timeout_checked_against_the_plan():
     assert any("frontdoor_port: 8101 is also used by expert 'general'" in b for b in bad)
     assert any("frontdoor_metrics_port: 8102 is also used by expert 'coder'" in b for b in bad)
     assert any("frontdoor_timeout_server_s: 600 s does not outlast the start budget (900 s" in b for b in bad)
+
+
+# --- the rendered front door running: hostile requests against a real HAProxy ------------------------
+# (the site scenario sends the same kinds to the deployed one: molecule/site/tests/test_6_frontdoor_edges.py)
+
+KEY = "sk-door-test"
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raw(port, data, wait=5.0, parts=None, pause=0.0):
+    """Send bytes as they are on a new connection; the whole answer (until close or `wait`)."""
+    import socket
+    import time
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    t0 = time.monotonic()
+    for part in parts or [data]:
+        s.sendall(part)
+        time.sleep(pause)
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    s.close()
+    return out, time.monotonic() - t0
+
+
+def parse(answer):
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode(errors="replace").split("\r\n")
+    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
+    return status, {k.lower(): v for k, v in (ln.split(": ", 1) for ln in lines[1:] if ": " in ln)}, body
+
+
+def post(body, path="/v1/chat/completions", auth=f"Authorization: Bearer {KEY}\r\n", extra=""):
+    b = body if isinstance(body, bytes) else body.encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: door\r\n{auth}Content-Type: application/json\r\n"
+            f"Content-Length: {len(b)}\r\nConnection: close\r\n{extra}\r\n").encode() + b
+
+
+CHAT = '{"model": "coder", "messages": [{"role": "user", "content": "hi"}]}'
+# (name, request, status, error code or answering expert)
+CASES = [
+    ("a good request", post(CHAT), 200, "coder"),
+    ("Basic with the key", post(CHAT, auth=f"Authorization: Basic {KEY}\r\n"), 401, "invalid_api_key"),
+    ("two Authorization headers", post(CHAT, auth=f"Authorization: Bearer {KEY}\r\n" * 2), 401, "invalid_api_key"),
+    ("a wrong key, then the key", post(CHAT, auth=f"Authorization: Bearer wrong, Bearer {KEY}\r\n"), 401,
+     "invalid_api_key"),
+    ("the key and more", post(CHAT, auth=f"Authorization: Bearer {KEY} x\r\n"), 401, "invalid_api_key"),
+    ("the key's hash itself", post(CHAT, auth="Authorization: Bearer "
+                                   + __import__("hashlib").sha256(KEY.encode()).hexdigest() + "\r\n"), 401,
+     "invalid_api_key"),
+    ("bearer in lower case", post(CHAT, auth=f"Authorization: bearer {KEY}\r\n"), 200, "coder"),
+    ("a control character in model", post('{"model": "coder\\n<134>forged: line"}'), 400, "invalid_model"),
+    ("a space in model", post('{"model": "coder expert=general"}'), 400, "invalid_model"),
+    ("non-ASCII model", post('{"model": "c\\u00f6der"}'), 400, "invalid_model"),
+    ("a 300-character model", post(json.dumps({"model": "m" * 300})), 400, "invalid_model"),
+    ("a number as model", post('{"model": 7}'), 400, "invalid_model"),
+    ("an unknown model, quotes echoed as JSON", post('{"model": "gpt-\\"17"}'), 404, "model_not_found"),
+    ("model written with an escape", post('{"\\u006dodel": "coder"}'), 200, "coder"),
+    ("model twice: the last counts, as in vLLM", post('{"model": "general", "model": "coder"}'), 200, "coder"),
+    ("n over the cap", post('{"model": "coder", "n": 5}'), 400, "invalid_value"),
+    ("n at the cap", post('{"model": "coder", "n": 4}'), 200, "coder"),
+    ("n as 1e9", post('{"model": "coder", "n": 1e9}'), 400, "invalid_value"),
+    ("n as a string", post('{"model": "coder", "n": "50"}'), 400, "invalid_value"),
+    ("n written with an escape", post('{"model": "coder", "\\u006e": 50}'), 400, "invalid_value"),
+    ("best_of over the cap", post('{"model": "coder", "best_of": 9}'), 400, "invalid_value"),
+    ("JSON 5000 deep", post('{"model": "coder", "x": ' + "[" * 5000 + "]" * 5000 + "}"), 400, "invalid_json"),
+    ("not JSON", post('{"model": "coder",'), 400, "invalid_json"),
+    ("a JSON array", post("[1, 2]"), 400, "invalid_json"),
+    ("invalid UTF-8", post(b'{"model": "coder", "x": "\\xff"}'.replace(b"\\xff", b"\xff")), 400, "invalid_json"),
+    ("chat to the pooling expert", post('{"model": "router", "messages": []}'), 400, "wrong_endpoint"),
+    ("completion to the pooling expert", post('{"model": "router", "prompt": "x"}', "/v1/completions"), 400,
+     "wrong_endpoint"),
+    ("embeddings from a generate expert", post('{"model": "coder", "input": "x"}', "/v1/embeddings"), 400,
+     "wrong_endpoint"),
+    ("embeddings from the pooling expert", post('{"model": "router", "input": "x"}', "/v1/embeddings"), 200,
+     "router"),
+    ("an expert that is down (the hold's Lua runs, then the 503)", post('{"model": "spare"}'), 503,
+     "expert_unavailable"),
+    ("2 MB announced, Expect: 100-continue", (f"POST /v1/chat/completions HTTP/1.1\r\nHost: door\r\nAuthorization: "
+                                              f"Bearer {KEY}\r\nContent-Length: 2000000\r\nExpect: 100-continue"
+                                              "\r\n\r\n").encode(), 413, "request_too_large"),
+    ("2 MB announced, 1 KB sent", (f"POST /v1/chat/completions HTTP/1.1\r\nHost: door\r\nAuthorization: Bearer "
+                                   f"{KEY}\r\nContent-Length: 2000000\r\n\r\n").encode() + b"{" * 1024, 413,
+     "request_too_large"),
+]
+
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory):
+    import http.server
+    import threading
+    import time
+    import urllib.request
+
+    from llmhost.plan import parse_shared
+
+    tmp = tmp_path_factory.mktemp("edges")
+    ports = {k: free_port() for k in ("door", "metrics", "general", "coder", "router", "spare")}
+    experts = [
+        {"expert_id": "general", "model": "/srv/models/a", "domain": "general", "priority": 5, "weights_gib": 0.3,
+         "kv_cache_gib": 1, "cores": 1, "port": ports["general"]},
+        {"expert_id": "coder", "model": "/srv/models/b", "domain": "coding", "priority": 3, "weights_gib": 0.3,
+         "kv_cache_gib": 1, "cores": 1, "port": ports["coder"]},
+        {"expert_id": "router", "runner": "pooling", "model": "/srv/models/e", "domain": "routing", "priority": 9,
+         "weights_gib": 0.1, "kv_cache_gib": 1, "cores": 0, "port": ports["router"]},
+        # nothing listens on its port: its health check marks it down
+        {"expert_id": "spare", "model": "/srv/models/c", "domain": "general", "priority": 1, "weights_gib": 0.3,
+         "kv_cache_gib": 1, "cores": 1, "port": ports["spare"]},
+    ]
+    p = build_plan(experts, None, saved_capabilities(), Host((0, 1, 2), 24 * GIB, "x86_64", {"bf16": True}),
+                   shared=parse_shared({"frontdoor_port": ports["door"], "frontdoor_metrics_port": ports["metrics"]}))
+    out = render(tmp, frontdoor_plan=p.to_dict(), frontdoor_bind="127.0.0.1", frontdoor_api_keys=[KEY],
+                 frontdoor_per_source_maxconn=3, frontdoor_timeout_request_s=2)
+    cfg = (out / "haproxy.cfg").read_text()
+    cfg = cfg.replace("stats socket /run/haproxy/admin.sock", f"stats socket {tmp}/admin.sock") \
+        .replace("    user haproxy\n    group haproxy\n", "").replace("log /dev/log", "log stdout")
+    (out / "haproxy.cfg").write_text(cfg)
+    assert haproxy_check(out / "haproxy.cfg").returncode == 0
+
+    class Expert(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = json.dumps({"model": self.server.name}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST  # noqa: N815  (health checks)
+
+        def log_message(self, *a):
+            pass
+
+    servers = []
+    for name in ("general", "coder", "router"):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", ports[name]), Expert)
+        srv.name = name
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    log = tmp / "haproxy.log"
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(out / "haproxy.cfg")], stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    for _ in range(300):  # up, the experts' health checks passed, and spare's failed (2 s apart, 2 needed)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{ports['door']}/health", timeout=1)
+            if b" 200 " in raw(ports["door"], post(CHAT))[0] and \
+                    b"expert_unavailable" in raw(ports["door"], post('{"model": "spare"}'))[0]:
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    yield {"port": ports["door"], "log": log, "cfg": cfg}
+    proc.terminate()
+    proc.wait(5)
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("name,request_,status,expected", CASES, ids=[c[0] for c in CASES])
+def test_hostile_requests_get_their_status_and_an_openai_error(door, name, request_, status, expected):
+    answer, took = raw(door["port"], request_)
+    got, headers, body = parse(answer)
+    assert got == status, answer[:400]
+    assert headers.get("content-type") == "application/json", answer[:400]
+    doc = json.loads(body)
+    if status == 200:
+        assert doc["model"] == expected
+    else:
+        assert doc["error"]["code"] == expected and doc["error"]["message"], doc
+    if status == 413:  # decided from the header: no 100 Continue, no wait for the body (that would end in a 408)
+        assert b"100 Continue" not in answer
+    if expected in ("invalid_value", "invalid_model"):
+        assert doc["error"]["param"] in ("n", "best_of", "model")
+
+
+def test_a_refused_model_never_reaches_the_access_log(door):
+    raw(door["port"], post('{"model": "x\\n<134>forged: line\\r\\nmore"}'))
+    raw(door["port"], post('{"model": "gpt-x"}'))  # an unknown but clean name is logged (and ends the wait below)
+    import time
+
+    for _ in range(50):
+        text = door["log"].read_text(errors="replace")
+        if "model=gpt-x" in text:
+            break
+        time.sleep(0.1)
+    assert "model=gpt-x" in text
+    assert "forged" not in text and not any(ln.startswith("<134>forged") for ln in text.splitlines())
+
+
+def test_every_lua_action_runs_in_one_state(door):
+    """A request runs the check, maybe the route, maybe the hold: in HAProxy 2.6 a request
+    that ran an action of the shared Lua state cannot run one of a per-thread state."""
+    cfg = door["cfg"]
+    assert "\n    lua-load-per-thread " not in cfg and cfg.count("\n    lua-load ") >= 2
+    raw(door["port"], post('{"model": "spare"}'))
+    text = door["log"].read_text(errors="replace")
+    assert "runtime error" not in text and "Lua function" not in text, text[-2000:]
+
+
+def test_the_404_echoes_the_name_as_json(door):
+    got, _, body = parse(raw(door["port"], post('{"model": "a\\\\b\\"c"}'))[0])
+    assert got == 404 and 'The model `a\\b"c` does not exist' in json.loads(body)["error"]["message"]
+
+
+def test_haproxys_own_errors(door):
+    # a slow body: 408 from the stream, the JSON errorfile (frontdoor_timeout_request_s = 2 here)
+    answer, took = raw(door["port"], post(CHAT)[:-10], wait=30)
+    got, headers, body = parse(answer)
+    assert got == 408 and took > 1.5 and json.loads(body)["error"]["code"] == "timeout"
+    # what HAProxy 2.6 answers from its H1 layer, before any rule or errorfile (docs/frontdoor.md):
+    # the status is right, the body its built-in HTML page
+    assert parse(raw(door["port"], b"GARBAGE\r\n\r\n")[0])[0] == 400
+    assert parse(raw(door["port"], b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")[0])[0] == 400
+    assert parse(raw(door["port"], b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n", wait=30)[0])[0] == 408
+    # a connection that sends nothing is closed without an answer (option http-ignore-probes)
+    answer, took = raw(door["port"], b"", wait=30)
+    assert answer == b"" and took > 1.5
+
+
+def test_the_per_source_limit_counts_idle_connections(door):
+    import socket
+
+    idle = [socket.create_connection(("127.0.0.1", door["port"])) for _ in range(3)]
+    try:
+        got, headers, body = parse(raw(door["port"], post(CHAT))[0])
+        assert got == 429 and json.loads(body)["error"]["code"] == "rate_limited"
+        assert headers.get("connection") == "close"
+    finally:
+        for s in idle:
+            s.close()
+    import time
+
+    time.sleep(0.2)
+    assert parse(raw(door["port"], post(CHAT))[0])[0] == 200

@@ -61,7 +61,22 @@ def test_the_plan_routes_auto_through_the_pooling_expert():
     r = d["routing"]
     assert r["embedder"] == "router" and r["embedder_port"] == by["router"]["port"] and r["timeout_ms"] == 50
     assert [x["expert_id"] for x in r["domains"]] == ["general", "coder"] and r["default_expert"] == "general"
-    assert routing.embed_request(r)["input"] == GENERAL["route_examples"] + CODER["route_examples"]
+    req = routing.embed_request(r)
+    assert req["input"] == GENERAL["route_examples"] + CODER["route_examples"]
+    # the embedder keeps each example's first tokens up to its max_model_len (vLLM 0.32's embeddings API)
+    assert req["truncate_prompt_tokens"] == -1 and req["truncation_side"] == "right"
+
+
+def test_an_example_longer_than_the_embedder_reads_is_warned_naming_the_limit():
+    long = "Explain " + "very " * 60 + "slowly."
+    router = dict(ROUTER, engine={"max_model_len": 256})
+    p = plan((GENERAL, dict(CODER, route_examples=["Fix this bug", long]), router))
+    (w,) = [w for w in p.warnings if "route_examples[1]" in w]
+    assert w.startswith("expert 'coder' field 'route_examples[1]': 315 characters may exceed the embedder "
+                        "'router''s limit of 256 tokens (max_model_len")
+    assert not [w for w in plan((GENERAL, CODER, router)).warnings if "route_examples[" in w]
+    # the deploy sends it, cut, and vLLM keeps its first 256 tokens: no failure
+    assert routing.embed_request(p.routing)["input"][3] == long
 
 
 def test_a_pooling_expert_never_gets_prefix_caching():
@@ -143,11 +158,20 @@ def free_port():
 
 
 class Embedder(http.server.BaseHTTPRequestHandler):
-    """A 2-d "embedding": code words point one way, everything else the other; "slow" sleeps."""
+    """A 2-d "embedding": code words point one way, everything else the other; "slow" sleeps.
+    Strict as vLLM: the body must be UTF-8 JSON (a text cut inside a character is a 400)."""
     calls = 0
+    last: dict = {}
 
     def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        try:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])).decode("utf-8"))
+        except UnicodeDecodeError:
+            self.send_response(400)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        type(self).last = body
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
         type(self).calls += 1
         if any("slow" in t for t in texts):
@@ -208,6 +232,7 @@ def rendered(tmp_path_factory):
     out = tmp_path / "haproxy"
     d["routing"]["centroids_file"] = str(out / "llmhost-centroids.json")
     ev = {"frontdoor_plan": d, "__frontdoor_dir": str(out), "__frontdoor_errors_dir": str(out / "errors"),
+          "__frontdoor_route_socket": str(tmp_path / "route-embed.sock"),
           "ansible_python_interpreter": sys.executable, "frontdoor_bind": "127.0.0.1"}
     (tmp_path / "ev.json").write_text(json.dumps(ev))
     r = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "tests/render/render-frontdoor.yml",
@@ -308,6 +333,43 @@ def test_a_slow_or_dead_embedder_falls_back_to_the_default_expert_and_counts_it(
     assert m['llmhost_route_fallback_total{reason="down"}'] >= 2, m
     assert ask(door, {"model": "auto", "messages": [{"role": "system", "content": "x"}]}) == ("general", "general")
     assert route_metrics(door)['llmhost_route_fallback_total{reason="no_text"}'] == 1
+
+
+def test_a_long_cjk_prompt_is_cut_on_a_character_boundary_and_truncated_by_the_embedder(door):
+    text = "写一个排序列表的函数" * 200  # 2000 characters, 6000 bytes of UTF-8
+    assert ask(door, msgs(text + " python")) == ("general", "general")  # routed (embedded), not an error
+    sent = Embedder.last
+    assert sent["truncate_prompt_tokens"] == -1 and sent["truncation_side"] == "right"
+    assert sent["input"] == text[:666]  # 1998 bytes: the 667th character would end past byte 2000
+    m = route_metrics(door)
+    assert m['llmhost_route_fallback_total{reason="error"}'] == 0 and m['llmhost_route_chosen_total{expert="general"}'] >= 1
+
+
+def test_a_connect_that_hangs_is_bounded_by_the_timeout_too(door):
+    """The embedder's accept queue full: HAProxy's httpclient alone would try to connect for 5 s, 4 times."""
+    door["embedder"].shutdown()
+    door["embedder"].server_close()
+    hung = socket.socket()
+    hung.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    hung.bind(("127.0.0.1", door["ports"]["router"]))
+    hung.listen(0)
+    queued = []
+    for _ in range(3):  # fill the queue: later SYNs are dropped, a connect waits
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", door["ports"]["router"]))
+        queued.append(c)
+    try:
+        t0 = time.monotonic()
+        assert ask(door, msgs("Write a python function")) == ("general", "general")
+        took = time.monotonic() - t0
+        m = route_metrics(door)
+        # the health check needs its own 5 s to mark it down: this request called it, and gave up
+        assert m['llmhost_route_fallback_total{reason="timeout"}'] == 1, m
+        assert m["llmhost_route_embed_seconds_sum"] < 1.0 and took < 3.0, (m, took)
+    finally:
+        for c in [*queued, hung]:
+            c.close()
 
 
 def test_without_centroids_the_door_still_serves_auto_from_the_default(door, rendered):

@@ -2,7 +2,9 @@
 --
 -- Routing by meaning for `model: auto` (or no model), inside HAProxy:
 --   action  lua.llmhost_route   embeds the last user message through the pooling
---                               expert (core.httpclient, a timeout of tens of ms), takes
+--                               expert (core.httpclient through the proxy route_embed,
+--                               whose timeouts and this call's bound it whole, connect
+--                               included, to timeout_ms), takes
 --                               the nearest domain centroid and sets txn.model to that
 --                               expert; on any trouble it leaves txn.model unset, and
 --                               the configuration sends the request to the default expert.
@@ -10,7 +12,7 @@
 -- The same arithmetic lives in llmhost/routing.py (centroids, nearest), tested there.
 local cjson = require("cjson.safe")
 
-local conf = { timeout_ms = 50, max_text_chars = 1000 }
+local conf = { timeout_ms = 50, max_text_bytes = 2000 }
 local centroids = {}         -- { {expert = "coder", vec = {...}}, ... }
 local loaded = "no"          -- "yes" or why not, for the log and the metrics
 local chosen = {}            -- expert_id -> requests routed there by meaning
@@ -72,6 +74,16 @@ local function last_user_text(req)
   return nil
 end
 
+-- The first n bytes of s, cut on a UTF-8 character boundary (never inside a character:
+-- the embedder would get invalid UTF-8).
+local function utf8_head(s, n)
+  if #s <= n then return s end
+  local i = n
+  -- byte i + 1 is a continuation byte (10xxxxxx): the cut would split its character
+  while i > 0 and s:byte(i + 1) >= 0x80 and s:byte(i + 1) < 0xC0 do i = i - 1 end
+  return s:sub(1, i)
+end
+
 local function nearest(vec)
   local n = 0.0
   for i = 1, #vec do n = n + vec[i] * vec[i] end
@@ -107,18 +119,29 @@ core.register_action("llmhost_route", { "http-req" }, function(txn)
     return fall_back(txn, "down")
   end
   local t0 = now_s()
-  local body = cjson.encode({ model = conf.embedder_model, input = string.sub(text, 1, conf.max_text_chars) })
+  -- the embedder keeps the text's first tokens, up to its max_model_len (truncate_prompt_tokens -1)
+  local body = cjson.encode({ model = conf.embedder_model, input = utf8_head(text, conf.max_text_bytes),
+                              truncate_prompt_tokens = conf.truncate_prompt_tokens,
+                              truncation_side = conf.truncation_side })
   local ok, res = pcall(function()
+    -- dst: the proxy route_embed (connect and answer each bounded by timeout_ms,
+    -- no retry); this call's own timeout counts from its connect to it, which is at once
     return core.httpclient():post{
-      url = conf.embedder_url, timeout = conf.timeout_ms, body = body,
+      url = conf.embedder_url, dst = conf.embedder_dst, timeout = conf.timeout_ms, body = body,
       headers = { ["content-type"] = { "application/json" }, ["content-length"] = { tostring(#body) } },
     }
   end)
-  seconds_sum = seconds_sum + (now_s() - t0)
+  local took = now_s() - t0
+  seconds_sum = seconds_sum + took
   seconds_count = seconds_count + 1
   if not ok or type(res) ~= "table" then return fall_back(txn, "error") end
-  -- 504: HAProxy's own answer when the embedder did not reply within timeout_ms
-  if res.status ~= 200 then return fall_back(txn, res.status == 504 and "timeout" or "error") end
+  -- 504: no answer within timeout_ms; 503: the proxy could not connect, within timeout_ms
+  -- (a refused connect fails at once: the embedder is down)
+  if res.status == 504 or (res.status == 503 and took * 1000 >= 0.8 * conf.timeout_ms) then
+    return fall_back(txn, "timeout")
+  end
+  if res.status == 503 then return fall_back(txn, "down") end
+  if res.status ~= 200 then return fall_back(txn, "error") end
   local doc = cjson.decode(res.body or "")
   local vec = type(doc) == "table" and type(doc.data) == "table" and type(doc.data[1]) == "table" and doc.data[1].embedding
   if type(vec) ~= "table" then return fall_back(txn, "error") end
