@@ -8,9 +8,10 @@ llmhost.toolkit.frontdoor_*), and tests check both these and the real
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from typing import Any, Iterable, Mapping
+
+from . import addresses
 
 
 def backend(expert_id: str) -> str:
@@ -121,17 +122,9 @@ def key_hashes(keys: Iterable[str]) -> list[str]:
 
 
 def is_loopback(bind: str) -> bool:
-    """Does a HAProxy bind address keep the port on this host? ("*", "0.0.0.0", "::" and
-    any routable address do not.)"""
-    b = str(bind).strip().strip("[]")
-    if b in ("localhost", "ip6-localhost"):
-        return True
-    if b in ("", "*"):
-        return False
-    try:
-        return ipaddress.ip_address(b).is_loopback
-    except ValueError:
-        return False  # a host name: assume it resolves to the network
+    """Does a HAProxy bind address keep the port on this host? ("*", "0.0.0.0", "::", any
+    routable address and a host name do not.)"""
+    return addresses.loopback(bind) is True
 
 
 def exposure_problems(bind: str, port: int, api_keys: Iterable[str] | None, allow_anonymous: bool,

@@ -9,10 +9,11 @@ without authentication. Each role's `tasks/validate.yml` hands its variables to
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from typing import Any, Callable, Mapping
+
+from . import addresses
 
 Check = Callable[[str, Any, Mapping[str, Any]], "str | None"]
 
@@ -31,22 +32,9 @@ def _host_port(value: Any) -> tuple[str, int] | None:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
         return None
-    host = host.strip("[]")
-    if host not in ("", "localhost", "*"):
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            return None
-    return host, int(port)
-
-
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    if not addresses.is_bind(host):
+        return None
+    return addresses.bare(host), int(port)
 
 
 def listen(note_var: str) -> Check:
@@ -56,7 +44,7 @@ def listen(note_var: str) -> Check:
         if hp is None:
             return f"{name}: an address and port such as 127.0.0.1:9090, got {value!r:.80}"
         note = values.get(note_var) or ""
-        if not loopback(hp[0]) and (not isinstance(note, str) or len(note.strip()) < EXPOSURE_NOTE_MIN):
+        if addresses.loopback(hp[0]) is not True and (not isinstance(note, str) or len(note.strip()) < EXPOSURE_NOTE_MIN):
             return (f"{name}: {value} publishes an endpoint that has no authentication; keep 127.0.0.1, or say in "
                     f"{note_var} which firewall rule or network limits who reaches it")
         return None

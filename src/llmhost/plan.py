@@ -16,6 +16,8 @@ from typing import Any, Callable, Mapping, Sequence
 from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, QUANTIZATIONS, TOOLKIT_PORTS, ConfigError, Expert,
                       LazyLoading, assign_ports, parse_experts)
 from .model_files import reference_for
+from . import addresses
+from .inputs import EXPOSURE_NOTE_MIN
 from . import dtype as dtype_mod
 from . import perf
 from . import routing as routing_mod
@@ -84,17 +86,6 @@ def _dir_problem(name: str, v: str) -> str | None:
     return None
 
 
-def _loopback(addr: str) -> bool:
-    import ipaddress  # noqa: PLC0415
-
-    if addr == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(addr.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def parse_shared(raw: Mapping[str, Any] | None) -> Shared:
     """The shared inputs, typed; ConfigError naming the inventory variable otherwise."""
     raw = {k: v for k, v in (raw or {}).items() if v not in (None, "")}
@@ -121,7 +112,7 @@ def parse_shared(raw: Mapping[str, Any] | None) -> Shared:
                 why = _dir_problem(name, v)
                 if why:
                     problems.append(why)
-            elif name == "frontdoor_metrics_bind" and not _bind_ok(v):
+            elif name == "frontdoor_metrics_bind" and not addresses.is_bind(v):
                 problems.append(f"llmhost_{name}: an IP address, '*' or localhost, got {v!r:.80}")
             elif name == "vllm_version" and not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+([.+a-z0-9]*)$", v):
                 problems.append(f"llmhost_{name}: a release such as 0.32.0, got {v!r:.80}")
@@ -141,7 +132,8 @@ def parse_shared(raw: Mapping[str, Any] | None) -> Shared:
             problems.append(f"llmhost_{name}: {port} is {taken[port]}'s port on the host")
     if shared.venv == shared.config_dir:
         problems.append(f"llmhost_venv: the same directory as llmhost_config_dir ({shared.venv})")
-    if not _loopback(shared.frontdoor_metrics_bind) and len(shared.frontdoor_metrics_exposure_note.strip()) < 10:
+    if (addresses.loopback(shared.frontdoor_metrics_bind) is not True
+            and len(shared.frontdoor_metrics_exposure_note.strip()) < EXPOSURE_NOTE_MIN):
         problems.append(f"llmhost_frontdoor_metrics_bind: {shared.frontdoor_metrics_bind} publishes HAProxy's "
                         "metrics, which have no authentication; keep 127.0.0.1 (Prometheus on the host scrapes "
                         "it), or say in llmhost_frontdoor_metrics_exposure_note which firewall rule limits who "
@@ -149,18 +141,6 @@ def parse_shared(raw: Mapping[str, Any] | None) -> Shared:
     if problems:
         raise ConfigError(problems)
     return shared
-
-
-def _bind_ok(addr: str) -> bool:
-    import ipaddress  # noqa: PLC0415
-
-    if addr in ("*", "localhost"):
-        return True
-    try:
-        ipaddress.ip_address(addr.strip("[]"))
-        return True
-    except ValueError:
-        return False
 
 
 def toolkit_ports(shared: Shared) -> dict[int, str]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any, Iterable, Mapping
 
-from . import admit
+from . import addresses, admit
 from .experts import CONTROL_RE, RESERVED_SUFFIXES, owned_env
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
@@ -173,12 +172,8 @@ def frontdoor_metrics_url(bind: Any = "127.0.0.1", port: Any = 8405) -> str:
 def metrics_ip_allow(url: str) -> str:
     """What the lazy proxy's IPAddressAllow= must add for the gate to reach the metrics
     (the unit allows only localhost): the address when it is an IP beyond loopback."""
-    host = url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return ""
-    return "" if ip.is_loopback else str(ip)
+    host = addresses.bare(addresses.host_of(url))
+    return host if addresses.loopback(host) is False else ""
 
 
 def expert_unit(expert_id: str, start_timeout_s: Any, restart_sec: Any, start_limit_burst: Any,
@@ -254,29 +249,6 @@ def previous_unit(stat_results: Iterable[Mapping[str, Any]], units: Mapping[str,
     return {"unit": "", "kind": ""}
 
 
-def _loopback(host: str) -> bool | None:
-    """True for a loopback address (or the name localhost), False for any other address or a
-    wildcard, None for a host name that only DNS could place."""
-    host = host.strip().removeprefix("ipv4@").removeprefix("ipv6@").strip("[]")
-    if host in ("", "*"):
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return None
-
-
-def _host(address: str) -> str:
-    """The host of host:port, [v6]:port, a bare address or a URL."""
-    a = str(address).strip()
-    a = a.split("//", 1)[1].split("/", 1)[0] if "//" in a else a
-    if a.startswith("["):
-        return a[1:a.index("]")] if "]" in a else a
-    return a.rsplit(":", 1)[0] if a.count(":") == 1 else a
-
-
 def ip_allow(listen: Iterable[str] = (), connect: Iterable[str] = ()) -> dict[str, str]:
     """IPAddressDeny=/IPAddressAllow= of a service that listens on `listen` and connects to
     `connect` (host:port, [v6]:port, or URLs).
@@ -286,14 +258,14 @@ def ip_allow(listen: Iterable[str] = (), connect: Iterable[str] = ()) -> dict[st
     network, and a host name cannot be allowed by address: both get no list ({"deny": "",
     "allow": ""}), since a list would cut its own clients or targets. systemd enforces these
     lists with cgroup v2 BPF only; a cgroup v1 host accepts them and enforces nothing."""
-    if any(_loopback(_host(a)) is not True for a in listen):
+    if any(addresses.loopback(addresses.host_of(a)) is not True for a in listen):
         return {"deny": "", "allow": ""}
     extra = []
     for a in connect:
-        host = _host(a).strip("[]").removeprefix("ipv4@").removeprefix("ipv6@")
+        host = addresses.bare(addresses.host_of(a))
         if host in ("", "*") or host in ("0.0.0.0", "::"):     # a wildcard bind, reached on loopback
             continue
-        where = _loopback(host)
+        where = addresses.loopback(host)
         if where is None:
             return {"deny": "", "allow": ""}
         if not where and host not in extra:
