@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 from llmhost.cli import saved_capabilities
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "molecule" / "shared"))
+import rawhttp  # noqa: E402  (raw HTTP shared with the site scenario's live edge tests)
+from rawhttp import parse  # noqa: E402
 from llmhost.plan import GIB, Host, build_plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -187,30 +191,8 @@ def free_port():
 
 
 def raw(port, data, wait=5.0, parts=None, pause=0.0):
-    """Send bytes as they are on a new connection; the whole answer (until close or `wait`)."""
-    import socket
-    import time
-
-    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
-    t0 = time.monotonic()
-    for part in parts or [data]:
-        s.sendall(part)
-        time.sleep(pause)
-    out = b""
-    try:
-        while chunk := s.recv(65536):
-            out += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    s.close()
-    return out, time.monotonic() - t0
-
-
-def parse(answer):
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode(errors="replace").split("\r\n")
-    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
-    return status, {k.lower(): v for k, v in (ln.split(": ", 1) for ln in lines[1:] if ": " in ln)}, body
+    """rawhttp.raw against the local HAProxy."""
+    return rawhttp.raw("127.0.0.1", port, data, wait, parts, pause)
 
 
 def post(body, path="/v1/chat/completions", auth=f"Authorization: Bearer {KEY}\r\n", extra=""):

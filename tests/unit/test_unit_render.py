@@ -21,14 +21,18 @@ BIN = Path(sys.executable).parent
 LAZY = {"enabled": True, "warmup_pool_size": 2, "max_loaded_experts": 3, "auto_unload_after_s": 60}
 
 
-def render(tmp_path):
-    plan = routed_plan(lazy=LAZY).to_dict()
-    ev = tmp_path / "ev.json"
-    ev.write_text(json.dumps({"plan": plan, "out": str(tmp_path), "ansible_python_interpreter": sys.executable}))
-    r = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "tests/render/render-units.yml",
+def play(playbook: str, plan: dict, out: Path, ev: Path) -> None:
+    """Run a render playbook of tests/render on the controller with this plan, into `out`."""
+    ev.write_text(json.dumps({"plan": plan, "out": str(out), "ansible_python_interpreter": sys.executable}))
+    r = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", f"tests/render/{playbook}",
                         "-e", f"@{ev}"], cwd=ROOT, capture_output=True, text=True, check=False,
                        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+def render(tmp_path):
+    plan = routed_plan(lazy=LAZY).to_dict()
+    play("render-units.yml", plan, tmp_path, tmp_path / "ev.json")
     return plan
 
 
@@ -98,12 +102,7 @@ def rendered(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("units")
     plan = render(tmp)
     out = tmp / "out"
-    ev = tmp / "ev-hardening.json"
-    ev.write_text(json.dumps({"plan": plan, "out": str(out), "ansible_python_interpreter": sys.executable}))
-    r = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "tests/render/render-hardening.yml",
-                        "-e", f"@{ev}"], cwd=ROOT, capture_output=True, text=True, check=False,
-                       env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
-    assert r.returncode == 0, r.stdout[-3000:]
+    play("render-hardening.yml", plan, out, tmp / "ev-hardening.json")
     units = out / "etc/systemd/system"
     for e in plan["experts"]:
         shutil.copy(tmp / f"{e['expert_id']}.service", units / f"llmhost-expert-{e['expert_id']}.service")

@@ -11,7 +11,9 @@ import uuid
 
 import pytest
 
+import rawhttp
 from conftest import KEY
+from rawhttp import parse
 
 AUTH = f"Authorization: Bearer {KEY}\r\n"
 CHAT = '{"model": "general", "max_tokens": 1, "messages": [{"role": "user", "content": "Say OK."}]}'
@@ -26,25 +28,7 @@ def post(body, path="/v1/chat/completions", auth=AUTH, extra=""):
 
 
 def raw(addr, data, wait=60.0):
-    """Send bytes as they are on a new connection; the whole answer (until close or `wait`)."""
-    s = socket.create_connection((addr, 8082), timeout=wait)
-    t0 = time.monotonic()
-    s.sendall(data)
-    out = b""
-    try:
-        while chunk := s.recv(65536):
-            out += chunk
-    except (TimeoutError, ConnectionResetError):
-        pass
-    s.close()
-    return out, time.monotonic() - t0
-
-
-def parse(answer):
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode(errors="replace").split("\r\n")
-    status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
-    return status, {k.lower(): v for k, v in (ln.split(": ", 1) for ln in lines[1:] if ": " in ln)}, body
+    return rawhttp.raw(addr, 8082, data, wait)
 
 
 BIG = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: door\r\n{AUTH}Content-Type: application/json\r\n"
