@@ -229,8 +229,10 @@ def _label(raw: Any, index: int) -> str:
     return f"expert #{index + 1}"
 
 
-def host_path_problem(path: str) -> str | None:
-    """Why an absolute path on the host cannot be used in a unit and an argv (None when it can)."""
+def host_path_problem(path: str, trees: Sequence[str] = SYSTEM_TREES,
+                      exact: Sequence[str] = ("/",)) -> str | None:
+    """Why an absolute path on the host cannot be used in a unit and an argv (None when it
+    can): its characters, no '.', '..' or '//' parts, not one of `exact` nor under `trees`."""
     if not path.startswith("/"):
         return "must be an absolute path on the host"
     if not HOST_PATH_RE.match(path):
@@ -240,8 +242,8 @@ def host_path_problem(path: str) -> str | None:
     if ".." in parts or "." in parts or "//" in path:
         return "'.', '..' and '//' are not allowed: give the path itself"
     norm = path.rstrip("/") or "/"
-    if norm == "/" or any(norm == t or norm.startswith(t + "/") for t in SYSTEM_TREES):
-        return f"must not be / or under {', '.join(SYSTEM_TREES)}"
+    if norm in exact or any(norm == t or norm.startswith(t + "/") for t in trees):
+        return f"must not be {' or '.join(exact)} or under {', '.join(trees)}"
     return None
 
 

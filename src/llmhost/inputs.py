@@ -14,6 +14,7 @@ import re
 from typing import Any, Callable, Mapping
 
 from . import addresses
+from .experts import host_path_problem
 
 Check = Callable[[str, Any, Mapping[str, Any]], "str | None"]
 
@@ -106,9 +107,8 @@ def pattern(rx: re.Pattern[str], what: str) -> Check:
 def abs_path(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
     if value in (None, ""):
         return None
-    if not isinstance(value, str) or not re.match(r"^/[A-Za-z0-9._+@=/-]*$", value) or ".." in value.split("/"):
-        return f"{name}: an absolute path of letters, digits and . _ + @ = - /, no '..', got {value!r:.80}"
-    return None
+    why = host_path_problem(value, trees=(), exact=("/",)) if isinstance(value, str) else "a path"
+    return f"{name}: {why}, got {value!r:.80}" if why else None
 
 
 RULES: dict[str, dict[str, Check]] = {

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, QUANTIZATIONS, TOOLKIT_PORTS, ConfigError, Expert,
-                      LazyLoading, assign_ports, parse_experts)
+                      LazyLoading, assign_ports, host_path_problem, parse_experts)
 from .model_files import reference_for
 from . import addresses
 from .inputs import EXPOSURE_NOTE_MIN
@@ -72,18 +72,11 @@ SHARED_DIR_DENY = ("/", "/etc", "/opt", "/usr", "/usr/local", "/var", "/var/lib"
 
 
 def _dir_problem(name: str, v: str) -> str | None:
-    from .experts import HOST_PATH_RE  # noqa: PLC0415
-
-    if not v.startswith("/"):
-        return f"llmhost_{name}: must be an absolute path on the host, got {v!r}"
-    if not HOST_PATH_RE.match(v) or ".." in v.split("/") or "." in v.split("/") or "//" in v:
-        return f"llmhost_{name}: letters, digits and . _ + @ = - / only, no '.', '..' or '//' parts, got {v!r}"
-    norm = v.rstrip("/") or "/"
-    if norm in SHARED_DIR_DENY or any(norm == t or norm.startswith(t + "/") for t in
-                                      ("/tmp", "/var/tmp", "/dev", "/proc", "/sys", "/run")):
+    why = host_path_problem(v, trees=("/tmp", "/var/tmp", "/dev", "/proc", "/sys", "/run"), exact=SHARED_DIR_DENY)
+    if why and why.startswith("must not be"):
         return (f"llmhost_{name}: {v!r} is a system or shared directory; the deploy creates and re-owns this "
                 "directory, so give one of its own (such as /etc/llmhost or /opt/vllm/venv)")
-    return None
+    return f"llmhost_{name}: {why}, got {v!r}" if why else None
 
 
 def parse_shared(raw: Mapping[str, Any] | None) -> Shared:
