@@ -10,7 +10,7 @@ since vLLM would put it in argv (and so in `ps`, the unit file and the journal).
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from typing import Any
 
 # A name holds a secret when, split at '_', '-' or '.' and matched case-insensitively,
 # - its LAST word is one of FINAL_WORDS (HF_TOKEN, API_KEY, DB_PASS, BASIC_AUTH; not
@@ -25,7 +25,6 @@ FRAGMENTS = ("secret", "passw", "passphrase", "credential", "apikey", "privateke
              "authtoken")
 _WORD_SPLIT = re.compile(r"[_\-.]+")
 REDACTED = "<redacted: in the expert's env file, mode 0640>"
-REDACTED_VALUE = "<redacted>"
 
 
 def is_secret_name(name: Any) -> bool:
@@ -37,16 +36,3 @@ def is_secret_name(name: Any) -> bool:
     if not words:
         return False
     return words[-1] in FINAL_WORDS or any(w in ANY_WORDS for w in words) or any(f in low for f in FRAGMENTS)
-
-
-def redact_mapping(values: Mapping[str, Any], marker: str = REDACTED_VALUE) -> dict[str, Any]:
-    """A copy with every secret-looking key's value replaced by `marker`, nested mappings too."""
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        if is_secret_name(k):
-            out[k] = marker
-        elif isinstance(v, Mapping):
-            out[k] = redact_mapping(v, marker)
-        else:
-            out[k] = v
-    return out
