@@ -7,9 +7,9 @@ starts on demand: its socket's first connection starts its proxy service, which
 runs this twice.
 
 `llmhost-admit gate --expert ID` (ExecStartPre=+, privileged), under a lock (waited
-for --lock-wait seconds at most: past it the start is refused, `expert_admission_busy`),
+for LOCK_WAIT_S at most: past it the start is refused, `expert_admission_busy`),
 from the planned memory of the experts loaded or starting and the front door's usage
-(HAProxy's metrics at --frontdoor-metrics, the inventory's metrics address):
+(each expert backend's sessions, from HAProxy's runtime API at --admin-socket):
 - it fits (their memory plus its own within the budget, and fewer than
   max_loaded_experts loaded, an optional extra cap): start the expert's model unit;
 - it does not: stop idle lazy experts (no request in flight at the front door),
@@ -19,8 +19,8 @@ from the planned memory of the experts loaded or starting and the front door's u
   keep listening, so each loads again on its next request;
 - nothing idle frees enough: refuse, naming what is loaded and what it weighs. The
   reason is left for the front step.
-A lazy expert whose usage is unknown (the metrics unreachable or unparsable, or the
-expert missing from them) counts as busy: never stopped. When only stopping such an
+A lazy expert whose usage is unknown (the runtime API unreachable, or the expert
+missing from its answer) counts as busy: never stopped. When only stopping such an
 expert would have made room, the refusal says so (`expert_usage_unknown`).
 The gate does not wait for the model to load: the model's unit is "activating"
 (counted, and never stopped) before the lock is released.
@@ -69,10 +69,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 LOCK = "/run/llmhost-admit.lock"
-LOCK_WAIT_S = 45.0                  # default of --lock-wait (the units pass the plan's value)
+# A start's decision waits this long at most for another's (then expert_admission_busy):
+# within the front door's default server timeout, the start budget + 120 s, which also
+# covers the gate's own waits below (60 + 10 s).
+LOCK_WAIT_S = 45.0
 DEACTIVATING_WAIT_S = 60.0          # the gate waits this long for a model still stopping
 SETTLE_S = 10.0                     # and this long for a start to count as loaded
-METRICS_URL = "http://127.0.0.1:8405/metrics"   # the plan's default metrics address
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 REASONS = "/run/llmhost-admit"      # <expert>.reason: why its last start was refused or failed
 PROXYD = "/lib/systemd/systemd-socket-proxyd"
@@ -198,7 +200,7 @@ def decide(me: str, experts: Sequence[Mapping[str, Any]], states: Mapping[str, s
     unknown = [e["expert_id"] for e in loaded if stoppable(e) and not use(e).known]
     # would taking the unknown ones for idle have made room? Then the unknown usage is why.
     if unknown and fits(*pick(lambda e: stoppable(e) and (not use(e).known or use(e).in_flight == 0))[1:]):
-        why = usage_problem or "not in the front door's metrics"
+        why = usage_problem or "not in the front door's runtime API answer"
         return Decision(False, (), f"expert {me} {limit} ({listing}); the front door's usage of "
                                    f"{', '.join(unknown)} is unknown ({why}), so none is stopped: it may be "
                                    "serving; retry later", USAGE_UNKNOWN)
@@ -206,43 +208,44 @@ def decide(me: str, experts: Sequence[Mapping[str, Any]], states: Mapping[str, s
                                "room; retry when one is idle", NO_ROOM)
 
 
-_METRIC = re.compile(r'^(haproxy_backend_(?:current_sessions|last_session_seconds))\{[^}]*proxy="be_([^"]+)"[^}]*\}\s+(\S+)')
+def stat_rows(text: str) -> list[dict[str, str]]:
+    """The rows of the runtime API's `show stat` (CSV under a "# pxname,svname,..." header)."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        return []
+    head = lines[0][2:].split(",")
+    return [dict(zip(head, line.split(","))) for line in lines[1:] if line]
 
 
-def parse_haproxy_metrics(text: str) -> dict[str, Usage]:
-    """Per expert from HAProxy's Prometheus endpoint: sessions now, seconds since the last.
-    Only a backend with a readable sessions figure is in the result (a value that is not
-    a number leaves it out: unknown, so busy)."""
-    cur: dict[str, float] = {}
-    last: dict[str, float] = {}
-    bad: set[str] = set()
-    for line in text.splitlines():
-        m = _METRIC.match(line)
-        if m:
-            try:
-                v = float(m.group(3))
-            except ValueError:
-                bad.add(m.group(2))
-                continue
-            if v != v:   # NaN
-                bad.add(m.group(2))
-                continue
-            (cur if m.group(1).endswith("current_sessions") else last)[m.group(2)] = v
-    # HAProxy reports -1 for "never"
-    return {b: Usage(int(cur[b]), 1e9 if last.get(b, -1) < 0 else last[b]) for b in set(cur) - bad}
+def parse_show_stat(text: str) -> dict[str, Usage]:
+    """Per expert, from its backend's row (be_<id>/BACKEND): sessions now (scur) and
+    seconds since the last one (lastsess; -1, never). A row without whole numbers is
+    left out: unknown, so busy."""
+    out: dict[str, Usage] = {}
+    for row in stat_rows(text):
+        px = row.get("pxname", "")
+        if row.get("svname") != "BACKEND" or not px.startswith("be_"):
+            continue
+        try:
+            cur, last = int(row.get("scur", "")), int(row.get("lastsess") or -1)
+        except ValueError:
+            continue
+        out[px[3:]] = Usage(cur, 1e9 if last < 0 else float(last))
+    return out
 
 
-def frontdoor_usage(url: str, timeout: float = 2.0) -> tuple[dict[str, Usage], str]:
-    """(usage per expert, why it is missing). Unreachable or unparsable: no usage at all,
-    and the problem named; the gate then stops no lazy expert (any may be serving)."""
+def frontdoor_usage(socket_path: str, admin: "Admin | None" = None) -> tuple[dict[str, Usage], str]:
+    """(usage per expert, why it is missing), from HAProxy's runtime API on its unix socket
+    (root's, local: no address to configure, no HTTP under load). Unreachable or no
+    backend rows: no usage at all, and the problem named; the gate then stops no lazy
+    expert (any may be serving)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            text = r.read().decode("utf-8", "replace")
-    except (OSError, ValueError) as e:      # refused, timed out, HTTP error, a malformed URL
-        return {}, f"the front door's metrics at {url} did not answer: {getattr(e, 'reason', None) or e}"
-    usage = parse_haproxy_metrics(text)
+        text = (admin or _admin(socket_path))("show stat")
+    except OSError as e:
+        return {}, f"the front door's runtime API at {socket_path} did not answer ({e.strerror or e})"
+    usage = parse_show_stat(text)
     if not usage:
-        return {}, f"the front door's metrics at {url} have no readable haproxy_backend_current_sessions"
+        return {}, f"the front door's runtime API at {socket_path} listed no expert backend"
     return usage, ""
 
 
@@ -257,10 +260,20 @@ def reason_file(expert_id: str) -> str:
     return os.path.join(REASONS, f"{expert_id}.reason")
 
 
+def reasons_dir() -> str:
+    """/run/llmhost-admit, made by root and readable by the proxy's dynamic user and the
+    probe whatever the umask of the unit that makes it (the lazy proxy's is 0077, and
+    systemd applies it to its privileged steps too: a 0700 directory hid every refusal
+    from the held clients, who then waited out their timeout)."""
+    os.makedirs(REASONS, exist_ok=True)
+    os.chmod(REASONS, 0o755)
+    return REASONS
+
+
 def write_reason(expert_id: str, why: str, code: str = "expert_not_loaded") -> None:
     """The reason file: the error code on the first line (expert_not_loaded: no room;
     expert_load_failed: the model did not start), the message after it."""
-    os.makedirs(REASONS, mode=0o755, exist_ok=True)
+    reasons_dir()
     with open(reason_file(expert_id), "w") as f:
         f.write(f"{code}\n{why}")
     os.chmod(reason_file(expert_id), 0o644)
@@ -318,7 +331,7 @@ def take_lock(f: Any, within_s: float, poll_s: float = 0.1) -> float | None:
             time.sleep(poll_s)
 
 
-def gate(cfg: Mapping[str, Any], me: str, metrics_url: str, settle_s: float = SETTLE_S,
+def gate(cfg: Mapping[str, Any], me: str, admin_socket: str = "", settle_s: float = SETTLE_S,
          lock_wait_s: float = LOCK_WAIT_S, lock_path: str = LOCK,
          usage: Callable[[str], tuple[dict[str, Usage], str]] | None = None,
          states: Callable[[Sequence[str]], Mapping[str, str]] | None = None,
@@ -338,7 +351,7 @@ def gate(cfg: Mapping[str, Any], me: str, metrics_url: str, settle_s: float = SE
         # a model still stopping (its proxy idled out) must be gone before this start,
         # or the front would find the old server answering and relay to it
         wait_states(me, ("deactivating",), DEACTIVATING_WAIT_S, states)
-        used, problem = usage(metrics_url)
+        used, problem = usage(admin_socket or ADMIN_SOCKET)
         if problem:
             print(f"usage unknown: {problem}; no lazy expert is taken for idle", flush=True)
         d = decide(me, experts, states(ids), used, budget, cap, problem)
@@ -784,7 +797,7 @@ def keep_metrics(me: str, live: str) -> int:
     counters, loads, load_s = read_counters(live)
     if not Path(live).exists():
         return 0
-    os.makedirs(REASONS, mode=0o755, exist_ok=True)
+    reasons_dir()
     write_metrics(kept_metrics(me), metrics_text(me, counters, 0, loads, load_s))
     return 0
 
@@ -864,16 +877,8 @@ def admin_command(cmd: str, socket_path: str = ADMIN_SOCKET, timeout: float = 5.
 
 
 def server_stat(text: str, backend: str, server: str) -> dict[str, str] | None:
-    """The row of `show stat` (CSV, header "# pxname,svname,...") for backend/server."""
-    lines = text.splitlines()
-    if not lines or not lines[0].startswith("# "):
-        return None
-    head = lines[0][2:].split(",")
-    for line in lines[1:]:
-        row = dict(zip(head, line.split(",")))
-        if row.get("pxname") == backend and row.get("svname") == server:
-            return row
-    return None
+    """The row of `show stat` for backend/server."""
+    return next((r for r in stat_rows(text) if r.get("pxname") == backend and r.get("svname") == server), None)
 
 
 Admin = Callable[[str], str]
@@ -937,11 +942,6 @@ def ready(me: str, admin: Admin) -> dict[str, Any]:
             "msg": f"expert {me}: {backend}/{server} back in service at the front door ({row.get('status', '?')})"}
 
 
-def metrics_address(arg: str | None, cfg: Mapping[str, Any]) -> str:
-    """The metrics URL the gate reads: the one given, else the config's, else the default."""
-    return arg or str(cfg.get("frontdoor_metrics") or METRICS_URL)
-
-
 def _read_cfg(path: str) -> dict[str, Any]:
     cfg = json.loads(Path(path).read_text())
     if not isinstance(cfg, dict) or not isinstance(cfg.get("experts"), list):
@@ -957,14 +957,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = sub.add_parser("gate", help="admit (stopping idle lazy experts by cost) or refuse; start the model")
     g.add_argument("--config", default="/etc/llmhost/admission.json")
     g.add_argument("--expert", required=True)
-    g.add_argument("--frontdoor-metrics", help="HAProxy's Prometheus endpoint (default: the config's "
-                                               f"frontdoor_metrics, else {METRICS_URL})")
-    g.add_argument("--lock-wait", type=float, default=LOCK_WAIT_S,
-                   help="seconds to wait for another start's decision at most; then refuse")
+    g.add_argument("--admin-socket", default=ADMIN_SOCKET, help="HAProxy's runtime API socket (the usage)")
     d = sub.add_parser("decide", help="what the gate would do now, or in the situation given; changes nothing")
     d.add_argument("--config", default="/etc/llmhost/admission.json")
     d.add_argument("--expert", required=True)
-    d.add_argument("--frontdoor-metrics", help="HAProxy's Prometheus endpoint (as for gate)")
+    d.add_argument("--admin-socket", default=ADMIN_SOCKET, help="HAProxy's runtime API socket (as for gate)")
     d.add_argument("--loaded", help="comma-separated experts taken as loaded (default: the units' states)")
     d.add_argument("--busy", default="", help="comma-separated experts taken as serving a request")
     d.add_argument("--pinned", default="", help="comma-separated experts taken as pinned")
@@ -1013,9 +1010,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"{args.config}: cannot read the admission config ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
-    url = metrics_address(args.frontdoor_metrics, cfg)
     if args.cmd == "gate":
-        return gate(cfg, args.expert, url, lock_wait_s=args.lock_wait)
+        return gate(cfg, args.expert, args.admin_socket)
     ids = [e["expert_id"] for e in cfg["experts"]]
     unknown = [x for x in [args.expert] + (args.loaded or "").split(",") + args.busy.split(",")
                + args.pinned.split(",") if x and x not in ids]
@@ -1025,7 +1021,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = ""
     if args.loaded is None:
         states = unit_states(ids)
-        usage, problem = frontdoor_usage(url)
+        usage, problem = frontdoor_usage(args.admin_socket)
         if problem:
             print(f"usage unknown: {problem}", file=sys.stderr)
     else:

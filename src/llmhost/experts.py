@@ -39,7 +39,8 @@ OWNED_ENV = frozenset({
     "VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND", "THP_MEM_ALLOC_ENABLE",   # planned per expert
     "VLLM_USE_AOT_COMPILE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK",                   # fixed in every unit
     "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",                                        # never the hub at run time
-    "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PATH", "HOME",     # what the start loads
+    "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PATH",             # what the start loads
+    "HOME", "TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR",                  # the unit's private dirs
     "VLLM_HOST_IP", "VLLM_PORT", "VLLM_API_KEY", "VLLM_WORKER_MULTIPROC_METHOD",     # where and how it serves
 })
 OWNED_ENV_PREFIXES = ("LLMHOST_",)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
-from . import addresses, admit
+from . import addresses
 from .experts import CONTROL_RE, RESERVED_SUFFIXES, owned_env
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
@@ -140,50 +140,12 @@ FIXED_ENV = {"VLLM_USE_AOT_COMPILE": "0", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TR
 READY_MARGIN_S = 30      # the readiness gate gives up this long before systemd does
 PROXY_MARGIN_S = 60      # the lazy proxy waits for the gate this much longer than a start
 CLIENT_MARGIN_S = 90     # the deploy's request through a lazy socket waits this much longer
-# HAProxy's server timeout is the start budget plus this (the frontdoor role's default
-# frontdoor_timeout_server_s): a client of a lazy expert waits for the admission gate,
-# then for the load (the start budget at most), and must have its answer before it.
-FRONTDOOR_MARGIN_S = PROXY_MARGIN_S + 60
-# So the gate's wait for its lock is what that margin leaves after the gate's own bounded
-# waits (a model still stopping, a start settling), with 5 s to spare: 45 s.
-GATE_LOCK_WAIT_S = FRONTDOOR_MARGIN_S - int(admit.DEACTIVATING_WAIT_S + admit.SETTLE_S) - 5
-
-
-def frontdoor_metrics_url(bind: Any = "127.0.0.1", port: Any = 8405) -> str:
-    """Where the admission gate reads HAProxy's metrics: the plan's metrics bind and port;
-    a wildcard bind (0.0.0.0, *, empty) is reached on 127.0.0.1, :: on ::1."""
-    host = str(bind if bind is not None else "").strip()
-    for prefix in ("ipv4@", "ipv6@"):
-        host = host.removeprefix(prefix)
-    host = host.strip("[]")
-    if host in ("", "*", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host in ("::", "0:0:0:0:0:0:0:0"):
-        host = "::1"
-    try:
-        p = int(str(port), 10)
-    except ValueError:
-        raise ValueError(f"llmhost_frontdoor_metrics_port: expected a port number, got {port!r}") from None
-    if not 1 <= p <= 65535 or CONTROL_RE.search(host) or any(c in host for c in "/?#@ "):
-        raise ValueError(f"llmhost_frontdoor_metrics_bind/port: not an address to connect to: {bind!r}:{port!r}")
-    return f"http://{'[' + host + ']' if ':' in host else host}:{p}/metrics"
-
-
-def metrics_ip_allow(url: str) -> str:
-    """What the lazy proxy's IPAddressAllow= must add for the gate to reach the metrics
-    (the unit allows only localhost): the address when it is an IP beyond loopback."""
-    host = addresses.bare(addresses.host_of(url))
-    return host if addresses.loopback(host) is False else ""
 
 
 def expert_unit(expert_id: str, start_timeout_s: Any, restart_sec: Any, start_limit_burst: Any,
-                state_subdir: str, shared: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Every number and fixed setting of an expert's units, decided here, printed by the templates.
-    shared: the plan's shared section (the front door's metrics address for the admission gate)."""
+                state_subdir: str) -> dict[str, Any]:
+    """Every number and fixed setting of an expert's units, decided here, printed by the templates."""
     start, restart, burst = int(start_timeout_s), int(restart_sec), int(start_limit_burst)
-    shared = shared or {}
-    metrics = frontdoor_metrics_url(shared.get("frontdoor_metrics_bind", "127.0.0.1"),
-                                    shared.get("frontdoor_metrics_port", 8405))
     state = f"/var/lib/{state_subdir}/{expert_id}"
     env = {"HOME": state, "VLLM_CACHE_ROOT": f"{state}/vllm", "TORCHINDUCTOR_CACHE_DIR": f"{state}/inductor",
            "TMPDIR": f"/run/llmhost-{expert_id}", **FIXED_ENV}
@@ -192,8 +154,6 @@ def expert_unit(expert_id: str, start_timeout_s: Any, restart_sec: Any, start_li
         "proxy_timeout_start_s": start + PROXY_MARGIN_S, "client_timeout_s": start + CLIENT_MARGIN_S,
         "restart_sec": restart, "start_limit_burst": burst, "start_limit_interval_s": burst * (start + restart),
         "environment": [f"{k}={quote_arg(v)}" for k, v in env.items()],
-        "frontdoor_metrics_url": metrics, "frontdoor_metrics_allow": metrics_ip_allow(metrics),
-        "gate_lock_wait_s": GATE_LOCK_WAIT_S,
     }
 
 

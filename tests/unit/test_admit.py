@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llmhost.admit import (Counters, Decision, Usage, _admin, decide, hold, main, metrics_text, parse_haproxy_metrics,
+from llmhost.admit import (Counters, Decision, Usage, _admin, decide, hold, main, metrics_text, parse_show_stat,
                            parse_request, read_counters, relay_all, unit_states)
 
 # planned GiB: the preloaded 10 + 8 + 6, a slow 25 GiB lazy one and two cheaper ones
@@ -111,15 +111,17 @@ def test_decide_command_what_if(tmp_path, capsys):
     assert "no such expert: nope" in capsys.readouterr().err
 
 
-def test_parse_haproxy_metrics():
-    text = """# HELP haproxy_backend_current_sessions ...
-haproxy_backend_current_sessions{proxy="be_gemma"} 1
-haproxy_backend_current_sessions{proxy="be_aya"} 0
-haproxy_backend_last_session_seconds{proxy="be_gemma"} 3
-haproxy_backend_last_session_seconds{proxy="be_aya"} -1
-haproxy_frontend_current_sessions{proxy="openai"} 1
+SHOW_STAT = """# pxname,svname,qcur,qmax,scur,smax,slim,stot,status,lastsess
+openai,FRONTEND,,,1,3,2000,9,OPEN,
+be_gemma,gemma,0,0,1,1,8,4,no check,3
+be_gemma,BACKEND,0,0,1,1,8,4,UP,3
+be_aya,BACKEND,0,0,0,0,8,0,UP,-1
+route_embed,BACKEND,0,0,0,0,8,0,UP,-1
 """
-    assert parse_haproxy_metrics(text) == {"gemma": Usage(1, 3.0), "aya": Usage(0, 1e9)}
+
+
+def test_parse_show_stat():
+    assert parse_show_stat(SHOW_STAT) == {"gemma": Usage(1, 3.0), "aya": Usage(0, 1e9)}
 
 
 def test_unit_states_reads_systemctl_show_values_in_order():
@@ -311,7 +313,7 @@ def test_a_model_error_after_the_stream_head_becomes_an_sse_error_event(model):
     assert 'data: {"error": {"message": "no such model", "code": 404}}' in got and got.endswith("data: [DONE]\n\n")
 
 
-# --- unknown usage never evicts; the metrics address; the bounded lock -------------------
+# --- unknown usage never evicts; the runtime API socket; the bounded lock ----------------
 
 LAZY_UP = {**UP, "gemma": "active"}
 NEEDS_GEMMA_GONE = 50     # aya (12) fits only once gemma (25) is stopped: 24 + 25 + 12 > 50
@@ -321,13 +323,13 @@ NEEDS_GEMMA_GONE = 50     # aya (12) fits only once gemma (25) is stopped: 24 + 
     ("idle, known", {"gemma": Usage(0, 300)}, "", True, ("gemma",), "",
      "stopping idle gemma 25.0 GiB, last request 300 s ago"),
     ("busy, known", {"gemma": Usage(2, 0)}, "", False, (), "expert_not_loaded", "gemma 25.0 GiB (busy)"),
-    ("metrics unreachable", {}, "the front door's metrics at http://127.0.0.1:9/metrics did not answer: refused",
-     False, (), "expert_usage_unknown", "usage of gemma is unknown (the front door's metrics at "
-                                         "http://127.0.0.1:9/metrics did not answer: refused), so none is stopped"),
-    ("metrics unparsable", {}, "the front door's metrics at U have no readable haproxy_backend_current_sessions",
-     False, (), "expert_usage_unknown", "no readable haproxy_backend_current_sessions"),
+    ("runtime API unreachable", {}, "the front door's runtime API at /run/x.sock did not answer (refused)",
+     False, (), "expert_usage_unknown", "usage of gemma is unknown (the front door's runtime API at "
+                                         "/run/x.sock did not answer (refused)), so none is stopped"),
+    ("no expert backend listed", {}, "the front door's runtime API at /run/x.sock listed no expert backend",
+     False, (), "expert_usage_unknown", "listed no expert backend"),
     ("expert missing from them", {"aya": Usage(0, 5)}, "", False, (), "expert_usage_unknown",
-     "usage of gemma is unknown (not in the front door's metrics)"),
+     "usage of gemma is unknown (not in the front door's runtime API answer)"),
     ("explicitly unknown", {"gemma": Usage(0, 9999, known=False)}, "", False, (), "expert_usage_unknown",
      "gemma 25.0 GiB (usage unknown)"),
 ])
@@ -349,47 +351,19 @@ def test_a_known_idle_expert_is_stopped_beside_an_unknown_one():
     assert d.admit and d.evict == ("tiny",)
 
 
+HEAD = "# pxname,svname,scur,lastsess\n"
+
+
 @pytest.mark.parametrize("case,text,expect", [
-    ("numbers", 'haproxy_backend_current_sessions{proxy="be_gemma"} 2\n'
-                'haproxy_backend_last_session_seconds{proxy="be_gemma"} 0\n', {"gemma": Usage(2, 0.0)}),
-    ("not a number", 'haproxy_backend_current_sessions{proxy="be_gemma"} abc\n', {}),
-    ("NaN", 'haproxy_backend_current_sessions{proxy="be_gemma"} NaN\n', {}),
-    ("only the last session, no sessions figure", 'haproxy_backend_last_session_seconds{proxy="be_gemma"} 3\n', {}),
-    ("an HTML page", "<html><body>502 Bad Gateway</body></html>", {}),
+    ("numbers", HEAD + "be_gemma,BACKEND,2,0\n", {"gemma": Usage(2, 0.0)}),
+    ("not a number", HEAD + "be_gemma,BACKEND,abc,0\n", {}),
+    ("no sessions column", "# pxname,svname,lastsess\nbe_gemma,BACKEND,3\n", {}),
+    ("only a server row", HEAD + "be_gemma,gemma,0,3\n", {}),
+    ("no header", "be_gemma,BACKEND,0,3\n", {}),
+    ("an error line", "Unknown command. Please enter one of the following commands only :\n", {}),
 ])
-def test_parse_haproxy_metrics_leaves_out_what_it_cannot_read(case, text, expect):
-    assert parse_haproxy_metrics(text) == expect, case
-
-
-class Metrics(BaseHTTPRequestHandler):
-    body = b""
-    status = 200
-
-    def log_message(self, *a):
-        pass
-
-    def do_GET(self):
-        self.send_response(self.status)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-
-@pytest.fixture
-def metrics_server():
-    servers = []
-
-    def start(status, body):
-        handler = type("H", (Metrics,), {"status": status, "body": body})
-        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-        return f"http://127.0.0.1:{srv.server_address[1]}/metrics"
-
-    yield start
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+def test_parse_show_stat_leaves_out_what_it_cannot_read(case, text, expect):
+    assert parse_show_stat(text) == expect, case
 
 
 def free_port():
@@ -398,18 +372,71 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("case,status,body,known,says", [
-    ("answers", 200, b'haproxy_backend_current_sessions{proxy="be_gemma"} 0\n', {"gemma"}, ""),
-    ("an HTTP error", 503, b"no", set(), "did not answer: Service Unavailable"),
-    ("unparsable", 200, b"garbage\n", set(), "have no readable haproxy_backend_current_sessions"),
-    ("nobody listens", None, b"", set(), "did not answer:"),
+@pytest.fixture
+def runtime_api(tmp_path):
+    """A stand-in for HAProxy's runtime API on a unix socket: answer(cmd) -> text, one command
+    per connection; yields (start, path) where start(answer) serves."""
+    path = str(tmp_path / "admin.sock")
+    stop = threading.Event()
+    threads = []
+
+    def start(answer):
+        srv = socket.socket(socket.AF_UNIX)
+        srv.bind(path)
+        srv.listen(8)
+        srv.settimeout(0.2)
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    c, _ = srv.accept()
+                except OSError:
+                    continue
+                with c:
+                    c.sendall(answer(c.recv(4096).decode().strip()).encode())
+            srv.close()
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        threads.append(t)
+
+    yield start, path
+    stop.set()
+    for t in threads:
+        t.join(2)
+
+
+@pytest.mark.parametrize("case,answer,known,says", [
+    ("answers", SHOW_STAT, {"gemma", "aya"}, ""),
+    ("no expert backend", HEAD + "openai,FRONTEND,1,\n", set(), "listed no expert backend"),
+    ("nobody listens", None, set(), "did not answer"),
 ])
-def test_frontdoor_usage_names_the_address_and_the_problem(metrics_server, case, status, body, known, says):
+def test_frontdoor_usage_names_the_socket_and_the_problem(runtime_api, case, answer, known, says):
     from llmhost.admit import frontdoor_usage  # noqa: PLC0415
-    url = metrics_server(status, body) if status else f"http://127.0.0.1:{free_port()}/metrics"
-    usage, problem = frontdoor_usage(url, timeout=2)
+    start, path = runtime_api
+    if answer is not None:
+        start(lambda cmd: answer if cmd == "show stat" else "Unknown command.\n")
+    usage, problem = frontdoor_usage(path)
     assert set(usage) == known, case
-    assert (says in problem and url in problem) if says else problem == "", (case, problem)
+    assert (says in problem and path in problem) if says else problem == "", (case, problem)
+
+
+def test_the_reasons_directory_stays_readable_whatever_the_umask(tmp_path, monkeypatch):
+    """The lazy proxy's UMask=0077 also applies to its privileged gate: the directory it makes
+    must still let the proxy's dynamic user read a refusal (else held clients wait it out)."""
+    import os  # noqa: PLC0415
+    import stat  # noqa: PLC0415
+
+    from llmhost.admit import read_reason, write_reason  # noqa: PLC0415
+    monkeypatch.setattr("llmhost.admit.REASONS", str(tmp_path / "reasons"))
+    old = os.umask(0o077)
+    try:
+        write_reason("aya", "no room", "expert_not_loaded")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "reasons").st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(tmp_path / "reasons" / "aya.reason").st_mode) == 0o644
+    assert read_reason("aya") == ("expert_not_loaded", "no room")
 
 
 @pytest.fixture
@@ -440,10 +467,10 @@ def gate_env(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("case,usage,stopped,code,says", [
-    ("front door down", ({}, "the front door's metrics at U did not answer: refused"), False,
+    ("front door down", ({}, "the front door's runtime API at U did not answer (refused)"), False,
      "expert_usage_unknown", "so none is stopped"),
-    ("gemma missing from the metrics", ({"tiny": Usage(0, 1)}, ""), False, "expert_usage_unknown",
-     "usage of gemma is unknown (not in the front door's metrics)"),
+    ("gemma missing from the runtime API's answer", ({"tiny": Usage(0, 1)}, ""), False, "expert_usage_unknown",
+     "usage of gemma is unknown (not in the front door's runtime API answer)"),
     ("gemma busy", ({"gemma": Usage(1, 0)}, ""), False, "expert_not_loaded", "gemma 25.0 GiB (busy)"),
     ("gemma idle", ({"gemma": Usage(0, 120)}, ""), True, None, None),
 ])
@@ -463,13 +490,13 @@ def test_the_gate_stops_only_what_it_knows_is_idle(gate_env, capsys, case, usage
         assert reason is None and stops[0][2:] == ["llmhost-expert-gemma-proxy.service", "llmhost-expert-gemma.service"]
 
 
-def test_the_gate_reads_the_address_it_is_given(gate_env):
+def test_the_gate_reads_the_socket_it_is_given(gate_env):
     from llmhost.admit import gate  # noqa: PLC0415
     cfg, _, states, run, lock = gate_env
     asked = []
-    gate(cfg, "tiny", "http://[::1]:9405/metrics", settle_s=0.5, lock_path=str(lock),
-         usage=lambda url: (asked.append(url), ({}, "down"))[1], states=states, run=run)
-    assert asked == ["http://[::1]:9405/metrics"]
+    gate(cfg, "tiny", "/run/haproxy/other.sock", settle_s=0.5, lock_path=str(lock),
+         usage=lambda path: (asked.append(path), ({}, "down"))[1], states=states, run=run)
+    assert asked == ["/run/haproxy/other.sock"]
 
 
 @pytest.mark.parametrize("held_s,wait_s,refused", [(0.0, 1.0, False), (0.6, 2.0, False), (5.0, 0.5, True)])
@@ -520,25 +547,14 @@ def test_the_front_answers_and_counts_the_new_refusals(model, code):
         "gemma", counters, 0, 0, 0.0)
 
 
-@pytest.mark.parametrize("arg,cfg,expect", [
-    ("http://10.0.0.5:9405/metrics", {"frontdoor_metrics": "http://127.0.0.1:1/metrics"},
-     "http://10.0.0.5:9405/metrics"),
-    (None, {"frontdoor_metrics": "http://127.0.0.1:9405/metrics"}, "http://127.0.0.1:9405/metrics"),
-    (None, {}, "http://127.0.0.1:8405/metrics"),
-])
-def test_metrics_address_given_then_configured_then_default(arg, cfg, expect):
-    from llmhost.admit import metrics_address  # noqa: PLC0415
-    assert metrics_address(arg, cfg) == expect
-
-
-def test_decide_command_reads_the_configured_address_and_says_unknown(tmp_path, capsys, monkeypatch):
+def test_decide_command_reads_the_given_socket_and_says_unknown(tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "admission.json"
     cfg.write_text(json.dumps({"experts": EXPERTS, "lazy_loading": {"memory_budget_gib": NEEDS_GEMMA_GONE}}))
     monkeypatch.setattr("llmhost.admit.unit_states", lambda ids: {i: LAZY_UP.get(i, "inactive") for i in ids})
-    url = f"http://127.0.0.1:{free_port()}/metrics"
-    assert main(["decide", "--config", str(cfg), "--expert", "aya", "--frontdoor-metrics", url]) == 1
+    path = str(tmp_path / "nobody.sock")
+    assert main(["decide", "--config", str(cfg), "--expert", "aya", "--admin-socket", path]) == 1
     out, err = capsys.readouterr()
-    assert out.startswith("refuse: ") and "usage of gemma is unknown" in out and url in err
+    assert out.startswith("refuse: ") and "usage of gemma is unknown" in out and path in err
 
 
 # --- draining a preloaded expert at the front door (HAProxy's runtime API) ---------------
@@ -625,42 +641,20 @@ def test_ready_puts_the_server_back():
     assert fake.cmds[-2] == "set server be_general/general state ready"
 
 
-def test_drain_and_ready_commands_over_a_real_unix_socket(tmp_path, capsys):
+def test_drain_and_ready_commands_over_a_real_unix_socket(runtime_api, capsys):
     """The CLI against a stand-in runtime API socket: one command per connection."""
     fake = FakeHAProxy((1, 0))
-    path = str(tmp_path / "admin.sock")
-    srv = socket.socket(socket.AF_UNIX)
-    srv.bind(path)
-    srv.listen(8)
-    stop = threading.Event()
-
-    def serve():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                continue
-            with c:
-                cmd = c.recv(4096).decode().strip()
-                c.sendall(fake(cmd).encode())
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        assert main(["drain", "--expert", "general", "--admin-socket", path, "--timeout", "10"]) == 0
-        out = json.loads(capsys.readouterr().out)
-        assert out["drained"] and out["restore"] and out["sessions_left"] == 0 and fake.status == "MAINT"
-        assert main(["ready", "--expert", "general", "--admin-socket", path]) == 0
-        assert json.loads(capsys.readouterr().out)["status"] == "UP"
-        fake.refuse = "No such server."
-        assert main(["drain", "--expert", "general", "--admin-socket", path]) == 1
-        err = capsys.readouterr().err
-        assert err.strip() == "expert general: the front door refused to put be_general/general in maintenance: No such server."
-    finally:
-        stop.set()
-        t.join(2)
-        srv.close()
+    start, path = runtime_api
+    start(fake)
+    assert main(["drain", "--expert", "general", "--admin-socket", path, "--timeout", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["drained"] and out["restore"] and out["sessions_left"] == 0 and fake.status == "MAINT"
+    assert main(["ready", "--expert", "general", "--admin-socket", path]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "UP"
+    fake.refuse = "No such server."
+    assert main(["drain", "--expert", "general", "--admin-socket", path]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "expert general: the front door refused to put be_general/general in maintenance: No such server."
 
 
 # --- drain, the front door's hold (llmhost-hold.lua) and ready, against a real HAProxy ----
@@ -708,7 +702,10 @@ def frontdoor(tmp_path):
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(f"""global
     stats socket {sock} mode 600 level admin
-    lua-load-per-thread {HOLD_LUA}
+    # as the frontdoor role loads it (the shared state), with a Lua time limit shorter than
+    # the hold: its sleeps must not count against it
+    lua-load {HOLD_LUA}
+    tune.lua.session-timeout 1s
 defaults
     mode http
     timeout connect 2s
@@ -716,7 +713,6 @@ defaults
     timeout server 30s
 frontend openai
     bind 127.0.0.1:{port}
-    option http-buffer-request
     use_backend be_general
 backend be_general
     http-request lua.llmhost_hold 2 if {{ nbsrv() eq 0 }}

@@ -11,7 +11,7 @@ import pytest
 from llmhost.capabilities import parse_cpuinfo
 from llmhost.cli import main, saved_capabilities
 from llmhost.experts import ConfigError, parse_experts
-from llmhost.plan import GIB, Host, build_plan, cpu_list, parse_shared, split_cores
+from llmhost.plan import GIB, Host, build_plan, cpu_list, split_cores
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests/fixtures"
@@ -100,10 +100,6 @@ def test_lazy_experts_that_do_not_fit_together_plan_when_each_fits_beside_the_pr
     gate = f.admission(d)    # the standbys are not the gate's to give; a lazy expert weighs what it adds to its own
     assert gate["lazy_loading"]["memory_budget_gib"] == pytest.approx(11.1)
     assert {e["expert_id"]: e["memory_gib"] for e in gate["experts"]} == {"e0": 5.0, "e1": 4.25, "e2": 4.25}
-    assert gate["frontdoor_metrics"] == "http://127.0.0.1:8405/metrics"   # the plan's address, for decide by hand
-    d2 = build_plan(experts(3, 2, 1), LAZY_MEM, CAPS, Host(tuple(range(4)), 16 * GIB, "x86_64", {"bf16": True}),
-                    shared=parse_shared({"frontdoor_metrics_port": 9405})).to_dict()
-    assert f.admission(d2)["frontdoor_metrics"] == "http://127.0.0.1:9405/metrics"
     d = {e["expert_id"]: e for e in p.to_dict()["experts"]}
     assert (d["e1"]["pinned"], d["e1"]["evict_cost"]) == (False, 1.0)    # cost: its weights by default
 

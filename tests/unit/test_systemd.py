@@ -76,53 +76,14 @@ def test_check_mode_results_restore_nothing():
     assert spec["copies"] == [] and spec["remove"] == [] and not spec["had_previous"]
 
 
-# --- the admission gate reads the front door's metrics where the plan puts them -----------
+# --- the admission gate reads the front door's usage over HAProxy's runtime API -------------
 
 import pytest  # noqa: E402
 
-from llmhost.systemd import GATE_LOCK_WAIT_S, expert_unit, frontdoor_metrics_url, metrics_ip_allow  # noqa: E402
+from llmhost.systemd import expert_unit  # noqa: E402
 
 
-@pytest.mark.parametrize("bind,port,url,allow", [
-    ("127.0.0.1", 8405, "http://127.0.0.1:8405/metrics", ""),
-    ("127.0.0.1", "9405", "http://127.0.0.1:9405/metrics", ""),
-    ("0.0.0.0", 9405, "http://127.0.0.1:9405/metrics", ""),
-    ("*", 8405, "http://127.0.0.1:8405/metrics", ""),
-    ("", 8405, "http://127.0.0.1:8405/metrics", ""),
-    ("::", 8405, "http://[::1]:8405/metrics", ""),
-    ("[::]", 8405, "http://[::1]:8405/metrics", ""),
-    ("::1", 8405, "http://[::1]:8405/metrics", ""),
-    ("ipv4@10.1.2.3", 8405, "http://10.1.2.3:8405/metrics", "10.1.2.3"),
-    ("fd00::5", 8405, "http://[fd00::5]:8405/metrics", "fd00::5"),
-    ("localhost", 8405, "http://localhost:8405/metrics", ""),
-])
-def test_the_gate_is_given_the_configured_metrics_address(bind, port, url, allow):
-    assert frontdoor_metrics_url(bind, port) == url
-    assert metrics_ip_allow(url) == allow
-    u = expert_unit("gemma", 900, 5, 5, "llmhost", {"frontdoor_metrics_bind": bind, "frontdoor_metrics_port": port})
-    assert (u["frontdoor_metrics_url"], u["frontdoor_metrics_allow"]) == (url, allow)
-
-
-@pytest.mark.parametrize("bind,port,field", [
-    ("127.0.0.1", "x", "llmhost_frontdoor_metrics_port"),
-    ("127.0.0.1", 70000, "llmhost_frontdoor_metrics_bind/port"),
-    ("evil/path?", 8405, "llmhost_frontdoor_metrics_bind/port"),
-    ("a\nb", 8405, "llmhost_frontdoor_metrics_bind/port"),
-])
-def test_a_metrics_address_that_cannot_be_reached_is_refused_naming_the_field(bind, port, field):
-    with pytest.raises(ValueError, match=field.replace("/", "/")):
-        frontdoor_metrics_url(bind, port)
-
-
-def test_without_the_plan_the_gate_reads_the_default_address_and_waits_45_s_for_its_lock():
-    u = expert_unit("gemma", 900, 5, 5, "llmhost")
-    assert u["frontdoor_metrics_url"] == "http://127.0.0.1:8405/metrics" and u["frontdoor_metrics_allow"] == ""
-    # HAProxy's server timeout is the start budget + 120 s; the gate's own waits 70 s at most
-    assert u["gate_lock_wait_s"] == GATE_LOCK_WAIT_S == 45
-    assert u["gate_lock_wait_s"] + 60 + 10 < 120
-
-
-def render_proxy(shared):
+def render_proxy(admin_socket="/run/haproxy/admin.sock"):
     """roles/vllm_experts/templates/proxy.service.j2 for a lazy expert, with the role's filters."""
     from pathlib import Path  # noqa: PLC0415
 
@@ -136,23 +97,24 @@ def render_proxy(shared):
     return env.get_template("proxy.service.j2").render(
         ansible_managed="managed", vllm_experts_item={"expert_id": "gemma", "backend_port": 9101, "port": 8101},
         __vllm_experts_admit_script="/usr/local/libexec/llmhost/llmhost-admit", vllm_experts_config_dir="/etc/llmhost",
-        __vllm_experts_unit=expert_unit("gemma", 900, 5, 5, "llmhost", shared),
+        __vllm_experts_unit=expert_unit("gemma", 900, 5, 5, "llmhost"), vllm_experts_frontdoor_admin_socket=admin_socket,
         __vllm_experts_lazy_idle_s=600, __vllm_experts_lazy_max_waiting=64)
 
 
-@pytest.mark.parametrize("shared,url,allow", [
-    (None, "http://127.0.0.1:8405/metrics", "localhost"),
-    ({"frontdoor_metrics_bind": "0.0.0.0", "frontdoor_metrics_port": 9405}, "http://127.0.0.1:9405/metrics",
-     "localhost"),
-    ({"frontdoor_metrics_bind": "10.1.2.3", "frontdoor_metrics_port": 8405}, "http://10.1.2.3:8405/metrics",
-     "localhost 10.1.2.3"),
-])
-def test_the_proxy_unit_passes_the_gate_the_plans_address_and_its_lock_bound(shared, url, allow):
-    unit = render_proxy(shared)
+@pytest.mark.parametrize("socket_path", ["/run/haproxy/admin.sock", "/run/haproxy/other.sock"])
+def test_the_proxy_unit_passes_the_gate_the_roles_runtime_api_socket(socket_path):
+    unit = render_proxy(socket_path)
     pre = [ln for ln in unit.splitlines() if ln.startswith("ExecStartPre=")]
     assert pre == ["ExecStartPre=+/usr/bin/python3 /usr/local/libexec/llmhost/llmhost-admit gate --config "
-                   f"/etc/llmhost/admission.json --expert gemma --frontdoor-metrics {url} --lock-wait 45"]
-    assert f"IPAddressAllow={allow}" in unit.splitlines()
+                   f"/etc/llmhost/admission.json --expert gemma --admin-socket {socket_path}"]
+    assert "IPAddressAllow=localhost" in unit.splitlines()
+
+
+def test_every_variable_an_expert_unit_sets_is_owned():
+    from llmhost.experts import OWNED_ENV  # noqa: PLC0415
+
+    names = {line.split("=", 1)[0] for line in expert_unit("gemma", 900, 5, 5, "llmhost")["environment"]}
+    assert names and names <= OWNED_ENV, names - OWNED_ENV
 
 
 def test_ip_allow_lists_only_a_loopback_service():

@@ -66,11 +66,7 @@ def admission(plan: dict) -> dict:
     the memory budget and max_loaded_experts (no paths, no argv). The lazy experts'
     standbys are resident all the time: the gate's budget is what they leave, and a
     lazy expert weighs what its server adds to its standby."""
-    shared = plan.get("shared") or {}
     return {"managed_by": "llmhost",
-            # where the gate reads HAProxy's usage (its unit passes the same; `llmhost-admit decide` by hand reads this)
-            "frontdoor_metrics": systemd.frontdoor_metrics_url(shared.get("frontdoor_metrics_bind", "127.0.0.1"),
-                                                               shared.get("frontdoor_metrics_port", 8405)),
             "experts": [{"expert_id": e["expert_id"], "preload": e["preload"], "pinned": e.get("pinned"),
                          "memory_gib": round(e["memory_gib"] - e.get("standby_gib", 0), 2),
                          "evict_cost": e.get("evict_cost")} for e in plan["experts"]],
@@ -201,6 +197,14 @@ def host_profile_script(_: Any = None) -> str:
     return hostprofile.__file__
 
 
+def role_input_names(role: str) -> list[str]:
+    """The variables a role's validate task reads and hands to role_input_problems."""
+    try:
+        return inputs.names(role)
+    except ValueError as e:
+        raise AnsibleFilterError(str(e)) from None
+
+
 def role_input_problems(values: Any, role: str) -> list[str]:
     """A role's inputs checked for meaning (llmhost.inputs): one line per problem."""
     if not isinstance(values, dict):
@@ -218,6 +222,7 @@ class FilterModule:
             "tuning_explain": tuning.explain,
             "plan": plan,
             "role_input_problems": role_input_problems,
+            "role_input_names": role_input_names,
             "torch_source": torch_source,
             "frontdoor_routes": frontdoor.routes,
             "frontdoor_map": frontdoor.model_map,
