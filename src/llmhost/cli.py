@@ -31,6 +31,7 @@ import yaml
 from . import gate
 from . import host as host_mod
 from . import site_templates
+from . import smoke as smoke_mod
 from .experts import ConfigError
 from .gate import DEFAULT_MAX_WORSE
 from .legacy import VAULT_KEYS_VAR, import_legacy, loads_lenient
@@ -811,10 +812,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--config", help="effective config (/etc/llmhost/experts.json) with thresholds; "
                     "default: the front door's /v1/models, no thresholds")
     sm.add_argument("--expert", action="append", type=_expert, help="only this expert (repeatable)")
-    sm.add_argument("--repeat", type=_count(1, 10000), default=5, help="measured requests per stream (1..10000)")
-    sm.add_argument("--warmup", type=_count(0, 1000), default=1, help="unmeasured requests first (0..1000)")
-    sm.add_argument("--concurrency", type=_count(1, 1024), default=1, help="parallel streams per expert (1..1024)")
-    sm.add_argument("--max-tokens", type=_count(1, 1 << 20), default=64,
+    sm.add_argument("--repeat", type=_count(*smoke_mod.RANGES["repeat"]), default=5,
+                    help="measured requests per stream (1..10000)")
+    sm.add_argument("--warmup", type=_count(*smoke_mod.RANGES["warmup"]), default=1,
+                    help="unmeasured requests first (0..1000)")
+    sm.add_argument("--concurrency", type=_count(*smoke_mod.RANGES["concurrency"]), default=1,
+                    help="parallel streams per expert (1..1024; a front door counts at most "
+                         "frontdoor_per_source_maxconn connections per address, 64 by default)")
+    sm.add_argument("--max-tokens", type=_count(*smoke_mod.RANGES["max_tokens"]), default=64,
                     help="fixed output length of measured requests (1..1048576)")
     sm.add_argument("--shared-prefix", action="store_true", help="a shared long system prompt (prefix caching)")
     sm.add_argument("--threshold", action="append", type=_threshold, metavar="NAME=VALUE",

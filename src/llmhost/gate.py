@@ -28,9 +28,12 @@ class GateResult:
     lines: list[str] = field(default_factory=list)
 
 
+MAX_WORSE_MAX = 10.0
+
+
 def check_max_worse(max_worse: float) -> float:
     """The share itself: above 0 and at most 10 (0.25 is 25 %)."""
-    if not 0 < max_worse <= 10:
+    if not 0 < max_worse <= MAX_WORSE_MAX:
         raise ValueError(f"max_worse: a share above 0 and at most 10 (0.25 is 25 %), got {max_worse}")
     return max_worse
 

@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 
 from . import addresses
 from .experts import host_path_problem
+from .gate import MAX_WORSE_MAX
+from .smoke import RANGES as SMOKE_RANGES
 
 Check = Callable[[str, Any, Mapping[str, Any]], "str | None"]
 
@@ -111,7 +113,38 @@ def abs_path(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
     return f"{name}: {why}, got {value!r:.80}" if why else None
 
 
+def note(name: str, value: Any, _: Mapping[str, Any]) -> str | None:
+    """A free-text reason (read by the checks that need one): a single-line string."""
+    if value is None or (isinstance(value, str) and "\n" not in value):
+        return None
+    return f"{name}: a single line of text, got {value!r:.80}"
+
+
+def body_fits(name: str, value: Any, values: Mapping[str, Any]) -> str | None:
+    """The largest body routed must fit in one buffer less the rewrite reserve: the front
+    door reads the whole body to find "model"."""
+    v, buf, rw = (_number(values.get(k)) for k in (name, "frontdoor_bufsize", "frontdoor_maxrewrite"))
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (v, buf, rw)):
+        return f"{name}, frontdoor_bufsize, frontdoor_maxrewrite: whole numbers of bytes, got {v!r}, {buf!r}, {rw!r}"
+    if not 1 <= v < buf - rw:
+        return f"{name}: 1..{buf - rw - 1} (below frontdoor_bufsize {buf} less frontdoor_maxrewrite {rw}), got {v}"
+    return None
+
+
 RULES: dict[str, dict[str, Check]] = {
+    "frontdoor": {
+        "frontdoor_bufsize": whole(16384, 1 << 26),
+        "frontdoor_maxrewrite": whole(1024, 1 << 20),
+        "frontdoor_max_body": body_fits,
+        "frontdoor_max_n": whole(1, 128),
+        "frontdoor_max_json_depth": whole(2, 1000),
+        "frontdoor_per_source_maxconn": whole(0, 1_000_000),
+        "frontdoor_maxconn": whole(1, 1_000_000),
+        "frontdoor_timeout_request_s": whole(1, 3600),
+        "frontdoor_timeout_client_s": whole(1, 86400),
+        "frontdoor_timeout_queue_s": whole(1, 86400),
+        "frontdoor_hold_s": whole(0, 3600),
+    },
     "monitoring": {
         "monitoring_listen": listen("monitoring_exposure_note"),
         "monitoring_node_exporter_listen": listen("monitoring_exposure_note"),
@@ -125,13 +158,14 @@ RULES: dict[str, dict[str, Check]] = {
         "monitoring_memory_available_ratio": share(0, 1),
         "monitoring_route_fallback_ratio": share(0, 1),
         "monitoring_textfile_dir": abs_path,
+        "monitoring_exposure_note": note,
     },
     "smoke_test": {
-        "smoke_test_repeat": whole(1, 1000),
-        "smoke_test_warmup": whole(0, 100),
-        "smoke_test_concurrency": whole(1, 256),
-        "smoke_test_max_tokens": whole(1, 8192),
-        "smoke_test_gate_max_worse": share(0, 100),
+        "smoke_test_repeat": whole(*SMOKE_RANGES["repeat"]),
+        "smoke_test_warmup": whole(*SMOKE_RANGES["warmup"]),
+        "smoke_test_concurrency": whole(*SMOKE_RANGES["concurrency"]),
+        "smoke_test_max_tokens": whole(*SMOKE_RANGES["max_tokens"]),
+        "smoke_test_gate_max_worse": share(0, MAX_WORSE_MAX),
     },
     "vllm_experts": {
         "vllm_experts_user": pattern(USER_RE, "a system user name (lower case, at most 31)"),
@@ -142,15 +176,22 @@ RULES: dict[str, dict[str, Check]] = {
 }
 
 
+def names(role: str) -> list[str]:
+    """The variables a role's validate task hands over (every one its rules read)."""
+    if role not in RULES:
+        raise ValueError(f"llmhost.inputs: no rules for role {role!r} (known: {', '.join(RULES)})")
+    return list(RULES[role])
+
+
 def problems(role: str, values: Mapping[str, Any]) -> list[str]:
-    """One line per problem in the role's inputs (only those present in `values`)."""
-    rules = RULES.get(role)
-    if rules is None:
-        return [f"llmhost.inputs: no rules for role {role!r}"]
+    """One line per problem in the role's inputs; a variable its rules read but `values`
+    lacks is a problem too (a rule is never skipped silently)."""
     out = []
-    for name, check in rules.items():
-        if name in values:
-            why = check(name, values[name], values)
-            if why:
-                out.append(why)
-    return out
+    for name, check in RULES[role].items() if role in RULES else ():
+        if name not in values:
+            out.append(f"{name}: not handed to the check (llmhost.inputs.names({role!r}))")
+            continue
+        why = check(name, values[name], values)
+        if why:
+            out.append(why)
+    return out if role in RULES else [f"llmhost.inputs: no rules for role {role!r}"]

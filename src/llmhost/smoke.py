@@ -13,6 +13,9 @@ from .coherence import coherence_probes, reference_file, reference_misses, refer
 from .stats import Stats, check_thresholds, summarize
 from .stream import stream_chat, stream_pool
 
+# What a smoke run may ask for (llmhost smoke's options and the smoke_test role's inputs).
+RANGES = {"repeat": (1, 10000), "warmup": (0, 1000), "concurrency": (1, 1024), "max_tokens": (1, 1 << 20)}
+
 
 SHARED_SYSTEM_PROMPT = (
     "You are a careful assistant for an operations team that runs several language models on one "

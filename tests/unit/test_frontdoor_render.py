@@ -407,3 +407,34 @@ def test_the_per_source_limit_counts_idle_connections(door):
             s.close()
     time.sleep(0.2)
     assert parse(raw(door["port"], post(CHAT))[0])[0] == 200
+
+
+def test_a_request_the_body_check_could_not_check_goes_no_further(door, tmp_path):
+    """Fail closed: when llmhost-check.lua fails (here: a JSON depth lua-cjson refuses, which
+    the preflight would have stopped), HAProxy goes on to the next rule; the door answers 500
+    instead of routing an unchecked body, and an `n` over the cap never reaches an expert."""
+    import re
+    import time
+
+    port, metrics = free_port(), free_port()
+    cfg = re.sub(r"lua\.llmhost_check (\d+) \d+", r"lua.llmhost_check \1 0", door["cfg"])
+    cfg = cfg.replace(f":{door['port']}\n", f":{port}\n").replace(
+        re.search(r"bind \S+:(\d+)\n    http-request set-log-level silent", cfg).group(1), str(metrics))
+    cfg = re.sub(r"stats socket \S+", f"stats socket {tmp_path}/admin.sock", cfg)
+    (tmp_path / "haproxy.cfg").write_text(cfg)
+    proc = subprocess.Popen(["haproxy", "-db", "-f", str(tmp_path / "haproxy.cfg")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    try:
+        got, body = 0, b""
+        for _ in range(100):
+            try:
+                got, _, body = parse(raw(port, post('{"model": "general", "n": 50}'))[0])
+            except OSError:      # not listening yet
+                pass
+            if got:
+                break
+            time.sleep(0.1)
+        assert got == 500 and json.loads(body)["error"]["code"] == "check_failed", (got, body)
+    finally:
+        proc.terminate()
+        proc.wait(5)

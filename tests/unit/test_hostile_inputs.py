@@ -163,6 +163,13 @@ ROLE_CASES: list[tuple[str, str, dict[str, Any], str]] = [
     ("a user with a space", "vllm_experts", {"vllm_experts_user": "llm user"}, "vllm_experts_user"),
     ("a state dir outside /var/lib", "vllm_experts", {"vllm_experts_state_subdir": "../etc"}, "vllm_experts_state_subdir"),
     ("restart every 0 s", "vllm_experts", {"vllm_experts_restart_sec": 0}, "vllm_experts_restart_sec"),
+    ("a max-worse the smoke command refuses", "smoke_test", {"smoke_test_gate_max_worse": 50},
+     "smoke_test_gate_max_worse"),
+    ("n cap of 0", "frontdoor", {"frontdoor_max_n": 0}, "frontdoor_max_n"),
+    ("a JSON depth cjson refuses", "frontdoor", {"frontdoor_max_json_depth": 0}, "frontdoor_max_json_depth"),
+    ("a body larger than the buffer", "frontdoor", {"frontdoor_max_body": 262144}, "frontdoor_max_body"),
+    ("a negative per-source limit", "frontdoor", {"frontdoor_per_source_maxconn": -1}, "frontdoor_per_source_maxconn"),
+    ("a hold of a day", "frontdoor", {"frontdoor_hold_s": 86400}, "frontdoor_hold_s"),
 ]
 
 
@@ -289,23 +296,42 @@ def test_secret_env_values_are_redacted_from_the_effective_config():
     assert cfg.count(REDACTED) == 3
 
 
+def role_defaults(role: str) -> dict[str, Any]:
+    """The role's shipped defaults for every variable its rules read."""
+    import yaml
+
+    from llmhost.inputs import names
+
+    defaults = yaml.safe_load((Path(__file__).resolve().parents[2] / "roles" / role / "defaults" / "main.yml").read_text())
+    return {n: defaults[n] for n in names(role)}
+
+
 @pytest.mark.parametrize("case,role,values,expect", ROLE_CASES, ids=[c[0] for c in ROLE_CASES])
 def test_a_roles_hostile_input_is_refused_naming_the_variable(case, role, values, expect):
     from llmhost.inputs import problems
 
-    out = problems(role, values)
+    out = problems(role, {**role_defaults(role), **values})
     assert len(out) == 1 and out[0].startswith(expect + ":"), (case, out)
+
+
+@pytest.mark.parametrize("role", ["frontdoor", "monitoring", "smoke_test", "vllm_experts"])
+def test_the_roles_shipped_defaults_pass_and_no_rule_is_skipped(role):
+    from llmhost.inputs import names, problems
+
+    assert problems(role, role_defaults(role)) == []
+    missing = dict(role_defaults(role))
+    missing.pop(names(role)[-1])
+    assert problems(role, missing) == [f"{names(role)[-1]}: not handed to the check (llmhost.inputs.names({role!r}))"]
 
 
 def test_the_roles_good_inputs_and_an_exposure_note_pass():
     from llmhost.inputs import problems
 
-    assert problems("monitoring", {"monitoring_listen": "127.0.0.1:9090", "monitoring_probe_interval": "1h 30min",
-                                   "monitoring_retention": "15d", "monitoring_error_ratio": "0.05",
-                                   "monitoring_textfile_dir": "/var/lib/prometheus/node-exporter"}) == []
-    assert problems("monitoring", {"monitoring_listen": "10.0.0.5:9090",
+    assert problems("monitoring", {**role_defaults("monitoring"), "monitoring_probe_interval": "1h 30min",
+                                   "monitoring_error_ratio": "0.05"}) == []
+    assert problems("monitoring", {**role_defaults("monitoring"), "monitoring_listen": "10.0.0.5:9090",
                                    "monitoring_exposure_note": "nftables: only 10.0.0.0/24 reaches 9090"}) == []
-    assert problems("smoke_test", {"smoke_test_repeat": "5", "smoke_test_gate_max_worse": 0.25}) == []
+    assert problems("smoke_test", {**role_defaults("smoke_test"), "smoke_test_repeat": "5"}) == []
 
 
 def test_the_tables_hold_at_least_sixty_cases():

@@ -11,7 +11,11 @@
 --   - a "model" that is not a string of 1..256 printable ASCII characters without space
 --     (a control character would otherwise reach the access log, which prints the model);
 --   - "n" or "best_of" above <max_n> (frontdoor_max_n): each asks for that many answers.
-local cjson = require("cjson.safe")
+-- A request it passes gets txn.checked; the configuration answers 500 to one without it
+-- (the action failed: HAProxy would go on to the next rule), so a failure never lets a
+-- request through unchecked.
+-- Its own cjson instance: the depth limit set here does not reach the routing script.
+local cjson = require("cjson.safe").new()
 
 local MAX_MODEL_CHARS = 256
 
@@ -23,11 +27,11 @@ end
 core.register_action("llmhost_check", { "http-req" }, function(txn, max_n, max_depth)
   max_n = tonumber(max_n)
   max_depth = tonumber(max_depth)
+  cjson.decode_max_depth(max_depth)
   local body = txn.sf:req_body() or ""
   if utf8.len(body) == nil then
     return refuse(txn, "the request body is not valid UTF-8", nil, "invalid_json")
   end
-  cjson.decode_max_depth(max_depth)
   local req, err = cjson.decode(body)
   if req == nil then
     if err and err:find("too many nested", 1, true) then
@@ -58,4 +62,5 @@ core.register_action("llmhost_check", { "http-req" }, function(txn, max_n, max_d
       end
     end
   end
+  txn:set_var("txn.checked", "1")
 end, 2)
