@@ -28,11 +28,11 @@ from typing import Any
 
 import yaml
 
-from . import gate
+from . import frontdoor, gate
 from . import host as host_mod
 from . import site_templates
 from . import smoke as smoke_mod
-from .experts import ConfigError
+from .experts import ID_RE, ConfigError
 from .gate import DEFAULT_MAX_WORSE
 from .legacy import VAULT_KEYS_VAR, import_legacy, loads_lenient
 from .model_files import float_sources, local_shapes, local_weights
@@ -68,7 +68,6 @@ class Parser(argparse.ArgumentParser):
 
 # An inventory host name: what hosts.yml, host_vars/NAME.yml and the plan accept.
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-EXPERT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")   # experts.ID_RE
 
 
 def host_name_problem(name: str) -> str | None:
@@ -120,15 +119,15 @@ def _url(text: str) -> str:
 
 
 def _expert(text: str) -> str:
-    if not EXPERT_ID_RE.match(text):
+    if not ID_RE.match(text):
         raise argparse.ArgumentTypeError(f"an expert id (lower-case letters, digits, '.', '_', '-'), got {text!r:.80}")
     return text
 
 
 def _api_key(text: str) -> str:
-    if not text or not text.isprintable() or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError("a bearer key: not empty, no spaces or control characters "
-                                         "(the value is not shown)")
+    why = frontdoor.key_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(f"a bearer key: {why} (the value is not shown)")
     return text
 
 
@@ -187,7 +186,10 @@ def check_inputs(args: argparse.Namespace) -> None:
         for opt, path in (("--numerics-baseline", args.numerics_baseline), ("--baseline", args.baseline)):
             if path and Path(path).exists():
                 need_file(path, opt)
-            need_writable(path, opt)
+            # --numerics-baseline is rewritten after a passing run; --baseline is written only
+            # when it does not exist yet (the first run sets it), so an existing one may be read-only
+            if opt == "--numerics-baseline" or not (path and Path(path).exists()):
+                need_writable(path, opt)
         outs = {"--json": args.json, "--chart": args.chart, "--html": args.html}
         for opt, path in outs.items():
             need_writable(path, opt)

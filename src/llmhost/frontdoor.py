@@ -101,22 +101,30 @@ def models_list(plan: Mapping[str, Any], created: int = 0) -> dict[str, Any]:
 KEY_CHARS = re.compile(r"[!-~]+")
 
 
+def key_problem(key: Any) -> str | None:
+    """Why a front-door key could never be sent as one Bearer token (None when it can): not
+    a string, empty, or holding a space, a comma or a character outside printable ASCII."""
+    if not isinstance(key, str):
+        return "is not a string"
+    if not key:
+        return "is empty"
+    if not KEY_CHARS.fullmatch(key) or "," in key:
+        return ("holds a space, a comma or a character outside printable ASCII; a client could never send it "
+                "as one Bearer token")
+    return None
+
+
 def key_hashes(keys: Iterable[str]) -> list[str]:
     """sha256 hex of each API key: only hashes are written to the host. A key the front
-    door could never accept (a space, a comma, a character outside printable ASCII) is
-    refused here; so is a single string, which would be hashed character by character."""
+    door could never accept (key_problem) is refused here; so is a single string, which
+    would be hashed character by character."""
     if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
         raise ValueError("llmhost_api_keys: a list of keys (- sk-...), not a single string")
     out = []
     for i, k in enumerate(keys, 1):
-        if not isinstance(k, str):
-            raise ValueError(f"llmhost_api_keys: key #{i} is not a string")
-        k = k.strip()
-        if not k:
-            raise ValueError("llmhost_api_keys: an empty key")
-        if not KEY_CHARS.fullmatch(k) or "," in k:
-            raise ValueError(f"llmhost_api_keys: key #{i} holds a space, a comma or a character outside printable "
-                             "ASCII; a client could never send it as one Bearer token")
+        why = key_problem(k)
+        if why:
+            raise ValueError(f"llmhost_api_keys: key #{i} {why}")
         out.append(hashlib.sha256(k.encode()).hexdigest())
     return out
 
@@ -165,3 +173,13 @@ def port_problems(plan: Mapping[str, Any], port: int, metrics_port: int, timeout
         out.append(f"frontdoor_timeout_server_s: {timeout_server_s} s does not outlast the start budget "
                    f"({budget} s, llmhost_start_budget_s): a lazy expert's cold start would end in a 504")
     return out
+
+
+def haproxy_capabilities(ports: Iterable[Any]) -> str:
+    """haproxy.service's CapabilityBoundingSet: the master (root) keeps only what it needs
+    to drop its workers to the haproxy user, plus CAP_NET_BIND_SERVICE when a port it binds
+    is below 1024 (443 with TLS); the workers keep nothing either way."""
+    caps = ["CAP_SETUID", "CAP_SETGID"]
+    if any(int(p) < 1024 for p in ports):
+        caps.append("CAP_NET_BIND_SERVICE")
+    return " ".join(caps)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .experts import ConfigError, Expert, parse_experts
+from .frontdoor import key_problem
 from .secret_names import is_secret_name
 from .translate import SCHEMA_KEYS, Line, classify, translate
 
@@ -134,13 +135,7 @@ def _estimate_weights(data: Mapping[str, Any], eid: str) -> float | None:
 
 def holds_secret(key: Any, value: Any) -> bool:
     """A setting whose name, or the name of anything nested in its value, looks secret."""
-    if is_secret_name(key):
-        return True
-    if isinstance(value, Mapping):
-        return any(holds_secret(k, v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(holds_secret("", v) for v in value)
-    return False
+    return bool(_secret_names(str(key), value))
 
 
 def _secret_names(key: str, value: Any) -> list[str]:
@@ -167,10 +162,11 @@ def _take_secret(res: Imported, where: str, key: str, value: Any) -> None:
             res.report.append(f"{label}: dropped: empty (the old server had no key here)")
             return
         keys = [value] if isinstance(value, str) else value
-        if not isinstance(keys, list) or not keys or not all(
-                isinstance(k, str) and k and k.isprintable() and not any(c.isspace() for c in k) for k in keys):
-            res.rejected.append(f"{who}: an old bearer key must be a string or a list of strings without "
-                                "spaces or control characters (the value is not shown)")
+        why = "is not a string or a list of strings" if not isinstance(keys, list) or not keys else next(
+            (w for w in map(key_problem, keys) if w), None)
+        if why:
+            res.rejected.append(f"{who}: an old bearer key must be one the front door accepts; this one {why} (the "
+                                "value is not shown)")
             return
         res.frontdoor_keys += [k for k in keys if k not in res.frontdoor_keys]
         res.report.append(f"{label}: translated (an old bearer key becomes a front-door key: written only to "

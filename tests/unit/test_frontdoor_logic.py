@@ -75,3 +75,13 @@ def test_a_key_no_client_could_send_as_one_bearer_token_is_refused(keys, expecte
 def test_each_route_says_its_runner():
     plan = {"experts": [dict(PLAN["experts"][0]), dict(PLAN["experts"][1], runner="pooling")]}
     assert [r["runner"] for r in frontdoor.routes(plan)] == ["generate", "pooling"]
+
+
+@pytest.mark.parametrize("ports,caps", [
+    ((8082, 8405), "CAP_SETUID CAP_SETGID"),
+    ((443, 8405), "CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE"),
+    (("8082", "80"), "CAP_SETUID CAP_SETGID CAP_NET_BIND_SERVICE"),
+])
+def test_haproxy_keeps_the_bind_capability_only_for_a_port_below_1024(ports, caps):
+    from llmhost.frontdoor import haproxy_capabilities
+    assert haproxy_capabilities(ports) == caps

@@ -223,6 +223,7 @@ class FilterModule:
             "plan": plan,
             "role_input_problems": role_input_problems,
             "role_input_names": role_input_names,
+            "haproxy_capabilities": frontdoor.haproxy_capabilities,
             "torch_source": torch_source,
             "frontdoor_routes": frontdoor.routes,
             "frontdoor_map": frontdoor.model_map,
