@@ -39,12 +39,23 @@ HEALTH_CHECK = "check inter 2s fall 2 rise 1"
 EMBEDDER_CHECK = "check inter 500ms fall 1 rise 2"
 
 
+# The requests an expert's runner cannot serve: (HAProxy condition, what the 400 says).
+WRONG_ENDPOINT = {
+    "pooling": ("unless { path /v1/embeddings }",
+                "serves an embedding model (runner: pooling): send it to /v1/embeddings"),
+    "generate": ("if { path /v1/embeddings }",
+                 "serves a generative model (runner: generate): /v1/embeddings needs a pooling expert"),
+}
+
+
 def routes(plan: Mapping[str, Any], maxconn_overrides: Mapping[str, Any] | None = None,
            maxqueue_overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """One entry per expert, final: backend, server port, names, concurrency cap
     (max_num_seqs unless overridden), queue (4x the cap unless overridden), the
-    server's health-check options ("" for a lazy expert), and its runner (generate or
-    pooling: the endpoints its backend accepts)."""
+    server's health-check options ("" for a lazy expert), its runner (generate or
+    pooling), the endpoint rule its backend answers 400 for (wrong_endpoint: the ACL
+    condition and the message), and whether requests wait for it while a deploy restarts
+    it (hold: a preloaded expert; a lazy one's own proxy holds its clients)."""
     ids = {e["expert_id"] for e in plan["experts"]}
     for what, over in (("frontdoor_maxconn_overrides", maxconn_overrides), ("frontdoor_maxqueue_overrides",
                                                                           maxqueue_overrides)):
@@ -63,6 +74,8 @@ def routes(plan: Mapping[str, Any], maxconn_overrides: Mapping[str, Any] | None 
             "expert_id": e["expert_id"], "backend": backend(e["expert_id"]), "port": e["port"],
             "names": list(e.get("names") or [e["expert_id"]]), "maxconn": cap, "maxqueue": queue, "lazy": lazy,
             "runner": e.get("runner") or "generate",
+            "wrong_endpoint": WRONG_ENDPOINT[e.get("runner") or "generate"],
+            "hold": not lazy,
             "server_options": f"maxconn {cap} maxqueue {queue}" + (
                 "" if lazy else f" {EMBEDDER_CHECK if e['expert_id'] == embedder else HEALTH_CHECK}"),
         })

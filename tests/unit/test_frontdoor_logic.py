@@ -74,7 +74,11 @@ def test_a_key_no_client_could_send_as_one_bearer_token_is_refused(keys, expecte
 
 def test_each_route_says_its_runner():
     plan = {"experts": [dict(PLAN["experts"][0]), dict(PLAN["experts"][1], runner="pooling")]}
-    assert [r["runner"] for r in frontdoor.routes(plan)] == ["generate", "pooling"]
+    routes = frontdoor.routes(plan)
+    assert [r["runner"] for r in routes] == ["generate", "pooling"]
+    assert [r["wrong_endpoint"][0] for r in routes] == ["if { path /v1/embeddings }", "unless { path /v1/embeddings }"]
+    lazy = {"experts": [dict(PLAN["experts"][0], preload=False)]}
+    assert [r["hold"] for r in routes] == [True, False] and frontdoor.routes(lazy)[0]["hold"] is False   # general is lazy
 
 
 @pytest.mark.parametrize("ports,caps", [
