@@ -908,6 +908,9 @@ def drain(me: str, admin: Admin, timeout_s: float, poll_s: float = 0.5,
     answer = admin(f"set server {backend}/{server} state maint").strip()
     if answer:
         raise RuntimeError(f"expert {me}: the front door refused to put {backend}/{server} in maintenance: {answer}")
+    if not was.startswith("MAINT"):
+        # ready --if-drained puts back only what a drain took out (an operator's maintenance stays)
+        Path(drained_marker(me)).write_text(f"{was}\n")
     t0 = clock()
     left = int(row.get("scur") or 0)
     while True:
@@ -924,9 +927,19 @@ def drain(me: str, admin: Admin, timeout_s: float, poll_s: float = 0.5,
             "waited_s": round(waited, 1), "msg": msg}
 
 
-def ready(me: str, admin: Admin) -> dict[str, Any]:
-    """Put expert `me`'s server back in service at the front door (after drain)."""
+def drained_marker(expert_id: str) -> str:
+    """Left by drain when it took the server out of service; ready --if-drained reads it."""
+    return os.path.join(reasons_dir(), f"{expert_id}.drained")
+
+
+def ready(me: str, admin: Admin, if_drained: bool = False) -> dict[str, Any]:
+    """Put expert `me`'s server back in service at the front door. if_drained: only when a
+    drain took it out (the deploy's always step: whatever happened in between, a server a
+    drain took out goes back, and one an operator had put in maintenance stays there)."""
     backend, server = f"be_{me}", me
+    marker = Path(drained_marker(me))
+    if if_drained and not marker.exists():
+        return {"ready": False, "msg": f"expert {me}: not taken out by a drain: left as it is"}
     try:
         row = server_stat(admin("show stat"), backend, server)
     except OSError as e:
@@ -937,6 +950,7 @@ def ready(me: str, admin: Admin) -> dict[str, Any]:
     answer = admin(f"set server {backend}/{server} state ready").strip()
     if answer:
         raise RuntimeError(f"expert {me}: the front door refused to put {backend}/{server} back in service: {answer}")
+    marker.unlink(missing_ok=True)
     row = server_stat(admin("show stat"), backend, server) or {}
     return {"ready": True, "status": row.get("status", ""),
             "msg": f"expert {me}: {backend}/{server} back in service at the front door ({row.get('status', '?')})"}
@@ -988,14 +1002,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         x.add_argument("--admin-socket", default=ADMIN_SOCKET, help="HAProxy's runtime API socket")
         if name == "drain":
             x.add_argument("--timeout", type=float, default=120, help="seconds to wait for the sessions at most")
+        else:
+            x.add_argument("--if-drained", action="store_true", help="only if a drain took it out of service")
     args = ap.parse_args(argv)
     if args.cmd in ("drain", "ready"):
         try:
             out = (drain(args.expert, _admin(args.admin_socket), args.timeout) if args.cmd == "drain"
-                   else ready(args.expert, _admin(args.admin_socket)))
+                   else ready(args.expert, _admin(args.admin_socket), args.if_drained))
         except (RuntimeError, OSError) as e:
-            print(str(e) if isinstance(e, RuntimeError) else
-                  f"expert {args.expert}: the front door's runtime API failed ({e})", file=sys.stderr)
+            why = str(e) if isinstance(e, RuntimeError) else f"expert {args.expert}: the front door's runtime API failed ({e})"
+            print(why, file=sys.stderr)
+            print(json.dumps({"drained" if args.cmd == "drain" else "ready": False, "msg": why}))
             return 1
         print(json.dumps(out))
         return 0

@@ -24,6 +24,12 @@ UP = {"phi": "active", "mistral": "active", "qwen": "active"}
 IDLE = {e["expert_id"]: Usage(0, 9999) for e in EXPERTS}
 
 
+@pytest.fixture(autouse=True)
+def reasons_in_tmp(tmp_path, monkeypatch):
+    """Reason files, kept wait figures and drain markers under tmp_path, never /run."""
+    monkeypatch.setattr("llmhost.admit.REASONS", str(tmp_path / "llmhost-admit"))
+
+
 def with_(eid, **kw):
     return [{**e, **kw} if e["expert_id"] == eid else e for e in EXPERTS]
 
@@ -783,3 +789,15 @@ def test_a_crashed_expert_is_not_waited_for(frontdoor):
         time.sleep(0.1)
     status, _, took = ask_frontdoor(port)
     assert status == 503 and took < 0.5
+
+
+def test_ready_if_drained_puts_back_only_what_a_drain_took_out():
+    from llmhost.admit import drain, ready  # noqa: PLC0415
+    fake = FakeHAProxy((0,))
+    assert not ready("general", fake, if_drained=True)["ready"] and fake.status == "UP"   # nothing drained: untouched
+    assert drain("general", fake, 5)["drained"] and fake.status == "MAINT"
+    assert ready("general", fake, if_drained=True)["ready"] and fake.status == "UP"
+    assert not ready("general", fake, if_drained=True)["ready"]                         # once
+    operator = FakeHAProxy((0,), status="MAINT")                                        # an operator's maintenance
+    assert drain("general", operator, 5)["restore"] is False
+    assert not ready("general", operator, if_drained=True)["ready"] and operator.status == "MAINT"

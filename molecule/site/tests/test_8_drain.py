@@ -45,19 +45,13 @@ def main_pid(host):
     return host.check_output(f"systemctl show -p MainPID --value llmhost-expert-{EXPERT}")
 
 
-# The expert's server status at the front door, from HAProxy's runtime API (show stat).
-SHOW_STAT = ("import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock'); "
-             "s.sendall(b'show stat\\n'); print(s.makefile().read())")
-
-
 def server_status(host):
-    text = host.check_output(f'python3 -c "{SHOW_STAT}"')
-    head = text.splitlines()[0].lstrip("# ").split(",")
-    for line in text.splitlines()[1:]:
-        row = dict(zip(head, line.split(",")))
-        if row.get("pxname") == f"be_{EXPERT}" and row.get("svname") == EXPERT:
-            return row["status"]
-    return ""
+    """The expert's server status at the front door, read by the shipped llmhost-admit's own
+    runtime API helpers (loaded with runpy: the script is not a module)."""
+    code = (f"import runpy; m = runpy.run_path('{ADMIT}'); "
+            f"print((m['server_stat'](m['admin_command']('show stat'), 'be_{EXPERT}', '{EXPERT}') or {{}})"
+            ".get('status', ''))")
+    return host.check_output(f'python3 -c "{code}"').strip()
 
 
 def deploy_under_client(host, client, env):
@@ -103,6 +97,7 @@ def test_a_deploy_that_changes_one_preloaded_expert_fails_no_request_of_a_steady
         # the expert as the scenario deployed it (no mark), drained the same way
         t0 = time.monotonic()
         back = playbook("-e", json.dumps({"llmhost_experts": experts_vars(host)}), playbooks=("preflight", "experts"))
-        print(f"deploy back: rc {back.rc}, changed {back.changed}, {time.monotonic() - t0:.0f} s")
+        status_back = server_status(host)      # before anything but the deploy touched it
+        print(f"deploy back: rc {back.rc}, changed {back.changed}, {time.monotonic() - t0:.0f} s, {status_back}")
         host.run(f"python3 {ADMIT} ready --expert {EXPERT}")
-    assert server_status(host).startswith("UP")
+    assert back.rc == 0 and status_back.startswith("UP"), (back.rc, status_back)
