@@ -27,11 +27,10 @@ from .frontdoor import backend
 
 DEFAULT_TIMEOUT_MS = 50
 TIMEOUT_RANGE_MS = (5, 5000)
-# Characters of each route example sent to the embedder at deploy, and bytes of the last
-# user message the front door's Lua sends (cut on a UTF-8 character boundary): the
-# embedder reads only its first max_model_len tokens anyway (vLLM truncates to them,
-# TRUNCATE below), the rest would only cost time.
-MAX_TEXT_CHARS = 1000
+# Bytes of text sent to the embedder, each route example at deploy and the last user
+# message by the front door's Lua alike, cut on a UTF-8 character boundary: the embedder
+# reads only its first max_model_len tokens anyway (vLLM truncates to them, TRUNCATE
+# below), the rest would only cost time.
 MAX_TEXT_BYTES = 2000
 # vLLM's embeddings API (0.32): truncate_prompt_tokens -1 is the model's max_model_len;
 # "right" keeps the first tokens. Without it a text over the limit is an error (a long
@@ -110,6 +109,12 @@ def problems(routing: Routing | None, experts: Sequence[Expert], default_expert:
     return out, warn
 
 
+def cut_text(text: str) -> str:
+    """The text the embedder is sent: its first MAX_TEXT_BYTES bytes, never half a character
+    (the Lua cuts requests the same way)."""
+    return text.encode()[:MAX_TEXT_BYTES].decode("utf-8", "ignore")
+
+
 def long_examples(targets: Sequence[Expert], embedder: Expert) -> list[str]:
     """A warning per route example that may be longer than the embedder reads: it is
     embedded from its first tokens only (vLLM truncates; the deploy does not fail)."""
@@ -117,14 +122,14 @@ def long_examples(targets: Sequence[Expert], embedder: Expert) -> list[str]:
     out = []
     for e in targets:
         for i, x in enumerate(e.route_examples):
-            n = min(len(x), MAX_TEXT_CHARS)
+            n = len(cut_text(x))
             if isinstance(limit, int) and n + SPECIAL_TOKENS > limit:
                 out.append(f"expert '{e.expert_id}' field 'route_examples[{i}]': {len(x)} characters may exceed "
                            f"the embedder '{embedder.expert_id}''s limit of {limit} tokens (max_model_len; up to one "
                            "token per character); only its first tokens are embedded")
-            elif len(x) > MAX_TEXT_CHARS:
-                out.append(f"expert '{e.expert_id}' field 'route_examples[{i}]': {len(x)} characters; only the "
-                           f"first {MAX_TEXT_CHARS} are embedded")
+            elif n < len(x):
+                out.append(f"expert '{e.expert_id}' field 'route_examples[{i}]': {len(x.encode())} bytes; only the "
+                           f"first {MAX_TEXT_BYTES} are embedded")
     return out
 
 
@@ -148,7 +153,7 @@ def section(routing: Routing | None, experts: Sequence[Mapping[str, Any]], defau
     return {
         "embedder": emb["expert_id"], "embedder_port": emb["port"], "embedder_model": emb["names"][0],
         "timeout_ms": routing.timeout_ms, "default_expert": default_expert, "domains": domains,
-        "max_text_chars": MAX_TEXT_CHARS, "centroids_file": CENTROIDS_FILE, "config_file": ROUTE_CONFIG_FILE,
+        "max_text_bytes": MAX_TEXT_BYTES, "centroids_file": CENTROIDS_FILE, "config_file": ROUTE_CONFIG_FILE,
         "metrics_path": METRICS_PATH,
         "inputs_sha256": inputs_sha256(emb["model"], weights_bytes, domains),
     }
@@ -190,7 +195,7 @@ def nearest(vector: Sequence[float], cents: Mapping[str, Sequence[float]]) -> tu
 def embed_request(section_: Mapping[str, Any]) -> dict[str, Any]:
     """The one /v1/embeddings body that embeds every example at deploy."""
     return {"model": section_["embedder_model"],
-            "input": [x[:MAX_TEXT_CHARS] for d in section_["domains"] for x in d["examples"]], **TRUNCATE}
+            "input": [cut_text(x) for d in section_["domains"] for x in d["examples"]], **TRUNCATE}
 
 
 def centroids_file(section_: Mapping[str, Any], response: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,4 +216,4 @@ def lua_config(section_: Mapping[str, Any], embedder_dst: str | None = None) -> 
     return {"embedder_url": f"http://127.0.0.1:{section_['embedder_port']}/v1/embeddings",
             "embedder_dst": embedder_dst, "embedder_backend": backend(section_["embedder"]),
             "embedder_model": section_["embedder_model"], "timeout_ms": section_["timeout_ms"],
-            "max_text_bytes": MAX_TEXT_BYTES, **TRUNCATE, "centroids_file": section_["centroids_file"]}
+            "max_text_bytes": section_["max_text_bytes"], **TRUNCATE, "centroids_file": section_["centroids_file"]}

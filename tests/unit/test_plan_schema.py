@@ -28,7 +28,7 @@ EXPERT = {
 }
 # With llmhost_routing: the front door's Lua and the centroid task read this section.
 ROUTING = {"embedder": str, "embedder_port": int, "embedder_model": str, "timeout_ms": int, "default_expert": str,
-           "domains": list, "max_text_chars": int, "centroids_file": str, "config_file": str, "inputs_sha256": str,
+           "domains": list, "max_text_bytes": int, "centroids_file": str, "config_file": str, "inputs_sha256": str,
            "metrics_path": str}
 
 
