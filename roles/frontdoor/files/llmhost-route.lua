@@ -134,14 +134,15 @@ core.register_action("llmhost_route", { "http-req" }, function(txn)
   local took = now_s() - t0
   seconds_sum = seconds_sum + took
   seconds_count = seconds_count + 1
-  if not ok or type(res) ~= "table" then return fall_back(txn, "error") end
-  -- 504: no answer within timeout_ms; 503: the proxy could not connect, within timeout_ms
-  -- (a refused connect fails at once: the embedder is down)
-  if res.status == 504 or (res.status == 503 and took * 1000 >= 0.8 * conf.timeout_ms) then
-    return fall_back(txn, "timeout")
-  end
-  if res.status == 503 then return fall_back(txn, "down") end
-  if res.status ~= 200 then return fall_back(txn, "error") end
+  -- Out of time, whichever timer fired first: the call's own (no status back) or the
+  -- proxy's (504: no answer; 503 late: no connect). The same budget bounds both, so
+  -- either may win the race; both are a timeout. A refused connect fails at once: down.
+  local late = took * 1000 >= 0.8 * conf.timeout_ms
+  local status = ok and type(res) == "table" and res.status or nil
+  if status == 504 or (late and (status == nil or status == 503)) then return fall_back(txn, "timeout") end
+  if status == nil then return fall_back(txn, "error") end
+  if status == 503 then return fall_back(txn, "down") end
+  if status ~= 200 then return fall_back(txn, "error") end
   local doc = cjson.decode(res.body or "")
   local vec = type(doc) == "table" and type(doc.data) == "table" and type(doc.data[1]) == "table" and doc.data[1].embedding
   if type(vec) ~= "table" then return fall_back(txn, "error") end
