@@ -80,6 +80,8 @@ def test_node_exporter_collectors_succeed_in_their_sandbox(host):
     # procfs and sysfs, mounts, netlink, D-Bus to systemd, the probe's textfile
     for c in ("cpu", "meminfo", "filesystem", "diskstats", "netdev", "systemd", "textfile", "pressure"):
         assert ok.get(c) == "1", (c, ok)
+    # the textfile collector reports success even when a file cannot be read: only this says it
+    assert re.search(r"^node_textfile_scrape_error 0$", text, re.M), re.findall(r"^node_textfile.*$", text, re.M)
 
 
 def test_prometheus_is_ready_and_the_probe_ran_in_their_sandboxes(host):
@@ -96,3 +98,5 @@ def test_prometheus_is_ready_and_the_probe_ran_in_their_sandboxes(host):
         show = dict(ln.split("=", 1) for ln in host.check_output(
             "systemctl show -p Result -p ExecMainStatus llmhost-probe.service").splitlines())
     assert show["Result"] == "success" and show["ExecMainStatus"] == "0", show
+    # and what it wrote reaches node exporter through its sandboxed textfile directory
+    assert "llmhost_probe_ok{" in host.check_output("curl -s http://127.0.0.1:9100/metrics")
