@@ -321,9 +321,7 @@ def legacy_plan_problems(files: dict[str, str], host: str, arch: str, caps: str 
 def cmd_import_legacy(args: argparse.Namespace) -> int:
     """Nothing is written (files or stdout) unless the import is clean and `llmhost plan`
     accepts what it would write; secrets go to a separate vault file only."""
-    text = read_text(args.file, "file")
-    if args.out:
-        check_new_tree(Path(args.out))
+    text = read_text(args.file, "file")      # (--out was checked with the other paths: check_inputs)
     try:
         data = loads_lenient(text)
     except ValueError as e:
@@ -402,51 +400,43 @@ class Unresolved(UsageError):
     """A templated inventory value that cannot be known offline."""
 
 
-class ResolvedVars(dict):  # type: ignore[type-arg]
-    """A host's llmhost_* variables with their Jinja resolved as Ansible resolves them,
-    each one when first read. A value that needs what only a live run has (facts, a
-    vault not given, a lookup that fails here) is an Unresolved error naming the
-    variable and the item, and how to get the authoritative answer."""
+# The inventory variables a plan reads (make_plan, host.from_vars), besides the shared ones.
+PLAN_VARS = ("llmhost_experts", "llmhost_lazy_loading", "llmhost_reserved_cores", "llmhost_default_expert",
+             "llmhost_start_budget_s", "llmhost_routing", "llmhost_host_profile", "llmhost_core_split",
+             "llmhost_host_expect")
 
-    def __init__(self, raw: dict[str, Any], templar: Any, inventory: str, vaulted: list[str]):
-        super().__init__()
-        self._raw, self._templar, self._inventory, self._vaulted = raw, templar, inventory, vaulted
 
-    def _resolve(self, v: Any, path: str) -> Any:
-        from ansible.errors import AnsibleError  # noqa: PLC0415
+def plan_var_names() -> list[str]:
+    return [*PLAN_VARS, *(f"llmhost_{k}" for k in asdict(Shared()))]
 
+
+def resolve_vars(raw: dict[str, Any], templar: Any, inventory: str, vaulted: list[str]) -> dict[str, Any]:
+    """The variables a plan reads, with their Jinja resolved as Ansible resolves them; the
+    others are left out, so one the plan never reads cannot stop it (the vaulted keys).
+    A value that needs what only a live run has (facts, a vault not given, a lookup that
+    fails here) is an Unresolved error naming the variable and the item, and how to get
+    the authoritative answer."""
+    from ansible.errors import AnsibleError  # noqa: PLC0415
+
+    def resolve(v: Any, path: str) -> Any:
         if isinstance(v, str):
             try:
-                return _plain(self._templar.template(v))
+                return _plain(templar.template(v))
             except AnsibleError as e:
                 why = " ".join(str(e).split())[:200]
-                vault = (f"; encrypted files skipped, llmhost plan reads no vault: {', '.join(self._vaulted)}"
-                         if self._vaulted else "")
+                vault = (f"; encrypted files skipped, llmhost plan reads no vault: {', '.join(vaulted)}"
+                         if vaulted else "")
                 raise Unresolved(
-                    f"inventory {self._inventory}: {path} = {v!r:.80} cannot be resolved offline ({why}{vault}); "
+                    f"inventory {inventory}: {path} = {v!r:.80} cannot be resolved offline ({why}{vault}); "
                     "a value from facts or the host is known only on a live run: the preflight plans it, "
-                    f"`ansible-playbook -i {self._inventory} site.yml --tags preflight --check`") from None
+                    f"`ansible-playbook -i {inventory} site.yml --tags preflight --check`") from None
         if isinstance(v, dict) or hasattr(v, "items"):
-            return {_plain(k): self._resolve(x, f"{path}.{k}") for k, x in v.items()}
+            return {_plain(k): resolve(x, f"{path}.{k}") for k, x in v.items()}
         if isinstance(v, (list, tuple)):
-            return [self._resolve(x, f"{path}[{i}]") for i, x in enumerate(v)]
+            return [resolve(x, f"{path}[{i}]") for i, x in enumerate(v)]
         return _plain(v)
 
-    def __missing__(self, key: str) -> Any:
-        if key not in self._raw:
-            raise KeyError(key)
-        val = self._resolve(self._raw[key], key)
-        super().__setitem__(key, val)
-        return val
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        return self[key] if (dict.__contains__(self, key) or key in self._raw) else default
-
-    def __contains__(self, key: object) -> bool:
-        return dict.__contains__(self, key) or key in self._raw
-
-    def keys(self) -> Any:  # type: ignore[override]
-        return list(dict.fromkeys([*self._raw, *dict.keys(self)]))
+    return {k: resolve(raw[k], k) for k in plan_var_names() if k in raw}
 
 
 def inventory_hostvars(inventory: str, host: str | None) -> tuple[str, dict[str, Any]]:
@@ -494,8 +484,7 @@ def inventory_hostvars(inventory: str, host: str | None) -> tuple[str, dict[str,
     except AnsibleError as e:
         raise UsageError(f"inventory {inventory}: {' '.join(str(e).split())[:240]}") from None
     templar = Templar(loader=loader, variables=hv)
-    return name, ResolvedVars({k: v for k, v in hv.items() if k.startswith("llmhost_")}, templar, inventory,
-                              vaulted)
+    return name, resolve_vars(hv, templar, inventory, vaulted)
 
 
 def make_plan(hv: dict[str, Any], *, caps_path: str | None = None, cpuinfo: str | None = None,
