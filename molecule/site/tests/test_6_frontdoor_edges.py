@@ -137,7 +137,7 @@ def test_a_long_cjk_prompt_is_routed_by_meaning_not_refused_by_the_embedder(host
     assert code == "200", body[:300]
     assert len(json.loads(body)["data"][0]["embedding"]) == 384
     # and through the front door: routed by its embedding (chosen_total grows). Only a
-    # timeout of the 50 ms budget on a busy host is asked again (three times at most);
+    # timeout of the routing budget on a busy host is asked again (three times at most);
     # an embedder error, as before the truncation, fails at once.
     msg = json.dumps({"model": "auto", "max_tokens": 1, "messages": [{"role": "user", "content": text}]})
     for _ in range(3):
