@@ -7,7 +7,6 @@ llmhost.toolkit.frontdoor_*), and tests check both these and the real
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any, Iterable, Mapping
 
@@ -48,14 +47,21 @@ WRONG_ENDPOINT = {
 }
 
 
+def fair_cap(maxconn: int, client_share: float) -> int:
+    """Slots of an expert one client may hold at once (0: no cap, a share of 1 or more):
+    the share of its maxconn, rounded down, at least 1."""
+    return 0 if client_share >= 1 else max(1, int(maxconn * client_share))
+
+
 def routes(plan: Mapping[str, Any], maxconn_overrides: Mapping[str, Any] | None = None,
-           maxqueue_overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+           maxqueue_overrides: Mapping[str, Any] | None = None, client_share: float = 1.0) -> list[dict[str, Any]]:
     """One entry per expert, final: backend, server port, names, concurrency cap
     (max_num_seqs unless overridden), queue (4x the cap unless overridden), the
     server's health-check options ("" for a lazy expert), its runner (generate or
     pooling), the endpoint rule its backend answers 400 for (wrong_endpoint: the ACL
     condition and the message), and whether requests wait for it while a deploy restarts
-    it (hold: a preloaded expert; a lazy one's own proxy holds its clients)."""
+    it (hold: a preloaded expert; a lazy one's own proxy holds its clients), and how many
+    of its slots one client may hold at once (fair_cap, 0: no cap; frontdoor_client_share)."""
     ids = {e["expert_id"] for e in plan["experts"]}
     for what, over in (("frontdoor_maxconn_overrides", maxconn_overrides), ("frontdoor_maxqueue_overrides",
                                                                           maxqueue_overrides)):
@@ -75,7 +81,7 @@ def routes(plan: Mapping[str, Any], maxconn_overrides: Mapping[str, Any] | None 
             "names": list(e.get("names") or [e["expert_id"]]), "maxconn": cap, "maxqueue": queue, "lazy": lazy,
             "runner": e.get("runner") or "generate",
             "wrong_endpoint": WRONG_ENDPOINT[e.get("runner") or "generate"],
-            "hold": not lazy,
+            "hold": not lazy, "fair_cap": fair_cap(cap, client_share),
             "server_options": f"maxconn {cap} maxqueue {queue}" + (
                 "" if lazy else f" {EMBEDDER_CHECK if e['expert_id'] == embedder else HEALTH_CHECK}"),
         })
@@ -125,21 +131,6 @@ def key_problem(key: Any) -> str | None:
         return ("holds a space, a comma or a character outside printable ASCII; a client could never send it "
                 "as one Bearer token")
     return None
-
-
-def key_hashes(keys: Iterable[str]) -> list[str]:
-    """sha256 hex of each API key: only hashes are written to the host. A key the front
-    door could never accept (key_problem) is refused here; so is a single string, which
-    would be hashed character by character."""
-    if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
-        raise ValueError("llmhost_api_keys: a list of keys (- sk-...), not a single string")
-    out = []
-    for i, k in enumerate(keys, 1):
-        why = key_problem(k)
-        if why:
-            raise ValueError(f"llmhost_api_keys: key #{i} {why}")
-        out.append(hashlib.sha256(k.encode()).hexdigest())
-    return out
 
 
 def is_loopback(bind: str) -> bool:

@@ -144,6 +144,7 @@ RULES: dict[str, dict[str, Check]] = {
         "frontdoor_timeout_client_s": whole(1, 86400),
         "frontdoor_timeout_queue_s": whole(1, 86400),
         "frontdoor_hold_s": whole(0, 3600),
+        "frontdoor_client_share": share(0, 1),
     },
     "monitoring": {
         "monitoring_listen": listen("monitoring_exposure_note"),

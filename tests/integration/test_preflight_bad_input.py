@@ -55,6 +55,10 @@ VARIABLE_CASES = [
     ("a probe interval in words", {"monitoring_probe_interval": "every hour"}, "monitoring_probe_interval"),
     ("no smoke requests", {"smoke_test_repeat": 0}, "smoke_test_repeat"),
     ("a state dir outside /var/lib", {"vllm_experts_state_subdir": "../etc"}, "vllm_experts_state_subdir"),
+    ("api keys as one string", {"llmhost_api_keys": "sk-live-one"}, "llmhost_api_keys: a list of keys"),
+    ("a named key for a model no expert serves", {"llmhost_api_keys": [{"id": "team-a", "key": "sk-live-abc",
+                                                                       "models": ["gpt-4"]}]},
+     "llmhost_api_keys[1] (id team-a) field 'models'"),
 ]
 
 
@@ -98,6 +102,7 @@ def test_bad_variables_fail_in_the_preflight_before_any_change(tmp_path, case, v
     assert r.rc != 0, f"{case}: the preflight passed"
     assert expect in out, out[-3000:]
     assert "Traceback" not in out and "KeyError" not in out and "ValueError" not in out
+    assert "sk-live" not in out  # a key is never echoed
     assert r.changed == {} and r.failed == {"probe-host": 1}, (r.changed, r.failed)
 
 

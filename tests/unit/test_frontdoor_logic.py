@@ -1,9 +1,8 @@
-import hashlib
 import json
 
 import pytest
 
-from llmhost import frontdoor
+from llmhost import apikeys, frontdoor
 
 PLAN = {"default_expert": "general", "experts": [
     {"expert_id": "coder", "domain": "coding", "priority": 9, "port": 8102, "names": ["coder"],
@@ -26,13 +25,10 @@ def test_routes_map_and_list():
     assert lst["data"][1]["llmhost"]["aliases"] == ["SmolLM2"]
 
 
-def test_alias_clash_and_key_hashes():
+def test_alias_clash():
     bad = {"experts": [dict(PLAN["experts"][0], names=["x"]), dict(PLAN["experts"][1], names=["x"])]}
     with pytest.raises(ValueError, match="names two experts"):
         frontdoor.model_map(bad)
-    assert frontdoor.key_hashes(["sk-1"]) == [hashlib.sha256(b"sk-1").hexdigest()]
-    with pytest.raises(ValueError):
-        frontdoor.key_hashes([" "])
 
 
 def test_closed_by_default_a_network_bind_needs_keys_or_an_explicit_anonymous():
@@ -59,17 +55,17 @@ def test_model_list_shows_names_not_host_paths():
 
 
 @pytest.mark.parametrize("keys,expected", [
-    ("sk-abc", "a list of keys (- sk-...), not a single string"),
-    (["sk-a b"], "key #1 holds a space, a comma or a character outside printable ASCII"),
-    (["sk-1", "sk-a,b"], "key #2 holds a space, a comma"),
-    (["sk-clé"], "key #1 holds a space, a comma or a character outside printable ASCII"),
-    (["sk-\x01"], "key #1 holds"),
-    ([123], "key #1 is not a string"),
+    ("sk-abc", "a list of keys (- sk-... or - {id: ..., key: ...}), not a single str"),
+    (["sk-a b"], "[1]: the key holds a space, a comma or a character outside printable ASCII"),
+    (["sk-1", "sk-a,b"], "[2]: the key holds a space, a comma"),
+    (["sk-clé"], "[1]: the key holds a space, a comma or a character outside printable ASCII"),
+    (["sk-\x01"], "[1]: the key holds"),
+    ([123], "[1]: the key is not a string"),
 ])
 def test_a_key_no_client_could_send_as_one_bearer_token_is_refused(keys, expected):
     with pytest.raises(ValueError) as e:
-        frontdoor.key_hashes(keys)
-    assert expected in str(e.value) and str(e.value).startswith("llmhost_api_keys: ")
+        apikeys.parse_keys(keys, PLAN)
+    assert expected in str(e.value) and str(e.value).startswith("llmhost_api_keys")
 
 
 def test_each_route_says_its_runner():

@@ -68,7 +68,7 @@ def test_rendered_config_is_valid_and_routes_every_name(tmp_path):
     assert [m["id"] for m in models["data"]] == ["general", "coder"]
     err = (out / "errors/503.http").read_text()
     assert err.startswith("HTTP/1.0 503") and json.loads(err.split("\n\n", 1)[1])["error"]["code"] == "expert_busy"
-    assert not (out / "llmhost-keys.lst").exists()
+    assert not (out / "llmhost-keys.map").exists()
 
 
 def test_keys_and_lazy_variant_is_valid(tmp_path):
@@ -77,8 +77,9 @@ def test_keys_and_lazy_variant_is_valid(tmp_path):
     r = haproxy_check(out / "haproxy.cfg")
     assert r.returncode == 0, r.stdout + r.stderr
     cfg = (out / "haproxy.cfg").read_text()
-    assert "llmhost-keys.lst" in cfg and "sk-test-1" not in cfg
-    assert "sk-test-1" not in (out / "llmhost-keys.lst").read_text()
+    assert "llmhost-keys.map" in cfg and "sk-test-1" not in cfg
+    for name in ("llmhost-keys.map", "llmhost-key-models.map", "llmhost-key-limits.map"):
+        assert "sk-test-1" not in (out / name).read_text() and oct((out / name).stat().st_mode)[-3:] == "640"
     assert "server coder 127.0.0.1:8102 maxconn 8 maxqueue 32\n" in cfg  # lazy: no check
     assert "str(coder)" in cfg
 
@@ -250,8 +251,34 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def door(tmp_path_factory):
+class Expert(__import__("http.server").server.BaseHTTPRequestHandler):
+    """A stand-in expert: answers its name as {"model": ...}, after `delay` seconds for a body
+    that asks {"sleep": s}."""
+
+    def do_POST(self):  # noqa: N802
+        import time
+
+        data = self.rfile.read(int(self.headers.get("content-length") or 0))
+        try:
+            time.sleep(float(json.loads(data).get("sleep", 0)))
+        except (ValueError, AttributeError):
+            pass
+        body = json.dumps({"model": self.server.name}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST  # noqa: N815  (health checks)
+
+    def log_message(self, *a):
+        pass
+
+
+def start_door(tmp, ports, experts, serve, ready, **render_kw):
+    """Render the front door for these experts, start the stand-in experts named in `serve`
+    and HAProxy (logging to a file), wait until `ready(port)` holds; returns (info, stop)."""
     import http.server
     import threading
     import time
@@ -259,46 +286,16 @@ def door(tmp_path_factory):
 
     from llmhost.plan import parse_shared
 
-    tmp = tmp_path_factory.mktemp("edges")
-    ports = {k: free_port() for k in ("door", "metrics", "general", "coder", "router", "spare")}
-    experts = [
-        {"expert_id": "general", "model": "/srv/models/a", "domain": "general", "priority": 5, "weights_gib": 0.3,
-         "kv_cache_gib": 1, "cores": 1, "port": ports["general"]},
-        {"expert_id": "coder", "model": "/srv/models/b", "domain": "coding", "priority": 3, "weights_gib": 0.3,
-         "kv_cache_gib": 1, "cores": 1, "port": ports["coder"]},
-        {"expert_id": "router", "runner": "pooling", "model": "/srv/models/e", "domain": "routing", "priority": 9,
-         "weights_gib": 0.1, "kv_cache_gib": 1, "cores": 0, "port": ports["router"]},
-        # nothing listens on its port: its health check marks it down
-        {"expert_id": "spare", "model": "/srv/models/c", "domain": "general", "priority": 1, "weights_gib": 0.3,
-         "kv_cache_gib": 1, "cores": 1, "port": ports["spare"]},
-    ]
-    p = build_plan(experts, None, saved_capabilities(), Host((0, 1, 2), 24 * GIB, "x86_64", {"bf16": True}),
+    p = build_plan(experts, None, saved_capabilities(), Host(tuple(range(8)), 24 * GIB, "x86_64", {"bf16": True}),
                    shared=parse_shared({"frontdoor_port": ports["door"], "frontdoor_metrics_port": ports["metrics"]}))
-    out = render(tmp, frontdoor_plan=p.to_dict(), frontdoor_bind="127.0.0.1", frontdoor_api_keys=[KEY],
-                 frontdoor_per_source_maxconn=3, frontdoor_timeout_request_s=2)
+    out = render(tmp, frontdoor_plan=p.to_dict(), frontdoor_bind="127.0.0.1", **render_kw)
     cfg = (out / "haproxy.cfg").read_text()
     cfg = cfg.replace("stats socket /run/haproxy/admin.sock", f"stats socket {tmp}/admin.sock") \
         .replace("    user haproxy\n    group haproxy\n", "").replace("log /dev/log", "log stdout")
     (out / "haproxy.cfg").write_text(cfg)
     assert haproxy_check(out / "haproxy.cfg").returncode == 0
-
-    class Expert(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("content-length") or 0))
-            body = json.dumps({"model": self.server.name}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST  # noqa: N815  (health checks)
-
-        def log_message(self, *a):
-            pass
-
     servers = []
-    for name in ("general", "coder", "router"):
+    for name in serve:
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", ports[name]), Expert)
         srv.name = name
         threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -306,21 +303,48 @@ def door(tmp_path_factory):
     log = tmp / "haproxy.log"
     proc = subprocess.Popen(["haproxy", "-db", "-f", str(out / "haproxy.cfg")], stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
-    for _ in range(300):  # up, the experts' health checks passed, and spare's failed (2 s apart, 2 needed)
+    for _ in range(300):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{ports['door']}/health", timeout=1)
-            if b" 200 " in raw(ports["door"], post(CHAT))[0] and \
-                    b"expert_unavailable" in raw(ports["door"], post('{"model": "spare"}'))[0]:
+            if ready(ports["door"]):
                 break
         except OSError:
             pass
         time.sleep(0.1)
-    yield {"port": ports["door"], "log": log, "cfg": cfg}
-    proc.terminate()
-    proc.wait(5)
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
+
+    def stop():
+        proc.terminate()
+        proc.wait(5)
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+    return {"port": ports["door"], "log": log, "cfg": cfg, "dir": out}, stop
+
+
+def expert(expert_id, port, **kw):
+    return {"expert_id": expert_id, "model": f"/srv/models/{expert_id}", "domain": kw.pop("domain", "general"),
+            "priority": kw.pop("priority", 5), "weights_gib": 0.3, "kv_cache_gib": 1, "cores": kw.pop("cores", 1),
+            "port": port, **kw}
+
+
+@pytest.fixture(scope="module")
+def door(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("edges")
+    ports = {k: free_port() for k in ("door", "metrics", "general", "coder", "router", "spare")}
+    experts = [
+        expert("general", ports["general"]), expert("coder", ports["coder"], domain="coding", priority=3),
+        expert("router", ports["router"], runner="pooling", domain="routing", priority=9, cores=0),
+        # nothing listens on its port: its health check marks it down
+        expert("spare", ports["spare"], priority=1),
+    ]
+
+    def ready(port):  # the experts' health checks passed, and spare's failed (2 s apart, 2 needed)
+        return b" 200 " in raw(port, post(CHAT))[0] and b"expert_unavailable" in raw(port, post('{"model": "spare"}'))[0]
+
+    info, stop = start_door(tmp, ports, experts, ("general", "coder", "router"), ready, frontdoor_api_keys=[KEY],
+                            frontdoor_per_source_maxconn=3, frontdoor_timeout_request_s=2)
+    yield info
+    stop()
 
 
 @pytest.mark.parametrize("name,request_,status,expected", CASES, ids=[c[0] for c in CASES])
@@ -438,3 +462,154 @@ def test_a_request_the_body_check_could_not_check_goes_no_further(door, tmp_path
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# --- named keys: models, rate, requests in flight, priority, the fair share (llmhost.apikeys) ---
+
+def sha(text):
+    return __import__("hashlib").sha256(text.encode()).hexdigest()
+
+
+NAMED_KEYS = [
+    {"id": "team-a", "key": "sk-team-a", "models": ["general", "slow"]},
+    {"id": "team-rate", "key": "sk-team-rate", "requests_per_min": 3},
+    {"id": "team-one", "key": "sk-team-one", "max_parallel": 1, "priority": "low"},
+    {"id": "vip", "sha256": sha("sk-vip"), "priority": "high"},
+    {"id": "heavy", "key": "sk-heavy"},
+    {"id": "light", "key": "sk-light"},
+    "sk-plain",
+]
+
+
+def bearer(key):
+    return f"Authorization: Bearer {key}\r\n"
+
+
+def ask(port, key, model="general", sleep=0.0):
+    """One request with this key; (status, headers, body as JSON, seconds)."""
+    answer, took = raw(port, post(json.dumps({"model": model, "sleep": sleep}), auth=bearer(key)), wait=30)
+    got, headers, body = parse(answer)
+    return got, headers, json.loads(body), took
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("keys")
+    ports = {k: free_port() for k in ("door", "metrics", "general", "coder", "slow", "single")}
+    experts = [expert("general", ports["general"]), expert("coder", ports["coder"], domain="coding", priority=3),
+               expert("slow", ports["slow"], priority=2), expert("single", ports["single"], priority=1)]
+    info, stop = start_door(tmp, ports, experts, ("general", "coder", "slow", "single"),
+                            lambda port: ask(port, "sk-plain", "single")[0] == 200,
+                            frontdoor_api_keys=NAMED_KEYS, frontdoor_client_share=0.5,
+                            frontdoor_maxconn_overrides={"slow": 4, "single": 1})
+    yield info
+    stop()
+
+
+@pytest.mark.parametrize("key,model,status,code", [
+    ("sk-nobody", "general", 401, "invalid_api_key"),
+    ("sk-plain", "coder", 200, "coder"),          # a bare key: every model
+    ("sk-vip", "coder", 200, "coder"),            # given as its sha256 only
+    ("sk-team-a", "general", 200, "general"),
+    ("sk-team-a", "coder", 403, "model_not_allowed"),
+    ("sk-team-a", "SmolLM", 404, "model_not_found"),
+])
+def test_a_named_key_reaches_the_models_it_may_call(keyed, key, model, status, code):
+    got, headers, doc, _ = ask(keyed["port"], key, model)
+    assert got == status and headers.get("content-type") == "application/json", doc
+    if status == 200:
+        assert doc["model"] == code
+    else:
+        assert doc["error"]["code"] == code
+    if status == 403:
+        assert doc["error"]["param"] == "model" and "team-a" in doc["error"]["message"] and "coder" in \
+            doc["error"]["message"]
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after(keyed):
+    answers = [ask(keyed["port"], "sk-team-rate") for _ in range(4)]
+    assert [a[0] for a in answers] == [200, 200, 200, 429], answers
+    got, headers, doc, _ = answers[3]
+    assert doc["error"]["code"] == "rate_limited" and "team-rate" in doc["error"]["message"]
+    assert headers.get("retry-after") == "20"  # a third of the minute: 3 per minute
+    assert ask(keyed["port"], "sk-plain")[0] == 200  # another key is not counted with it
+
+
+def test_a_key_over_its_requests_in_flight_gets_429(keyed):
+    import threading
+
+    first = []
+    t = threading.Thread(target=lambda: first.append(ask(keyed["port"], "sk-team-one", "general", 1.5)))
+    t.start()
+    import time
+
+    time.sleep(0.5)
+    got, headers, doc, _ = ask(keyed["port"], "sk-team-one")
+    t.join()
+    assert got == 429 and doc["error"]["code"] == "too_many_parallel" and headers.get("retry-after") == "1"
+    assert first[0][0] == 200 and ask(keyed["port"], "sk-team-one")[0] == 200
+
+
+def test_the_access_log_names_the_key_by_its_id_never_the_key(keyed):
+    import time
+
+    ask(keyed["port"], "sk-team-a", "general")
+    for _ in range(50):
+        text = keyed["log"].read_text(errors="replace")
+        if "key=team-a" in text:
+            break
+        time.sleep(0.1)
+    assert "key=team-a" in text and "key=key-7" in text  # the bare key: its place in the list
+    assert not any(k in text for k in ("sk-team-a", "sk-plain", sha("sk-team-a")))
+
+
+def test_one_key_cannot_take_every_slot_while_another_waits(keyed):
+    """slow has 4 slots and a client share of 0.5: heavy holds 2 at once, its other 4 requests
+    wait in the door, and light's request finds a slot free: it takes its solo time, not a
+    turn behind heavy's queue (about 2.7 times its solo time without the share: measured)."""
+    import threading
+
+    solo = ask(keyed["port"], "sk-light", "slow", 1.0)[3]
+    heavy = []
+    threads = [threading.Thread(target=lambda: heavy.append(ask(keyed["port"], "sk-heavy", "slow", 2.0)))
+               for _ in range(6)]
+    import time
+
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    light = ask(keyed["port"], "sk-light", "slow", 1.0)
+    for t in threads:
+        t.join()
+    heavy_took = time.monotonic() - t0
+    assert light[0] == 200 and light[3] < 1.6 * solo, (light[3], solo)
+    assert [h[0] for h in heavy] == [200] * 6
+    assert heavy_took >= 5.5, heavy_took  # 6 requests, 2 at a time, 2 s each: the cap held (4 at a time: 4 s)
+    assert "key=heavy fair=waited" in keyed["log"].read_text(errors="replace")
+
+
+def test_a_high_priority_key_leaves_the_queue_first(keyed):
+    """single has one slot: while it is busy, a low-priority key's request and then a high
+    one's queue; the high one is served first."""
+    import threading
+    import time
+
+    done = []
+
+    def go(key, sleep):
+        got = ask(keyed["port"], key, "single", sleep)
+        done.append((key, got[0], time.monotonic()))
+
+    busy = threading.Thread(target=go, args=("sk-plain", 1.0))
+    busy.start()
+    time.sleep(0.3)
+    low = threading.Thread(target=go, args=("sk-team-one", 0.5))
+    low.start()
+    time.sleep(0.3)
+    high = threading.Thread(target=go, args=("sk-vip", 0.5))
+    high.start()
+    for t in (busy, low, high):
+        t.join()
+    assert [d[1] for d in done] == [200, 200, 200]
+    assert [d[0] for d in done] == ["sk-plain", "sk-vip", "sk-team-one"], done

@@ -8,7 +8,7 @@ from ansible.errors import AnsibleFilterError
 
 from llmhost import tuning
 from llmhost.experts import ConfigError
-from llmhost import capabilities, frontdoor, inputs, install, routing, systemd, translate
+from llmhost import apikeys, capabilities, frontdoor, inputs, install, routing, systemd, translate
 from llmhost import host as host_mod
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
@@ -229,7 +229,9 @@ class FilterModule:
             "frontdoor_map": frontdoor.model_map,
             "frontdoor_models": frontdoor.models_list,
             "frontdoor_default": frontdoor.default_expert,
-            "frontdoor_key_hashes": frontdoor.key_hashes,
+            "frontdoor_key_files": apikeys.key_files,
+            "frontdoor_key_problems": apikeys.key_problems,
+            "frontdoor_smoke_key": apikeys.smoke_key,
             "frontdoor_exposure": frontdoor_exposure,
             "frontdoor_port_problems": frontdoor.port_problems,
             "systemd_exec": systemd.exec_line,
