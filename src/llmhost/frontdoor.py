@@ -13,6 +13,10 @@ from typing import Any, Iterable, Mapping
 from . import addresses
 
 
+# Where the front door's metrics port serves usage per API key and expert (llmhost-usage.lua).
+USAGE_METRICS_PATH = "/llmhost/usage-metrics"
+
+
 def backend(expert_id: str) -> str:
     return "be_" + re.sub(r"[^A-Za-z0-9_.-]", "_", expert_id)
 

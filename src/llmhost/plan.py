@@ -17,6 +17,7 @@ from .experts import (AUTO_NAME, CONTROL_RE, PROFILE_TABLE, QUANTIZATIONS, TOOLK
                       LazyLoading, assign_ports, host_path_problem, parse_experts)
 from .model_files import reference_for
 from . import addresses
+from .frontdoor import USAGE_METRICS_PATH
 from .inputs import EXPOSURE_NOTE_MIN
 from . import dtype as dtype_mod
 from . import perf
@@ -252,6 +253,7 @@ class Plan:
                 "memory_gib": round(self.memory_gib, 2), "lazy_loading": asdict(self.lazy),
                 "default_expert": self.default_expert, "folded": self.folded,
                 "start_budget_s": self.start_budget_s, "shared": asdict(self.shared), "routing": self.routing,
+                "usage_metrics_path": USAGE_METRICS_PATH,
                 "host_profile": self.host_profile.to_dict() if self.host_profile else None,
                 "warnings": self.warnings}
 

@@ -261,9 +261,21 @@ class Expert(__import__("http.server").server.BaseHTTPRequestHandler):
         data = self.rfile.read(int(self.headers.get("content-length") or 0))
         try:
             time.sleep(float(json.loads(data).get("sleep", 0)))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError):
             pass
-        body = json.dumps({"model": self.server.name}).encode()
+        asked = json.loads(data) if data.startswith(b"{") else {}
+        if asked.get("stream"):
+            body = b'data: {"choices": []}\n\ndata: [DONE]\n\n'
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        answer = {"model": self.server.name}
+        if "usage" in asked:  # what vLLM reports: {"prompt_tokens": p, "completion_tokens": c}
+            answer["usage"] = asked["usage"]
+        body = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -318,7 +330,7 @@ def start_door(tmp, ports, experts, serve, ready, **render_kw):
         for srv in servers:
             srv.shutdown()
             srv.server_close()
-    return {"port": ports["door"], "log": log, "cfg": cfg, "dir": out}, stop
+    return {"port": ports["door"], "metrics": ports["metrics"], "log": log, "cfg": cfg, "dir": out}, stop
 
 
 def expert(expert_id, port, **kw):
@@ -478,6 +490,7 @@ NAMED_KEYS = [
     {"id": "heavy", "key": "sk-heavy"},
     {"id": "light", "key": "sk-light"},
     "sk-plain",
+    {"id": "meter", "key": "sk-meter"},
 ]
 
 
@@ -613,3 +626,24 @@ def test_a_high_priority_key_leaves_the_queue_first(keyed):
         t.join()
     assert [d[1] for d in done] == [200, 200, 200]
     assert [d[0] for d in done] == ["sk-plain", "sk-vip", "sk-team-one"], done
+
+
+def test_usage_per_key_and_expert_is_what_the_answers_reported(keyed):
+    import urllib.request
+
+    for usage in ({"prompt_tokens": 5, "completion_tokens": 7}, {"prompt_tokens": 3, "completion_tokens": 4}):
+        body = json.dumps({"model": "general", "usage": usage})
+        assert parse(raw(keyed["port"], post(body, auth=bearer("sk-meter")))[0])[0] == 200
+    assert parse(raw(keyed["port"], post('{"model": "coder", "stream": true}', auth=bearer("sk-meter")))[0])[0] == 200
+    assert ask(keyed["port"], "sk-meter", "gpt-none")[0] == 404  # the door's own answers are not usage
+    text = urllib.request.urlopen(f"http://127.0.0.1:{keyed['metrics']}/llmhost/usage-metrics", timeout=5).read()
+    got = {ln.rsplit(" ", 1)[0]: int(ln.rsplit(" ", 1)[1]) for ln in text.decode().splitlines()
+           if 'key="meter"' in ln}
+    assert got == {
+        'llmhost_usage_requests_total{key="meter",expert="general",code="2xx"}': 2,
+        'llmhost_usage_requests_total{key="meter",expert="coder",code="2xx"}': 1,
+        'llmhost_usage_streamed_total{key="meter",expert="coder"}': 1,
+        'llmhost_usage_prompt_tokens_total{key="meter",expert="general"}': 8,
+        'llmhost_usage_completion_tokens_total{key="meter",expert="general"}': 11,
+    }, got
+    assert b"sk-meter" not in text

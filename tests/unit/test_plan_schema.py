@@ -11,7 +11,7 @@ from llmhost.plan import GIB, Host, build_plan
 TOP = {
     "experts": list, "reserved_cores": list, "budget_gib": float, "standby_gib": float, "loaded_at_once_gib": float, "memory_gib": float,
     "lazy_loading": dict, "default_expert": str, "folded": type(None), "start_budget_s": int, "shared": dict,
-    "warnings": list, "routing": type(None), "host_profile": type(None),
+    "warnings": list, "routing": type(None), "host_profile": type(None), "usage_metrics_path": str,
 }
 SHARED = {"vllm_version": str, "venv": str, "config_dir": str, "frontdoor_port": int,
           "frontdoor_metrics_bind": str, "frontdoor_metrics_port": int, "frontdoor_metrics_exposure_note": str}

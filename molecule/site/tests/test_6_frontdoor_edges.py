@@ -180,3 +180,32 @@ def test_requests_haproxy_cannot_parse_get_a_400(addr):
     """Answered by HAProxy 2.6's H1 layer with its built-in page (docs/frontdoor.md, What remains)."""
     assert parse(raw(addr, b"GARBAGE\r\n\r\n")[0])[0] == 400
     assert parse(raw(addr, b"POST /v1/chat/completions HTTP/1.1\r\nHost: door\r\nBad Header\r\n\r\n")[0])[0] == 400
+
+
+def test_a_named_key_its_models_its_rate_and_its_usage(host, addr):
+    """team-narrow (molecule.yml: coder only, 2 requests a minute, given by its hash): 403 for
+    general, 200 from coder with the usage vLLM reported counted under its id, then 429 with
+    Retry-After; its id in the access log, the key nowhere."""
+    narrow = "Authorization: Bearer sk-llmhost-narrow-key\r\n"
+
+    def usage():
+        out = host.check_output("curl -s 127.0.0.1:8405/llmhost/usage-metrics")
+        return {ln.rsplit(" ", 1)[0]: int(ln.rsplit(" ", 1)[1]) for ln in out.splitlines() if 'key="team-narrow"' in ln}
+
+    before = usage()
+    got, _, body = parse(raw(addr, post(CHAT, auth=narrow))[0])
+    assert got == 403 and json.loads(body)["error"]["code"] == "model_not_allowed", body
+    got, headers, body = parse(raw(addr, post(CHAT.replace('"general"', '"coder"'), auth=narrow))[0])
+    assert got == 200 and headers.get("x-llmhost-expert") == "coder", body
+    reported = json.loads(body)["usage"]
+    after = usage()
+    pair = 'key="team-narrow",expert="coder"'
+    for name, value in (("requests_total{" + pair + ',code="2xx"}', 1),
+                        ("prompt_tokens_total{" + pair + "}", reported["prompt_tokens"]),
+                        ("completion_tokens_total{" + pair + "}", reported["completion_tokens"])):
+        k = "llmhost_usage_" + name
+        assert after.get(k, 0) - before.get(k, 0) == value, (k, before, after)
+    got, headers, body = parse(raw(addr, post(CHAT.replace('"general"', '"coder"'), auth=narrow))[0])
+    assert got == 429 and json.loads(body)["error"]["code"] == "rate_limited" and headers.get("retry-after") == "30"
+    log = host.run("journalctl -t haproxy --since '-10min' --no-pager -o cat | grep -a 'key=team-narrow'").stdout
+    assert "model=coder" in log and "sk-llmhost-narrow-key" not in log
