@@ -35,3 +35,14 @@ def parse(answer: bytes) -> tuple[int, dict[str, str], bytes]:
     lines = head.decode(errors="replace").split("\r\n")
     status = int(lines[0].split()[1]) if lines[0].startswith("HTTP/") else 0
     return status, {k.lower(): v for k, v in (ln.split(": ", 1) for ln in lines[1:] if ": " in ln)}, body
+
+
+def haproxy_cli(host, path: str, command: str) -> str:
+    """One command on one of HAProxy's unix CLI sockets on a test host (testinfra `host`;
+    the hosts have no socat)."""
+    import shlex
+
+    code = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]); "
+            "s.sendall(sys.argv[2].encode() + bytes([10])); s.shutdown(socket.SHUT_WR); "
+            "print(s.makefile('rb').read().decode())")
+    return host.check_output(f"python3 -c {shlex.quote(code)} {path} {shlex.quote(command)}")

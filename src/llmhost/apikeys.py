@@ -7,7 +7,7 @@ old form, an id `key-<n>`, every model, no limits) or a mapping:
       key: "{{ vault_team_a_key }}" # the key in clear, or instead:
       # sha256: <64 hex>          # only its hash, when the vault should not hold the key
       models: [general, coder]    # expert ids or their names; default: every expert
-      requests_per_min: 600       # default: no rate limit
+      requests_per_min: 600       # admitted requests; default: no rate limit
       max_parallel: 8             # requests in flight at once; default: no cap
       priority: high              # high, normal (default) or low: its place in an expert's queue
 
@@ -18,6 +18,7 @@ reads. Only hashes reach the host.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any, Mapping
 from .frontdoor import key_problem
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+AUTO = "auto"
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # HAProxy's set-priority-class: a lower class leaves an expert's queue first.
 PRIORITIES = {"high": -1, "normal": 0, "low": 1}
@@ -46,9 +48,10 @@ class Key:
 
     @property
     def retry_after_s(self) -> int:
-        """What a 429 over the rate tells the client to wait: about one request's share of the
-        minute (HAProxy's rate is a sliding minute, so it is an estimate), at least 1 s."""
-        return max(1, -(-60 // self.requests_per_min)) if self.requests_per_min else 1
+        """What a 429 over the rate tells the client to wait. HAProxy counts a rate in fixed
+        60 s periods, the last one fading out over the next: a count reached now falls only
+        once this period has ended, up to 60 s from now. So 60: at most that, never too early."""
+        return 60
 
 
 class KeysError(ValueError):
@@ -64,8 +67,14 @@ def _names(plan: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for e in plan.get("experts", []):
         for n in [e["expert_id"], *(e.get("names") or [])]:
-            out.setdefault(str(n), e["expert_id"])
+            if n != AUTO:  # several experts carry "auto" when routing is on
+                out.setdefault(str(n), e["expert_id"])
     return out
+
+
+def _shape(v: Any) -> str:
+    """What a value is, without the value: for fields a key may have been pasted into."""
+    return f"a {type(v).__name__} of {len(v)} characters" if isinstance(v, str) else f"a {type(v).__name__}"
 
 
 def _whole(v: Any, lo: int, hi: int) -> int | None:
@@ -96,11 +105,15 @@ def parse_keys(raw: Any, plan: Mapping[str, Any]) -> list[Key]:
                 where += f" (id {entry['id']})"
         bad = [k for k in entry if k not in FIELDS]
         if bad:
-            problems.append(f"{where}: unknown field(s) {', '.join(map(str, bad))} (known: {', '.join(FIELDS)})")
+            # a name is shown only when it is close to a field's: a key pasted as one
+            # (`- sk-...: x`) is never echoed
+            shown = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(str(k), FIELDS, 1, 0.7))
+                     else "(a name, not shown: it may be a key)" for k in bad]
+            problems.append(f"{where}: unknown field(s) {', '.join(shown)} (known: {', '.join(FIELDS)})")
         kid = entry.get("id")
         if not isinstance(kid, str) or not ID_RE.fullmatch(kid):
             problems.append(f"{where} field 'id': 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
-                            f"digit, got {kid!r:.80}")
+                            f"digit, got {_shape(kid)} (the value is not shown: it may be a key put there)")
         if ("key" in entry) == ("sha256" in entry):
             problems.append(f"{where}: give exactly one of 'key' (the key, from the vault) and 'sha256' (its hash)")
             continue
@@ -113,8 +126,8 @@ def parse_keys(raw: Any, plan: Mapping[str, Any]) -> list[Key]:
         else:
             digest = str(entry["sha256"]).lower()
             if not isinstance(entry["sha256"], str) or not SHA256_RE.fullmatch(digest):
-                problems.append(f"{where} field 'sha256': 64 hex digits (sha256sum of the key), got "
-                                f"{str(entry['sha256'])[:80]!r}")
+                problems.append(f"{where} field 'sha256': 64 hex digits (printf %s KEY | sha256sum), got "
+                                f"{_shape(entry['sha256'])} (the value is not shown: it may be the key itself)")
                 continue
         models = entry.get("models")
         if models is None:
@@ -123,7 +136,10 @@ def parse_keys(raw: Any, plan: Mapping[str, Any]) -> list[Key]:
             problems.append(f"{where} field 'models': a non-empty list of expert ids or names, got {models!r:.80}")
             experts = ()
         else:
-            unknown = [m for m in models if m not in names]
+            if AUTO in models:
+                problems.append(f"{where} field 'models': '{AUTO}' is routed by meaning to one of several experts; list "
+                                "the experts the key may reach (a request for auto routed to another gets 403)")
+            unknown = [m for m in models if m not in names and m != AUTO]
             if unknown:
                 problems.append(f"{where} field 'models': {', '.join(unknown)} is no expert's id or name "
                                 f"(experts: {', '.join(every)})")
@@ -180,9 +196,10 @@ def key_files(raw: Any, plan: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def smoke_key(raw: Any, plan: Mapping[str, Any]) -> str:
-    """The key the smoke test sends: the first given in clear that may call every expert
-    ("" when there is none: set smoke_test_api_key)."""
+def smoke_key(raw: Any, plan: Mapping[str, Any], concurrency: int = 1) -> str:
+    """The key the smoke test sends: the first given in clear that may call every expert,
+    with no rate limit and room for the smoke test's parallel streams ("" when there is
+    none: set smoke_test_api_key; the smoke test's preflight says so)."""
     every = {e["expert_id"] for e in plan.get("experts", [])}
     try:
         keys = parse_keys(raw, plan)
@@ -190,6 +207,7 @@ def smoke_key(raw: Any, plan: Mapping[str, Any]) -> str:
         return ""
     clear = [e if isinstance(e, str) else e.get("key") for e in raw]
     for k, c in zip(keys, clear):
-        if c and set(k.experts) >= every and not k.requests_per_min:
+        if c and set(k.experts) >= every and not k.requests_per_min and (
+                not k.max_parallel or k.max_parallel >= concurrency):
             return str(c)
     return ""

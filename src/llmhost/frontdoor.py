@@ -51,10 +51,14 @@ WRONG_ENDPOINT = {
 }
 
 
-def fair_cap(maxconn: int, client_share: float) -> int:
-    """Slots of an expert one client may hold at once (0: no cap, a share of 1 or more):
-    the share of its maxconn, rounded down, at least 1."""
-    return 0 if client_share >= 1 else max(1, int(maxconn * client_share))
+def fair_cap(maxconn: int, client_share: float, lazy: bool = False) -> int:
+    """Slots of an expert one client may hold at once: the share of its maxconn, rounded
+    down, at least 1. 0 (no cap) for a share of 1 or more, for an expert with one slot (it
+    cannot be shared), and for a lazy expert (its own proxy holds clients through a cold
+    start, longer than the door's wait for a slot would last)."""
+    if client_share >= 1 or maxconn < 2 or lazy:
+        return 0
+    return max(1, int(maxconn * client_share))
 
 
 def routes(plan: Mapping[str, Any], maxconn_overrides: Mapping[str, Any] | None = None,
@@ -85,7 +89,7 @@ def routes(plan: Mapping[str, Any], maxconn_overrides: Mapping[str, Any] | None 
             "names": list(e.get("names") or [e["expert_id"]]), "maxconn": cap, "maxqueue": queue, "lazy": lazy,
             "runner": e.get("runner") or "generate",
             "wrong_endpoint": WRONG_ENDPOINT[e.get("runner") or "generate"],
-            "hold": not lazy, "fair_cap": fair_cap(cap, client_share),
+            "hold": not lazy, "fair_cap": fair_cap(cap, client_share, lazy),
             "server_options": f"maxconn {cap} maxqueue {queue}" + (
                 "" if lazy else f" {EMBEDDER_CHECK if e['expert_id'] == embedder else HEALTH_CHECK}"),
         })
@@ -144,7 +148,7 @@ def is_loopback(bind: str) -> bool:
 
 
 def exposure_problems(bind: str, port: int, api_keys: Iterable[str] | None, allow_anonymous: bool,
-                      tls_cert: str | None = None) -> list[str]:
+                      tls_cert: str | None = None, role: str = "frontdoor") -> list[str]:
     """Why this front door must not be deployed as configured ([] when it may).
 
     Closed by default: a port reachable from the network needs API keys, unless the
@@ -155,11 +159,11 @@ def exposure_problems(bind: str, port: int, api_keys: Iterable[str] | None, allo
         problems.append("llmhost_api_keys: an empty key")
     if not is_loopback(bind) and not keys and not allow_anonymous:
         problems.append(
-            f"frontdoor_bind: {bind!r} opens port {port} to the network with no API key; set llmhost_api_keys "
-            "(from ansible-vault, docs/frontdoor.md), or bind 127.0.0.1, or set frontdoor_allow_anonymous: true "
+            f"{role}_bind: {bind!r} opens port {port} to the network with no API key; set llmhost_api_keys "
+            f"(from ansible-vault, docs/frontdoor.md), or bind 127.0.0.1, or set {role}_allow_anonymous: true "
             "to serve anyone on purpose")
     if tls_cert is not None and not str(tls_cert).startswith("/"):
-        problems.append(f"frontdoor_tls_cert: must be an absolute path on the host (a PEM with certificate and key), "
+        problems.append(f"{role}_tls_cert: must be an absolute path on the host (a PEM with certificate and key), "
                         f"got {tls_cert!r}")
     return problems
 

@@ -21,7 +21,7 @@ def test_bare_and_named_keys_become_maps_of_hashes():
                                         "requests_per_min": 7, "max_parallel": 2, "priority": "high"}], PLAN)
     assert files["llmhost-keys.map"] == f"{h(SECRET)} key-1\n{h('sk-a')} team-a\n"
     assert files["llmhost-key-models.map"] == "key-1/general 1\nkey-1/coder 1\nkey-1/router 1\nteam-a/general 1\n"
-    assert files["llmhost-key-limits.map"] == "key-1 0:0:0:1\nteam-a 7:2:-1:9\n"
+    assert files["llmhost-key-limits.map"] == "key-1 0:0:0:60\nteam-a 7:2:-1:60\n"
     assert SECRET not in "".join(files.values())
 
 
@@ -47,7 +47,9 @@ def test_bare_and_named_keys_become_maps_of_hashes():
     ([{"id": "t", "key": "sk-1", "max_parallel": True}], "(id t) field 'max_parallel'"),
     ([{"id": "t", "key": "sk-1", "max_parallel": -1}], "(id t) field 'max_parallel'"),
     ([{"id": "t", "key": "sk-1", "priority": "urgent"}], "(id t) field 'priority': one of high, normal, low"),
-    ([{"id": "t", "key": "sk-1", "rate": 5}], "(id t): unknown field(s) rate"),
+    ([{"id": "t", "key": "sk-1", "rate": 5}], "(id t): unknown field(s) (a name, not shown"),
+    ([{"id": "t", "key": "sk-1", "requests_per_minute": 5}], "unknown field(s) requests_per_minute (did you mean "
+                                                             "requests_per_min?)"),
     ([{"id": "t", "key": "sk-1"}, {"id": "t", "key": "sk-2"}], "llmhost_api_keys: id 't' is used twice"),
     ([{"id": "t", "key": "sk-dup"}, {"id": "u", "sha256": h("sk-dup")}], "ids 't' and 'u' have the same key"),
     (["sk-1", "sk-1"], "ids 'key-1' and 'key-2' have the same key"),
@@ -64,12 +66,27 @@ def test_a_key_list_that_cannot_work_is_refused_naming_entry_and_field(raw, fiel
     assert apikeys.key_problems(raw, PLAN) == e.value.problems
 
 
-def test_no_keys_is_no_key_and_retry_after_follows_the_rate():
+def test_no_keys_is_no_key():
     assert apikeys.parse_keys(None, PLAN) == [] and apikeys.parse_keys([], PLAN) == []
-    rates = {1: 60, 3: 20, 7: 9, 60: 1, 600: 1}
-    for rate, wait in rates.items():
-        (k,) = apikeys.parse_keys([{"id": "t", "key": "sk-1", "requests_per_min": rate}], PLAN)
-        assert k.retry_after_s == wait
+
+
+@pytest.mark.parametrize("entry", [
+    {"id": "t", "sha256": SECRET},                       # the key put where its hash goes
+    {"id": SECRET + " x", "key": "sk-other"},            # ... where its id goes (not a valid id)
+    {"id": "t", "key": "sk-other", SECRET: 1},           # ... as a field name (`- sk-...: x`)
+    {"id": "t", SECRET.lower().replace("-", "_"): 1},    # ... one that looks like a name
+])
+def test_a_key_pasted_into_the_wrong_field_is_never_echoed(entry):
+    problems = apikeys.key_problems([entry], PLAN)
+    assert problems and not any(SECRET.lower().replace("-", "_") in p.lower() or SECRET in p for p in problems), \
+        problems
+
+
+def test_auto_is_no_model_a_key_is_given():
+    plan = {"experts": [{"expert_id": "general", "names": ["general", "auto"]},
+                        {"expert_id": "coder", "names": ["coder", "auto"]}]}
+    (p,) = apikeys.key_problems([{"id": "t", "key": "sk-1", "models": ["auto"]}], plan)
+    assert "(id t) field 'models': 'auto' is routed by meaning" in p
 
 
 def test_the_smoke_test_sends_a_clear_key_that_may_call_every_expert():
@@ -78,3 +95,5 @@ def test_the_smoke_test_sends_a_clear_key_that_may_call_every_expert():
     assert apikeys.smoke_key(keys, PLAN) == "sk-ops"
     assert apikeys.smoke_key(["sk-plain"], PLAN) == "sk-plain"
     assert apikeys.smoke_key(keys[:3], PLAN) == "" and apikeys.smoke_key([], PLAN) == ""
+    two = [{"id": "one-at-a-time", "key": "sk-1", "max_parallel": 1}, {"id": "ops", "key": "sk-ops"}]
+    assert apikeys.smoke_key(two, PLAN, 1) == "sk-1" and apikeys.smoke_key(two, PLAN, 2) == "sk-ops"

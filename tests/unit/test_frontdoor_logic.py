@@ -85,3 +85,13 @@ def test_each_route_says_its_runner():
 def test_haproxy_keeps_the_bind_capability_only_for_a_port_below_1024(ports, caps):
     from llmhost.frontdoor import haproxy_capabilities
     assert haproxy_capabilities(ports) == caps
+
+
+@pytest.mark.parametrize("maxconn,share,lazy,cap", [
+    (8, 0.75, False, 6), (4, 0.5, False, 2), (2, 0.75, False, 1), (3, 0.1, False, 1),
+    (8, 1.0, False, 0),   # off
+    (1, 0.75, False, 0),  # one slot cannot be shared
+    (8, 0.75, True, 0),   # a lazy expert's proxy holds its clients through a cold start
+])
+def test_a_clients_share_of_an_experts_slots(maxconn, share, lazy, cap):
+    assert frontdoor.fair_cap(maxconn, share, lazy) == cap

@@ -9,48 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from llmhost.cli import saved_capabilities
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "molecule" / "shared"))
-import rawhttp  # noqa: E402  (raw HTTP shared with the site scenario's live edge tests)
-from rawhttp import parse  # noqa: E402
-from llmhost.plan import GIB, Host, build_plan
+from rawhttp import parse  # noqa: E402  (raw HTTP shared with the site scenario's live edge tests)
+from doorharness import (KEY, expert, free_port, haproxy_check, plan_dict, post, raw, render,  # noqa: E402
+                         start_door)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(),
                                 reason="haproxy is installed by scripts/bootstrap")
-
-
-def plan_dict(lazy=None, default=None):
-    experts = [
-        {"expert_id": "general", "model": "/srv/models/a", "domain": "general", "priority": 5,
-         "weights_gib": 0.3, "kv_cache_gib": 1, "aliases": ["SmolLM2-135M-Instruct"]},
-        {"expert_id": "coder", "model": "/srv/models/b", "domain": "coding", "priority": 3,
-         "weights_gib": 0.3, "kv_cache_gib": 1},
-    ]
-    p = build_plan(experts, lazy, saved_capabilities(), Host((0, 1), 24 * GIB, "x86_64", {"bf16": True}),
-                   default_expert=default)
-    d = p.to_dict()
-    d["memory_budget_bytes"] = int(p.budget_gib * GIB)
-    return d
-
-
-def render(tmp_path, **extra):
-    out = tmp_path / "haproxy"
-    ev = {"frontdoor_plan": plan_dict(extra.pop("lazy", None), extra.pop("default", None)), "__frontdoor_dir": str(out),
-          "__frontdoor_errors_dir": str(out / "errors"), "ansible_python_interpreter": sys.executable, **extra}
-    evf = tmp_path / "ev.json"
-    evf.write_text(json.dumps(ev))
-    r = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", "tests/render/render-frontdoor.yml",
-                        "-e", f"@{evf}"], cwd=ROOT, capture_output=True, text=True, check=False,
-                       env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")))
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
-    return out
-
-
-def haproxy_check(cfg):
-    return subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, check=False)
 
 
 def test_rendered_config_is_valid_and_routes_every_name(tmp_path):
@@ -180,28 +147,6 @@ def test_front_door_ports_and_timeout_checked_against_the_plan():
 # --- the rendered front door running: hostile requests against a real HAProxy ------------------------
 # (the site scenario sends the same kinds to the deployed one: molecule/site/tests/test_6_frontdoor_edges.py)
 
-KEY = "sk-door-test"
-
-
-def free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def raw(port, data, wait=5.0, parts=None, pause=0.0):
-    """rawhttp.raw against the local HAProxy."""
-    return rawhttp.raw("127.0.0.1", port, data, wait, parts, pause)
-
-
-def post(body, path="/v1/chat/completions", auth=f"Authorization: Bearer {KEY}\r\n", extra=""):
-    b = body if isinstance(body, bytes) else body.encode()
-    return (f"POST {path} HTTP/1.1\r\nHost: door\r\n{auth}Content-Type: application/json\r\n"
-            f"Content-Length: {len(b)}\r\nConnection: close\r\n{extra}\r\n").encode() + b
-
-
 CHAT = '{"model": "coder", "messages": [{"role": "user", "content": "hi"}]}'
 # (name, request, status, error code or answering expert)
 CASES = [
@@ -249,94 +194,6 @@ CASES = [
                                    f"{KEY}\r\nContent-Length: 2000000\r\n\r\n").encode() + b"{" * 1024, 413,
      "request_too_large"),
 ]
-
-
-class Expert(__import__("http.server").server.BaseHTTPRequestHandler):
-    """A stand-in expert: answers its name as {"model": ...}, after `delay` seconds for a body
-    that asks {"sleep": s}."""
-
-    def do_POST(self):  # noqa: N802
-        import time
-
-        data = self.rfile.read(int(self.headers.get("content-length") or 0))
-        try:
-            time.sleep(float(json.loads(data).get("sleep", 0)))
-        except (ValueError, AttributeError, TypeError):
-            pass
-        asked = json.loads(data) if data.startswith(b"{") else {}
-        if asked.get("stream"):
-            body = b'data: {"choices": []}\n\ndata: [DONE]\n\n'
-            self.send_response(200)
-            self.send_header("content-type", "text/event-stream")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        answer = {"model": self.server.name}
-        if "usage" in asked:  # what vLLM reports: {"prompt_tokens": p, "completion_tokens": c}
-            answer["usage"] = asked["usage"]
-        body = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST  # noqa: N815  (health checks)
-
-    def log_message(self, *a):
-        pass
-
-
-def start_door(tmp, ports, experts, serve, ready, **render_kw):
-    """Render the front door for these experts, start the stand-in experts named in `serve`
-    and HAProxy (logging to a file), wait until `ready(port)` holds; returns (info, stop)."""
-    import http.server
-    import threading
-    import time
-    import urllib.request
-
-    from llmhost.plan import parse_shared
-
-    p = build_plan(experts, None, saved_capabilities(), Host(tuple(range(8)), 24 * GIB, "x86_64", {"bf16": True}),
-                   shared=parse_shared({"frontdoor_port": ports["door"], "frontdoor_metrics_port": ports["metrics"]}))
-    out = render(tmp, frontdoor_plan=p.to_dict(), frontdoor_bind="127.0.0.1", **render_kw)
-    cfg = (out / "haproxy.cfg").read_text()
-    cfg = cfg.replace("stats socket /run/haproxy/admin.sock", f"stats socket {tmp}/admin.sock") \
-        .replace("    user haproxy\n    group haproxy\n", "").replace("log /dev/log", "log stdout")
-    (out / "haproxy.cfg").write_text(cfg)
-    assert haproxy_check(out / "haproxy.cfg").returncode == 0
-    servers = []
-    for name in serve:
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", ports[name]), Expert)
-        srv.name = name
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers.append(srv)
-    log = tmp / "haproxy.log"
-    proc = subprocess.Popen(["haproxy", "-db", "-f", str(out / "haproxy.cfg")], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{ports['door']}/health", timeout=1)
-            if ready(ports["door"]):
-                break
-        except OSError:
-            pass
-        time.sleep(0.1)
-
-    def stop():
-        proc.terminate()
-        proc.wait(5)
-        for srv in servers:
-            srv.shutdown()
-            srv.server_close()
-    return {"port": ports["door"], "metrics": ports["metrics"], "log": log, "cfg": cfg, "dir": out}, stop
-
-
-def expert(expert_id, port, **kw):
-    return {"expert_id": expert_id, "model": f"/srv/models/{expert_id}", "domain": kw.pop("domain", "general"),
-            "priority": kw.pop("priority", 5), "weights_gib": 0.3, "kv_cache_gib": 1, "cores": kw.pop("cores", 1),
-            "port": port, **kw}
 
 
 @pytest.fixture(scope="module")
@@ -540,11 +397,12 @@ def test_a_named_key_reaches_the_models_it_may_call(keyed, key, model, status, c
 
 
 def test_a_key_over_its_rate_gets_429_with_retry_after(keyed):
+    assert ask(keyed["port"], "sk-team-rate", "gpt-none")[0] == 404  # refused: not in the quota
     answers = [ask(keyed["port"], "sk-team-rate") for _ in range(4)]
     assert [a[0] for a in answers] == [200, 200, 200, 429], answers
     got, headers, doc, _ = answers[3]
     assert doc["error"]["code"] == "rate_limited" and "team-rate" in doc["error"]["message"]
-    assert headers.get("retry-after") == "20"  # a third of the minute: 3 per minute
+    assert headers.get("retry-after") == "60"  # HAProxy's count falls only after its 60 s period
     assert ask(keyed["port"], "sk-plain")[0] == 200  # another key is not counted with it
 
 
@@ -552,15 +410,21 @@ def test_a_key_over_its_requests_in_flight_gets_429(keyed):
     import threading
 
     first = []
-    t = threading.Thread(target=lambda: first.append(ask(keyed["port"], "sk-team-one", "general", 1.5)))
+    t = threading.Thread(target=lambda: first.append(ask(keyed["port"], "sk-team-one", "general", 4.0)))
     t.start()
     import time
 
-    time.sleep(0.5)
+    time.sleep(1.5)  # the first is in (a loaded machine may take a moment to send it)
     got, headers, doc, _ = ask(keyed["port"], "sk-team-one")
     t.join()
     assert got == 429 and doc["error"]["code"] == "too_many_parallel" and headers.get("retry-after") == "1"
-    assert first[0][0] == 200 and ask(keyed["port"], "sk-team-one")[0] == 200
+    assert first[0][0] == 200
+    for _ in range(20):  # the first's tracking ends with its stream, a moment after its answer
+        if ask(keyed["port"], "sk-team-one")[0] == 200:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the key stayed over its requests in flight after the first ended")
 
 
 def test_the_access_log_names_the_key_by_its_id_never_the_key(keyed):
@@ -614,12 +478,12 @@ def test_a_high_priority_key_leaves_the_queue_first(keyed):
         got = ask(keyed["port"], key, "single", sleep)
         done.append((key, got[0], time.monotonic()))
 
-    busy = threading.Thread(target=go, args=("sk-plain", 1.0))
+    busy = threading.Thread(target=go, args=("sk-plain", 3.0))
     busy.start()
-    time.sleep(0.3)
+    time.sleep(1.0)
     low = threading.Thread(target=go, args=("sk-team-one", 0.5))
     low.start()
-    time.sleep(0.3)
+    time.sleep(1.0)  # both queued behind busy, low first (gaps a loaded machine keeps in order)
     high = threading.Thread(target=go, args=("sk-vip", 0.5))
     high.start()
     for t in (busy, low, high):

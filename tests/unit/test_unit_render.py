@@ -133,7 +133,8 @@ def root_with(rendered, tmp_path, bare=False):
 
 def test_every_toolkit_unit_scores_at_most_2_0_in_systemd_analyze_security(rendered, tmp_path):
     root, units = root_with(rendered, tmp_path)
-    assert {"llmhost-probe.service", "haproxy.service", "prometheus-node-exporter.service"} <= set(units)
+    assert {"llmhost-probe.service", "haproxy.service", "prometheus-node-exporter.service",
+            "llmhost-fleetdoor.service"} <= set(units)
     assert any(u.endswith("-proxy.service") for u in units) and any(u.endswith("-standby.service") for u in units)
     scores = exposure(root, units)
     assert {u: s for u, s in scores.items() if s > LIMIT} == {}, scores

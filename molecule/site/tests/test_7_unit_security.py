@@ -5,22 +5,15 @@ collectors succeed, Prometheus is ready, the answer probe's last run succeeded).
 
 import json
 import re
-import shlex
 import urllib.request
+
+from rawhttp import haproxy_cli
 
 LIMIT = 2.0
 # Debian's units the toolkit sandboxes by drop-ins; its own units are found by name
 CONFIGURED = ["haproxy.service", "prometheus.service", "prometheus-node-exporter.service"]
 EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+\.\d)")
 CAP_SETGID, CAP_SETUID = 6, 7
-
-
-def cli(host, path, command):
-    """One command on one of HAProxy's unix CLI sockets (the host has no socat)."""
-    code = ("import socket, sys; s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]); "
-            "s.sendall(sys.argv[2].encode() + bytes([10])); s.shutdown(socket.SHUT_WR); "
-            "print(s.makefile('rb').read().decode())")
-    return host.check_output(f"python3 -c {shlex.quote(code)} {path} {shlex.quote(command)}")
 
 
 def toolkit_units(host):
@@ -64,8 +57,8 @@ def test_the_front_door_reloads_in_its_sandbox_and_answers(host, base_url, clien
     # the stats socket (the gate's and the deploy's runtime API) answers where it was
     pid = host.check_output("systemctl show -p MainPID --value haproxy.service").strip()
     assert host.file("/run/haproxy/haproxy.pid").content_string.strip() == pid
-    assert "master" in cli(host, "/run/haproxy/master.sock", "show proc")
-    assert "Name: HAProxy" in cli(host, "/run/haproxy/admin.sock", "show info")
+    assert "master" in haproxy_cli(host, "/run/haproxy/master.sock", "show proc")
+    assert "Name: HAProxy" in haproxy_cli(host, "/run/haproxy/admin.sock", "show info")
     with urllib.request.urlopen(base_url + "/health", timeout=30) as r:
         assert r.status == 200 and json.load(r) == {"status": "ok"}
     assert "general" in [m.id for m in client.models.list().data]

@@ -11,8 +11,9 @@
 -- answer (text/event-stream) is counted as a request and as streamed: HAProxy 2.6's Lua
 -- cannot read a response body as it streams (Lua filters came with 2.8), so its tokens
 -- are not in these counters (docs/frontdoor.md: where to read them instead).
--- Answers the door gave itself (401, 403, 429, 400, ...) never reach this action: the
--- access log has them, with the key's id.
+-- Answers the door gave itself (401, 403, 429, 400, ...) and HAProxy's own 502/503/504
+-- (an expert that timed out or closed) never reach this action: the access log has them,
+-- with the key's id.
 
 local cjson = require("cjson.safe").new()
 
@@ -22,8 +23,13 @@ local prompt = {}     -- "<key>\t<expert>" -> tokens
 local completion = {} -- "<key>\t<expert>" -> tokens
 local unread = {}     -- "<key>\t<expert>" -> JSON answers whose usage could not be read
 
+-- whole, finite, not negative: anything else an answer reports adds nothing
 local function add(t, k, n)
-  t[k] = (t[k] or 0) + n
+  n = tonumber(n)
+  if n == nil or n ~= n or n < 0 or n == math.huge then
+    return
+  end
+  t[k] = (t[k] or 0) + math.floor(n)
 end
 
 core.register_action("llmhost_usage", { "http-res" }, function(txn)
@@ -46,8 +52,8 @@ core.register_action("llmhost_usage", { "http-res" }, function(txn)
     add(unread, pair, 1)
     return
   end
-  add(prompt, pair, tonumber(usage.prompt_tokens) or 0)
-  add(completion, pair, tonumber(usage.completion_tokens) or 0)
+  add(prompt, pair, usage.prompt_tokens)
+  add(completion, pair, usage.completion_tokens)
 end, 0)
 
 local function labels(pair, extra)

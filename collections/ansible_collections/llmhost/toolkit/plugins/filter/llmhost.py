@@ -8,7 +8,7 @@ from ansible.errors import AnsibleFilterError
 
 from llmhost import tuning
 from llmhost.experts import ConfigError
-from llmhost import apikeys, capabilities, frontdoor, inputs, install, routing, systemd, translate
+from llmhost import apikeys, capabilities, fleetdoor, frontdoor, inputs, install, routing, systemd, translate
 from llmhost import host as host_mod
 from llmhost import staging as staging_mod
 from llmhost.cli import saved_capabilities
@@ -33,10 +33,11 @@ def probe_script(_: Any = None) -> str:
     return capabilities.__file__
 
 
-def frontdoor_exposure(bind: str, port: Any, api_keys: Any, allow_anonymous: Any, tls_cert: Any = None) -> list:
-    """Adapter: the frontdoor role's variables -> llmhost.frontdoor.exposure_problems."""
+def frontdoor_exposure(bind: str, port: Any, api_keys: Any, allow_anonymous: Any, tls_cert: Any = None,
+                       role: str = "frontdoor") -> list:
+    """Adapter: the frontdoor (or fleetdoor) role's variables -> llmhost.frontdoor.exposure_problems."""
     return frontdoor.exposure_problems(str(bind), int(port), list(api_keys or []), bool(allow_anonymous),
-                                       tls_cert or None)
+                                       tls_cert or None, role)
 
 
 def staged(experts: Any, staging: Any = None) -> Any:
@@ -205,6 +206,16 @@ def role_input_names(role: str) -> list[str]:
         raise AnsibleFilterError(str(e)) from None
 
 
+def fleet_members(names: Any, hostvars: Any) -> list:
+    """Adapter: inventory host names -> [{name, address, plan}] from their hostvars (the
+    address is ansible_host, else the name; the plan is llmhost_plan_host, None if absent)."""
+    out = []
+    for h in names or []:
+        hv = hostvars[h]
+        out.append({"name": str(h), "address": hv.get("ansible_host", str(h)), "plan": hv.get("llmhost_plan_host")})
+    return out
+
+
 def role_input_problems(values: Any, role: str) -> list[str]:
     """A role's inputs checked for meaning (llmhost.inputs): one line per problem."""
     if not isinstance(values, dict):
@@ -230,6 +241,11 @@ class FilterModule:
             "frontdoor_models": frontdoor.models_list,
             "frontdoor_default": frontdoor.default_expert,
             "frontdoor_key_files": apikeys.key_files,
+            "fleet_members": fleet_members,
+            "fleetdoor": fleetdoor.fleet,
+            "fleetdoor_problems": fleetdoor.fleet_problems,
+            "fleetdoor_key_problems": fleetdoor.key_problems,
+            "fleetdoor_key_map": fleetdoor.key_map,
             "frontdoor_key_problems": apikeys.key_problems,
             "frontdoor_smoke_key": apikeys.smoke_key,
             "frontdoor_exposure": frontdoor_exposure,
