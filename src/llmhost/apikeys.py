@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .frontdoor import key_problem
+from .frontdoor import key_problem, models_list
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 AUTO = "auto"
@@ -185,9 +186,14 @@ def key_files(raw: Any, plan: Mapping[str, Any]) -> dict[str, str]:
     - llmhost-keys.map: `<sha256> <id>` (the Bearer token's hash -> the key's id);
     - llmhost-key-models.map: `<id>/<expert id> 1` for each expert a key may call;
     - llmhost-key-limits.map: `<id> <requests_per_min>:<max_parallel>:<priority class>:<retry-after s>`
-      (0: no limit)."""
+      (0: no limit);
+    - llmhost-key-models.json: key id -> the JSON text of its GET /v1/models (llmhost-models.lua)."""
     keys = parse_keys(raw, plan)
+    every = models_list(plan)
+    lists = {k.id: json.dumps({**every, "data": [m for m in every["data"] if m["id"] in k.experts]})
+             for k in keys}
     return {
+        "llmhost-key-models.json": json.dumps(lists, indent=1) + "\n",
         "llmhost-keys.map": "".join(f"{k.sha256} {k.id}\n" for k in keys),
         "llmhost-key-models.map": "".join(f"{k.id}/{e} 1\n" for k in keys for e in k.experts),
         "llmhost-key-limits.map": "".join(

@@ -2,6 +2,7 @@
 echo a key; the map files the front door reads hold only hashes and ids."""
 
 import hashlib
+import json
 
 import pytest
 
@@ -23,6 +24,8 @@ def test_bare_and_named_keys_become_maps_of_hashes():
     assert files["llmhost-key-models.map"] == "key-1/general 1\nkey-1/coder 1\nkey-1/router 1\nteam-a/general 1\n"
     assert files["llmhost-key-limits.map"] == "key-1 0:0:0:60\nteam-a 7:2:-1:60\n"
     assert SECRET not in "".join(files.values())
+    lists = {k: [m["id"] for m in json.loads(v)["data"]] for k, v in json.loads(files["llmhost-key-models.json"]).items()}
+    assert lists == {"key-1": ["general", "coder", "router"], "team-a": ["general"]}
 
 
 @pytest.mark.parametrize("raw,field", [

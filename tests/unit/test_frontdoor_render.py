@@ -511,3 +511,18 @@ def test_usage_per_key_and_expert_is_what_the_answers_reported(keyed):
         'llmhost_usage_completion_tokens_total{key="meter",expert="general"}': 11,
     }, got
     assert b"sk-meter" not in text
+
+
+def test_each_key_lists_the_models_it_may_call(keyed):
+    def models(key):
+        answer = raw(keyed["port"], f"GET /v1/models HTTP/1.1\r\nHost: door\r\n{bearer(key)}Connection: close\r\n\r\n"
+                     .encode())[0]
+        got, headers, body = parse(answer)
+        assert got == 200 and headers.get("content-type") == "application/json", answer[:300]
+        doc = json.loads(body)
+        assert doc["object"] == "list"
+        return [m["id"] for m in doc["data"]]
+
+    assert models("sk-team-a") == ["general", "slow"]
+    assert models("sk-plain") == ["general", "coder", "slow", "single"]
+    assert parse(raw(keyed["port"], b"GET /v1/models HTTP/1.1\r\nHost: door\r\nConnection: close\r\n\r\n")[0])[0] == 401
