@@ -36,13 +36,15 @@ def server_name(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", host)
 
 
-def fleet(members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def fleet(members: Sequence[Mapping[str, Any]], timeout_server_s: int | None = None) -> dict[str, Any]:
     """members: [{name, address, plan}] (the inventory hosts of the fleet, each with the
     plan its llmhost_plan role made) -> {"backends": [{backend, expert_id, servers}],
     "any": [servers], "map": "<name> <backend>\\n..."}; a server is {name, address, port}.
 
     Refused (FleetError): no host; a host without an address or a plan; a model name that
-    is a different expert on two hosts (the door could not say which one answers)."""
+    is a different expert on two hosts (the door could not say which one answers), or that
+    one host serving the expert does not answer to (it would answer 404); a server timeout
+    (timeout_server_s) that a host's cold start outlasts."""
     problems: list[str] = []
     if not members:
         raise FleetError(["fleetdoor_hosts: no host (the fleet door needs the llm_hosts it fronts)"])
@@ -70,6 +72,21 @@ def fleet(members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 if seen[0] != e["expert_id"]:
                     problems.append(f"fleetdoor_hosts: model name {n!r} is expert {seen[0]!r} on {seen[1]} and "
                                     f"{e['expert_id']!r} on {host}: rename one (aliases) so a name means one expert")
+    # every host serving an expert must answer to every name the fleet uses for it
+    served: dict[str, set[str]] = {}
+    for m in members:
+        for e in ((m.get("plan") or {}).get("experts") or []):
+            for n in [e["expert_id"], *(e.get("names") or [])]:
+                served.setdefault(f"{m.get('name')}\t{e['expert_id']}", set()).add(n)
+    for n, (x, first) in names.items():
+        lacking = sorted(k.split("\t")[0] for k, ns in served.items() if k.endswith(f"\t{x}") and n not in ns)
+        if lacking:
+            problems.append(f"fleetdoor_hosts: model name {n!r} of expert {x!r} (on {first}) is not a name of it on "
+                            f"{', '.join(lacking)}: give every host the same aliases for an expert")
+    budgets = [int((m.get("plan") or {}).get("start_budget_s") or 0) for m in members]
+    if timeout_server_s is not None and budgets and int(timeout_server_s) <= max(budgets) + 60:
+        problems.append(f"fleetdoor_timeout_server_s: {timeout_server_s} s does not outlast a host's cold start "
+                        f"(start budget {max(budgets)} s, plus 60): a lazy expert's first request would end in a 504")
     if problems:
         raise FleetError(problems)
     backends = [{"backend": backend(x), "expert_id": x, "servers": servers} for x, servers in by_expert.items()]
@@ -77,10 +94,10 @@ def fleet(members: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"backends": backends, "any": every, "map": lines}
 
 
-def fleet_problems(members: Sequence[Mapping[str, Any]]) -> list[str]:
+def fleet_problems(members: Sequence[Mapping[str, Any]], timeout_server_s: int | None = None) -> list[str]:
     """fleet()'s refusals as a list ([] when the fleet can be served): for the role's assert."""
     try:
-        fleet(members)
+        fleet(members, timeout_server_s)
     except FleetError as e:
         return e.problems
     return []

@@ -44,9 +44,14 @@ def test_each_expert_goes_to_the_hosts_that_serve_it():
     ([{"name": "h1", "address": "10.0.0.1", "plan": plan(8082, ("general", "chat"))},
       {"name": "h2", "address": "10.0.0.2", "plan": plan(8082, ("coder", "chat"))}],
      "model name 'chat' is expert 'general' on h1 and 'coder' on h2"),
+    ([{"name": "h1", "address": "10.0.0.1", "plan": plan(8082, ("general", "SmolLM2"))},
+      {"name": "h2", "address": "10.0.0.2", "plan": plan(8082, ("general",))}],
+     "model name 'SmolLM2' of expert 'general' (on h1) is not a name of it on h2"),
+    ([{"name": "h1", "address": "10.0.0.1", "plan": {**plan(8082, ("general",)), "start_budget_s": 1500}}],
+     "fleetdoor_timeout_server_s: 1200 s does not outlast a host's cold start (start budget 1500 s"),
 ])
 def test_a_fleet_one_door_cannot_serve_is_refused(members, expected):
-    problems = fleetdoor.fleet_problems(members)
+    problems = fleetdoor.fleet_problems(members, 1200)
     assert any(expected in p for p in problems), problems
 
 
@@ -110,13 +115,37 @@ def ask(port, model="general", key=KEY):
 def test_the_rendered_fleet_door_routes_each_expert_to_its_hosts(fleet):
     cfg = fleet["cfg"]
     assert "backend be_coder" in cfg and cfg.count("option httpchk GET /health/general") == 1
-    assert "retry-on conn-failure empty-response 503" in cfg
+    assert "retry-on conn-failure empty-response 503" in cfg and "set-header x-llmhost-no-hold 1" in cfg
+    assert "maxconn 48 check" in cfg  # below each host door's per-address limit
 
 
 def test_by_model_to_the_hosts_that_serve_it_and_spread_over_them(fleet):
     assert {ask(fleet["port"], "coder") for _ in range(4)} == {(200, "a:coder")}
     assert {ask(fleet["port"])[1] for _ in range(6)} == {"a:general", "b:general"}
     assert ask(fleet["port"], key="sk-nobody") == (401, "invalid_api_key")
+
+
+def test_an_expert_a_deploy_restarts_on_one_host_is_served_by_the_other_at_once(fleet):
+    """Host b's general in maintenance (what a deploy's drain does): its door would hold a
+    request up to frontdoor_hold_s; the fleet door's request says not to, gets the 503 at once
+    and is sent to host a, before the health check has even noticed."""
+    import socket
+
+    def admin(command):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(fleet["hosts"]["b"][0]["dir"].parent / "admin.sock"))
+            s.sendall(command.encode() + b"\n")
+            s.shutdown(socket.SHUT_WR)
+            return s.makefile("rb").read().decode()
+
+    admin("disable server be_general/general")
+    try:
+        t0 = time.monotonic()
+        answers = [ask(fleet["port"]) for _ in range(6)]
+        took = time.monotonic() - t0
+    finally:
+        admin("enable server be_general/general")
+    assert answers == [(200, "a:general")] * 6 and took < 10, (answers, took)
 
 
 def test_a_host_stopped_mid_run_its_clients_go_to_the_other(fleet):
