@@ -82,8 +82,11 @@ def _whole(v: Any, lo: int, hi: int) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi else None
 
 
-def parse_keys(raw: Any, plan: Mapping[str, Any]) -> list[Key]:
-    """`llmhost_api_keys` -> keys, or KeysError naming each bad entry and field."""
+def parse_keys(raw: Any, plan: Mapping[str, Any], notes: list[str] | None = None) -> list[Key]:
+    """`llmhost_api_keys` -> keys, or KeysError naming each bad entry and field. Model names
+    this host does not serve are not an error (a fleet shares one key list): they grant
+    nothing here, and a line goes to `notes`."""
+    notes = [] if notes is None else notes
     if raw in (None, ""):
         return []
     if isinstance(raw, (str, bytes)) or not isinstance(raw, list):
@@ -142,8 +145,10 @@ def parse_keys(raw: Any, plan: Mapping[str, Any]) -> list[Key]:
                                 "the experts the key may reach (a request for auto routed to another gets 403)")
             unknown = [m for m in models if m not in names and m != AUTO]
             if unknown:
-                problems.append(f"{where} field 'models': {', '.join(unknown)} is no expert's id or name "
-                                f"(experts: {', '.join(every)})")
+                # not an error: one key list serves a fleet whose hosts serve different experts
+                # (and an expert renamed on this host): granted nothing here, and said so
+                notes.append(f"{where} field 'models': {', '.join(unknown)} is no expert's id or name on this host "
+                             f"(experts: {', '.join(every)}): granted nothing here")
             chosen = {names[m] for m in models if m in names}
             experts = tuple(e for e in every if e in chosen)
         limits = {}
@@ -170,6 +175,16 @@ def parse_keys(raw: Any, plan: Mapping[str, Any]) -> list[Key]:
     if problems:
         raise KeysError(problems)
     return keys
+
+
+def key_notes(raw: Any, plan: Mapping[str, Any]) -> list[str]:
+    """What the preflight shows about the keys without failing: model names not served here."""
+    notes: list[str] = []
+    try:
+        parse_keys(raw, plan, notes)
+    except KeysError:
+        return []
+    return notes
 
 
 def key_problems(raw: Any, plan: Mapping[str, Any]) -> list[str]:

@@ -56,9 +56,9 @@ VARIABLE_CASES = [
     ("no smoke requests", {"smoke_test_repeat": 0}, "smoke_test_repeat"),
     ("a state dir outside /var/lib", {"vllm_experts_state_subdir": "../etc"}, "vllm_experts_state_subdir"),
     ("api keys as one string", {"llmhost_api_keys": "sk-live-one"}, "llmhost_api_keys: a list of keys"),
-    ("a named key for a model no expert serves", {"llmhost_api_keys": [{"id": "team-a", "key": "sk-live-abc",
-                                                                       "models": ["gpt-4"]}]},
-     "llmhost_api_keys[1] (id team-a) field 'models'"),
+    ("a named key with an unknown priority", {"llmhost_api_keys": [{"id": "team-a", "key": "sk-live-abc",
+                                                                   "priority": "urgent"}]},
+     "llmhost_api_keys[1] (id team-a) field 'priority'"),
 ]
 
 

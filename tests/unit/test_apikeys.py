@@ -43,7 +43,6 @@ def test_bare_and_named_keys_become_maps_of_hashes():
     ([{"id": "t", "sha256": "abc"}], "(id t) field 'sha256': 64 hex digits"),
     ([{"id": "t", "key": "sk-1", "models": "general"}], "(id t) field 'models': a non-empty list"),
     ([{"id": "t", "key": "sk-1", "models": []}], "(id t) field 'models': a non-empty list"),
-    ([{"id": "t", "key": "sk-1", "models": ["gpt-4"]}], "(id t) field 'models': gpt-4 is no expert's id or name"),
     ([{"id": "t", "key": "sk-1", "requests_per_min": 0}], "(id t) field 'requests_per_min': a whole number 1.."),
     ([{"id": "t", "key": "sk-1", "requests_per_min": "60"}], "(id t) field 'requests_per_min'"),
     ([{"id": "t", "key": "sk-1", "requests_per_min": 10 ** 9}], "(id t) field 'requests_per_min'"),
@@ -100,3 +99,12 @@ def test_the_smoke_test_sends_a_clear_key_that_may_call_every_expert():
     assert apikeys.smoke_key(keys[:3], PLAN) == "" and apikeys.smoke_key([], PLAN) == ""
     two = [{"id": "one-at-a-time", "key": "sk-1", "max_parallel": 1}, {"id": "ops", "key": "sk-ops"}]
     assert apikeys.smoke_key(two, PLAN, 1) == "sk-1" and apikeys.smoke_key(two, PLAN, 2) == "sk-ops"
+
+
+def test_a_model_this_host_does_not_serve_grants_nothing_here_and_is_said():
+    """One key list serves a fleet whose hosts serve different experts: not an error."""
+    raw = [{"id": "t", "key": "sk-1", "models": ["gpt-4", "coder"]}]
+    assert apikeys.key_problems(raw, PLAN) == []
+    assert apikeys.key_notes(raw, PLAN) == ["llmhost_api_keys[1] (id t) field 'models': gpt-4 is no expert's id or "
+                                            "name on this host (experts: general, coder, router): granted nothing here"]
+    assert apikeys.key_files(raw, PLAN)["llmhost-key-models.map"] == "t/coder 1\n"

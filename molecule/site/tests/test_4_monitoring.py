@@ -18,7 +18,7 @@ def test_all_targets_up(host):
             break
         time.sleep(5)
     assert health == {("vllm", "general"): "up", ("vllm", "coder"): "up", ("vllm", "router"): "up",
-                      ("frontdoor", ""): "up", ("frontdoor_routing", ""): "up",
+                      ("frontdoor", ""): "up", ("frontdoor_routing", ""): "up", ("usage_per_key", ""): "up",
                       ("node", ""): "up", ("prometheus", ""): "up"}, health
 
 

@@ -82,7 +82,7 @@ def test_prometheus_is_ready_and_the_probe_ran_in_their_sandboxes(host):
     # what the sandboxed services serve one another (an unloaded lazy expert's target is down by design)
     up = json.loads(host.check_output("curl -s http://127.0.0.1:9090/api/v1/query?query=up"))["data"]["result"]
     jobs = {r["metric"]["job"]: r["value"][1] for r in up if r["metric"]["job"] != "vllm"}
-    assert jobs == {"prometheus": "1", "node": "1", "frontdoor": "1", "frontdoor_routing": "1"}, up
+    assert jobs == {"prometheus": "1", "node": "1", "frontdoor": "1", "frontdoor_routing": "1", "usage_per_key": "1"}, up
     # the probe timer's service (test_4 runs it): its last run, or one now if it never ran
     show = dict(ln.split("=", 1) for ln in host.check_output(
         "systemctl show -p Result -p ExecMainStatus -p ExecMainStartTimestampMonotonic llmhost-probe.service").splitlines())

@@ -247,6 +247,7 @@ class FilterModule:
             "fleetdoor_key_problems": fleetdoor.key_problems,
             "fleetdoor_key_map": fleetdoor.key_map,
             "frontdoor_key_problems": apikeys.key_problems,
+            "frontdoor_key_notes": apikeys.key_notes,
             "frontdoor_smoke_key": apikeys.smoke_key,
             "frontdoor_exposure": frontdoor_exposure,
             "frontdoor_port_problems": frontdoor.port_problems,
