@@ -163,12 +163,12 @@ def parse_keys(raw: Any, plan: Mapping[str, Any], notes: list[str] | None = None
             problems.append(f"{where} field 'priority': one of {', '.join(PRIORITIES)}, got {prio!r:.80}")
         keys.append(Key(str(kid), digest, experts, limits["requests_per_min"] or 0, limits["max_parallel"] or 0,
                         str(prio)))
-    seen_ids: dict[str, int] = {}
+    seen_ids: set[str] = set()
     seen_hashes: dict[str, str] = {}
     for k in keys:
         if k.id in seen_ids:
             problems.append(f"{VAR}: id {k.id!r} is used twice")
-        seen_ids[k.id] = 1
+        seen_ids.add(k.id)
         if k.sha256 in seen_hashes:
             problems.append(f"{VAR}: ids {seen_hashes[k.sha256]!r} and {k.id!r} have the same key")
         seen_hashes[k.sha256] = k.id

@@ -153,7 +153,6 @@ def test_a_host_stopped_mid_run_its_clients_go_to_the_other(fleet):
     and experts) stops in the middle. Only a request in flight at that instant may fail;
     every later one is answered by host a."""
     answers = []
-    stop_at = [None]
 
     def client():
         t_end = time.monotonic() + 8
@@ -164,12 +163,12 @@ def test_a_host_stopped_mid_run_its_clients_go_to_the_other(fleet):
     t = threading.Thread(target=client)
     t.start()
     time.sleep(3)
-    stop_at[0] = time.monotonic()
+    stopped = time.monotonic()
     fleet["hosts"]["b"][1]()  # host b gone: its HAProxy and its experts
     t.join()
     failed = [a for a in answers if a[1] != 200]
     assert len(failed) <= 1, failed
-    before = {a[2] for a in answers if a[0] < stop_at[0] - 0.5}
-    after = {a[2] for a in answers if a[0] > stop_at[0] + 0.5 and a[1] == 200}
+    before = {a[2] for a in answers if a[0] < stopped - 0.5}
+    after = {a[2] for a in answers if a[0] > stopped + 0.5 and a[1] == 200}
     assert before == {"a:general", "b:general"} and after == {"a:general"}, (before, after)
-    assert len([a for a in answers if a[0] > stop_at[0]]) >= 10
+    assert len([a for a in answers if a[0] > stopped]) >= 10
